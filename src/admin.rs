@@ -1,0 +1,187 @@
+//! Stage 6 — the admin listener, on its own port:
+//!
+//! | path              | answers |
+//! |-------------------|---------|
+//! | `/metrics`        | Prometheus text exposition of every family |
+//! | `/live`           | 200 while the process runs |
+//! | `/ready`          | 200 once every declared service resolved successfully once and until shutdown begins; 503 with the reason otherwise |
+//! | `/debug/services` | JSON: every cached service, its instances and weights, resolver and full cache status |
+//!
+//! Anything else is 404; methods other than GET/HEAD are 405.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde::Serialize;
+use tokio::net::TcpListener;
+
+use crate::cache::Cache;
+use crate::forward::ServiceHandle;
+use crate::metrics::Metrics;
+use crate::shutdown::Shutdown;
+
+/// What the admin endpoints read.
+pub struct Admin {
+    cache: Cache<ServiceHandle>,
+    metrics: Metrics,
+    /// Cleared by `app.rs` when shutdown begins, so `/ready` fails before anything stops.
+    accepting: Arc<AtomicBool>,
+}
+
+#[derive(Serialize)]
+struct ServiceView<'a> {
+    name: &'a str,
+    declared: bool,
+    resolver: &'static str,
+    idle_seconds: Option<f64>,
+    pickable: usize,
+    instances: Vec<InstanceView<'a>>,
+    status: Option<&'a crate::cache::Status>,
+}
+
+#[derive(Serialize)]
+struct InstanceView<'a> {
+    address: String,
+    weight: u32,
+    share: f64,
+    tags: &'a std::collections::BTreeMap<String, String>,
+}
+
+impl Admin {
+    /// The admin endpoints over `cache` and `metrics`; `accepting` is the readiness switch.
+    pub fn new(cache: Cache<ServiceHandle>, metrics: Metrics, accepting: Arc<AtomicBool>) -> Self {
+        Self { cache, metrics, accepting }
+    }
+
+    /// Why the process is not ready, or `None` when it is.
+    pub fn not_ready(&self) -> Option<String> {
+        if !self.accepting.load(Ordering::Acquire) {
+            return Some("shutting down".into());
+        }
+        let waiting: Vec<String> = self
+            .cache
+            .targets()
+            .iter()
+            .filter(|t| t.is_declared())
+            .filter(|t| {
+                let snap = t.publisher().balancer.snapshot();
+                !matches!(&*snap, Some(s) if s.status.last_success.is_some())
+            })
+            .map(|t| t.name().to_string())
+            .collect();
+        (!waiting.is_empty()).then(|| format!("waiting for the first resolution of: {}", waiting.join(", ")))
+    }
+
+    fn metrics_text(&self) -> Vec<u8> {
+        let now = SystemTime::now();
+        for t in self.cache.targets() {
+            if let Some(snap) = &*t.publisher().balancer.snapshot() {
+                if let Some(ok) = snap.status.last_success {
+                    let age = now.duration_since(ok).unwrap_or(Duration::ZERO).as_secs_f64();
+                    self.metrics.discovery.table_age.with_label_values(&[t.name()]).set(age);
+                }
+            }
+        }
+        self.metrics.encode()
+    }
+
+    fn services_json(&self) -> Vec<u8> {
+        let targets = self.cache.targets();
+        let snaps: Vec<_> = targets.iter().map(|t| t.publisher().balancer.snapshot()).collect();
+        let views: Vec<ServiceView<'_>> = targets
+            .iter()
+            .zip(&snaps)
+            .map(|(t, snap)| {
+                let snap = snap.as_ref().as_ref();
+                let total: u64 = snap.map_or(0, |s| s.table.instances().iter().map(|i| u64::from(i.weight)).sum());
+                ServiceView {
+                    name: t.name(),
+                    declared: t.is_declared(),
+                    resolver: snap.map_or("", |s| s.status.resolver),
+                    idle_seconds: (!t.is_declared()).then(|| t.idle().as_secs_f64()),
+                    pickable: snap.map_or(0, |s| s.table.pickable()),
+                    instances: snap.map_or_else(Vec::new, |s| {
+                        s.table
+                            .instances()
+                            .iter()
+                            .map(|i| InstanceView {
+                                address: i.address.to_string(),
+                                weight: i.weight,
+                                share: if total == 0 { 0.0 } else { f64::from(i.weight) / total as f64 },
+                                tags: &i.tags,
+                            })
+                            .collect()
+                    }),
+                    status: snap.map(|s| &s.status),
+                }
+            })
+            .collect();
+        let doc = serde_json::json!({ "services": views, "on_demand_rules": self.cache.rules() });
+        serde_json::to_vec_pretty(&doc).unwrap_or_default()
+    }
+
+    /// Answers one admin request.
+    pub fn handle(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n".into());
+        }
+        match req.uri().path() {
+            "/metrics" => {
+                let mut r = Response::new(Full::new(Bytes::from(self.metrics_text())));
+                r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+                r
+            }
+            "/live" => text(StatusCode::OK, "live\n".into()),
+            "/ready" => match self.not_ready() {
+                None => text(StatusCode::OK, "ready\n".into()),
+                Some(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+            },
+            "/debug/services" => {
+                let mut r = Response::new(Full::new(Bytes::from(self.services_json())));
+                r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+                r
+            }
+            _ => text(StatusCode::NOT_FOUND, "not found: try /metrics, /live, /ready, /debug/services\n".into()),
+        }
+    }
+
+    /// Serves the admin endpoints on `listener` until `stop` fires.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, mut stop: Shutdown) {
+        let builder = Arc::new(hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()));
+        loop {
+            let stream = tokio::select! {
+                biased;
+                _ = stop.recv() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((s, _)) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "admin accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let (admin, builder) = (self.clone(), builder.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let resp = admin.handle(&req);
+                    async move { Ok::<_, std::convert::Infallible>(resp) }
+                });
+                let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+            });
+        }
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}

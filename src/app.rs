@@ -1,0 +1,166 @@
+//! Wiring only: builds every stage from a [`Config`], binds the listeners, spawns the tasks, and
+//! shuts them down in order. Start-up failures carry context (`anyhow`); nothing here handles
+//! a request.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use crate::admin::Admin;
+use crate::cache::{Cache, Declared, Policy, Rule};
+use crate::config::{Config, ResolverConfig, ServiceConfig};
+use crate::discover::{FileResolver, Resolver, StaticResolver};
+use crate::forward::{self, Client, Listener, Proxy, ServiceHandle};
+use crate::metrics::Metrics;
+use crate::shutdown;
+
+/// The addresses the app actually bound (ports resolved when the config says `:0`).
+#[derive(Debug, Clone)]
+pub struct Addrs {
+    /// The outbound listener.
+    pub outbound: SocketAddr,
+    /// The admin listener.
+    pub admin: SocketAddr,
+    /// Per-service listeners, by service name.
+    pub services: BTreeMap<String, SocketAddr>,
+}
+
+/// A built, bound, not yet running waypost.
+pub struct App {
+    config: Config,
+    metrics: Metrics,
+    cache: Cache<ServiceHandle>,
+    declared: Vec<(Arc<crate::cache::Target<ServiceHandle>>, Arc<dyn Resolver>, Option<std::time::Duration>)>,
+    listeners: Vec<(TcpListener, Listener)>,
+    admin_listener: TcpListener,
+    addrs: Addrs,
+    refresh_trigger: shutdown::Trigger,
+}
+
+/// The resolver a service's config asks for.
+pub fn build_resolver(config: &Config, name: &str, svc: &ServiceConfig) -> Arc<dyn Resolver> {
+    match &svc.resolver {
+        ResolverConfig::Static(s) => Arc::new(StaticResolver::from_config(s)),
+        ResolverConfig::File(f) => Arc::new(
+            FileResolver::new(&config.registry.file.dir).named(Some(f.name.as_ref().map_or(name, |n| n.as_str()))),
+        ),
+    }
+}
+
+async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} (`{key}`)"))
+}
+
+impl App {
+    /// Builds every stage and binds every listener (so a port conflict fails here, at start-up).
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let metrics = Metrics::new();
+        let policy = Policy::from_config(&config.discovery);
+        let default_client = Client::new(&config.upstream, config.upstream.connect_timeout.0);
+        let mut declared = Vec::new();
+        let mut per_service = BTreeMap::new();
+        for (name, svc) in &config.services {
+            declared.push(Declared {
+                name: name.to_string(),
+                resolver: build_resolver(&config, name.as_str(), svc),
+                refresh_interval: svc.refresh_interval.map(|d| d.0),
+            });
+            let client = match svc.upstream.connect_timeout {
+                Some(t) => Client::new(&config.upstream, t.0),
+                None => default_client.clone(),
+            };
+            let timeout = svc.upstream.timeout.unwrap_or(config.upstream.timeout).0;
+            per_service.insert(name.to_string(), (timeout, client));
+        }
+        let rules: Vec<Rule> = Vec::new();
+        let (refresh_trigger, refresh_stop) = shutdown::channel();
+        let family = metrics.forward.clone();
+        let default_timeout = config.upstream.timeout.0;
+        let make = Box::new(move |name: &str| {
+            let (timeout, client) =
+                per_service.get(name).cloned().unwrap_or_else(|| (default_timeout, default_client.clone()));
+            ServiceHandle::new(name, &family, timeout, client)
+        });
+        let (cache, declared) =
+            Cache::new(policy, declared, rules, make, metrics.discovery.clone(), refresh_stop);
+
+        let mut listeners = vec![(bind(config.listen.0, "listen").await?, Listener::Outbound)];
+        let mut services = BTreeMap::new();
+        for (name, svc) in &config.services {
+            if let Some(addr) = svc.listen {
+                let l = bind(addr.0, &format!("services.{name}.listen")).await?;
+                services.insert(name.to_string(), l.local_addr()?);
+                listeners.push((l, Listener::Service(name.as_str().into())));
+            }
+        }
+        let admin_listener = bind(config.admin.listen.0, "admin.listen").await?;
+        let addrs = Addrs { outbound: listeners[0].0.local_addr()?, admin: admin_listener.local_addr()?, services };
+        Ok(Self { config, metrics, cache, declared, listeners, admin_listener, addrs, refresh_trigger })
+    }
+
+    /// The bound addresses.
+    pub fn addrs(&self) -> &Addrs {
+        &self.addrs
+    }
+
+    /// The metrics registry (for embedders and tests).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Runs until `signal` completes, then shuts down in order.
+    pub async fn run(self, signal: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let App { config, metrics, cache, declared, listeners, admin_listener, addrs, refresh_trigger } = self;
+        cache.start(declared);
+        let accepting = Arc::new(AtomicBool::new(true));
+        let (admin_trigger, admin_stop) = shutdown::channel();
+        let admin = Arc::new(Admin::new(cache.clone(), metrics.clone(), accepting.clone()));
+        let admin_task = tokio::spawn(admin.serve(admin_listener, admin_stop));
+
+        let proxy = Arc::new(Proxy::new(cache.clone(), metrics.forward.clone()));
+        let (accept_trigger, accept_stop) = shutdown::channel();
+        let (drain_trigger, drain) = shutdown::channel();
+        let (drained_tx, mut drained_rx) = mpsc::channel::<()>(1);
+        let mut accept_tasks = Vec::new();
+        for (listener, kind) in listeners {
+            accept_tasks.push(tokio::spawn(forward::serve(
+                listener,
+                kind,
+                proxy.clone(),
+                accept_stop.clone(),
+                drain.clone(),
+                drained_tx.clone(),
+            )));
+        }
+        drop(drained_tx);
+        tracing::info!(outbound = %addrs.outbound, admin = %addrs.admin, services = config.services.len(), "waypost started");
+
+        signal.await;
+        tracing::info!("shutting down");
+        // 1. Fail /ready first, so nothing new is routed to this pod.
+        accepting.store(false, Ordering::Release);
+        // 2. Stop accepting: new connections are refused from here on.
+        accept_trigger.fire();
+        for t in accept_tasks {
+            let _ = t.await; // the task only ends by returning; a panic was already logged
+        }
+        // 3. Drain: in-flight requests finish, idle keep-alive connections close, within the grace period.
+        drain_trigger.fire();
+        let grace = config.shutdown.grace.0;
+        if tokio::time::timeout(grace, drained_rx.recv()).await.is_err() {
+            tracing::warn!(grace = ?grace, "grace period over; closing connections that are still busy");
+        }
+        // 4. Stop refreshing, then the admin listener.
+        refresh_trigger.fire();
+        admin_trigger.fire();
+        let _ = admin_task.await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,217 @@
+//! Stage 4 — balancing: per service, an immutable weighted [`Table`] built off the hot path and
+//! published whole, with the cache status it came from, as one [`Snapshot`] behind an
+//! [`ArcSwap`] ([`Balancer`]).
+//!
+//! Picking is Walker/Vose's alias method: one random 64-bit number chooses a slot (high half)
+//! and decides between the slot's primary instance and its alias (low half) — O(1) whatever the
+//! instance count, no lock, no allocation. Instances with weight 0 stay in the table (they are
+//! shown on `/debug/services`) but own no slot, so they are never picked: that is how an
+//! instance is drained.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::cache::{Publish, Status};
+use crate::discover::{Instance, Resolution};
+
+/// One slot of the alias table: 16 bytes, so four share a cache line.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    /// Pick `primary` when the low 32 random bits are below this (out of 2^32); 2^32 = always.
+    threshold: u64,
+    primary: u32,
+    alias: u32,
+}
+
+/// An immutable weighted table of instances.
+#[derive(Debug, Clone, Default)]
+pub struct Table {
+    instances: Box<[Instance]>,
+    slots: Box<[Slot]>,
+}
+
+impl Table {
+    /// Builds the alias table for `instances` (any order; weight 0 = never picked). O(n).
+    pub fn build(instances: &[Instance]) -> Self {
+        let live: Vec<u32> = (0..instances.len() as u32).filter(|&i| instances[i as usize].weight > 0).collect();
+        let n = live.len() as u128;
+        if n == 0 {
+            return Self { instances: instances.into(), slots: Box::new([]) };
+        }
+        let total: u128 = live.iter().map(|&i| u128::from(instances[i as usize].weight)).sum();
+        // Each slot holds `total` units of mass; instance i brings weight·n units.
+        let mut mass: Vec<u128> = live.iter().map(|&i| u128::from(instances[i as usize].weight) * n).collect();
+        let mut slots: Vec<Slot> = live.iter().map(|&i| Slot { threshold: 1 << 32, primary: i, alias: i }).collect();
+        let (mut small, mut large): (Vec<usize>, Vec<usize>) = (0..live.len()).partition(|&s| mass[s] < total);
+        while let (Some(s), Some(&l)) = (small.pop(), large.last()) {
+            slots[s].threshold = ((mass[s] << 32) / total) as u64;
+            slots[s].alias = live[l];
+            mass[l] -= total - mass[s];
+            if mass[l] < total {
+                large.pop();
+                small.push(l);
+            }
+        }
+        // Whatever is left is full (up to rounding): always its primary.
+        Self { instances: instances.into(), slots: slots.into_boxed_slice() }
+    }
+
+    /// Picks an instance at random, in proportion to weight. `None` when no instance has a
+    /// weight above 0.
+    #[inline]
+    pub fn pick(&self) -> Option<&Instance> {
+        self.pick_with(fastrand::u64(..))
+    }
+
+    /// Picks with the given random number (for tests and benches).
+    #[inline]
+    pub fn pick_with(&self, random: u64) -> Option<&Instance> {
+        let n = self.slots.len() as u64;
+        if n == 0 {
+            return None;
+        }
+        // Multiply-shift maps the high 32 bits onto [0, n) without a division.
+        let slot = &self.slots[(((random >> 32) * n) >> 32) as usize];
+        let chosen = if (random & 0xffff_ffff) < slot.threshold { slot.primary } else { slot.alias };
+        self.instances.get(chosen as usize)
+    }
+
+    /// Every instance, drained ones included.
+    pub fn instances(&self) -> &[Instance] {
+        &self.instances
+    }
+
+    /// How many instances can be picked (weight above 0).
+    pub fn pickable(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether `addr` is one of the table's instances (the forwarding path's guard against ever
+    /// contacting an address discovery did not produce).
+    pub fn contains(&self, addr: &std::net::SocketAddr) -> bool {
+        self.instances.iter().any(|i| i.address == *addr)
+    }
+}
+
+/// What a service's forwarding reads: the table and the cache status, swapped in together.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// The weighted table.
+    pub table: Arc<Table>,
+    /// The resolution the table was built from.
+    pub resolution: Arc<Resolution>,
+    /// The cache's view of the target when this snapshot was published.
+    pub status: Status,
+}
+
+/// A service's current [`Snapshot`].
+pub struct Balancer {
+    /// Written by the cache's refresher through [`Publish::publish`]; read by every request with
+    /// one `load()`.
+    current: ArcSwap<Option<Snapshot>>,
+}
+
+impl Default for Balancer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Balancer {
+    /// A balancer with nothing published yet.
+    pub fn new() -> Self {
+        Self { current: ArcSwap::from_pointee(None) }
+    }
+
+    /// The current snapshot (`None` before the first resolve finished).
+    #[inline]
+    pub fn load(&self) -> arc_swap::Guard<Arc<Option<Snapshot>>> {
+        self.current.load()
+    }
+
+    /// The current snapshot as an owned handle (for debug output).
+    pub fn snapshot(&self) -> Arc<Option<Snapshot>> {
+        self.current.load_full()
+    }
+}
+
+impl Publish for Balancer {
+    fn publish(&self, resolution: &Arc<Resolution>, status: &Status, changed: bool) {
+        let old = self.current.load();
+        let table = match &**old {
+            Some(prev) if !changed && Arc::ptr_eq(&prev.resolution, resolution) => prev.table.clone(),
+            _ => Arc::new(Table::build(&resolution.instances)),
+        };
+        self.current.store(Arc::new(Some(Snapshot { table, resolution: resolution.clone(), status: status.clone() })));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn instances(weights: &[u32]) -> Vec<Instance> {
+        weights
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| Instance::new(format!("127.0.0.1:{}", 1000 + i).parse().unwrap(), w))
+            .collect()
+    }
+
+    /// Exact distribution: sweep the random space evenly and count.
+    fn shares(t: &Table, samples: u64) -> Vec<f64> {
+        let mut counts = vec![0u64; t.instances().len()];
+        let step = u64::MAX / samples;
+        for k in 0..samples {
+            let r = (k * step).rotate_left(32) ^ k.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let inst = t.pick_with(r).unwrap();
+            counts[inst.address.port() as usize - 1000] += 1;
+        }
+        counts.iter().map(|&c| c as f64 / samples as f64).collect()
+    }
+
+    #[test]
+    fn picks_in_proportion_to_weight() {
+        let t = Table::build(&instances(&[3, 2, 1]));
+        let s = shares(&t, 600_000);
+        for (got, want) in s.iter().zip([0.5, 1.0 / 3.0, 1.0 / 6.0]) {
+            assert!((got - want).abs() < 0.01, "share {got} vs {want}");
+        }
+    }
+
+    #[test]
+    fn weight_zero_is_never_picked() {
+        let t = Table::build(&instances(&[1, 0, 5]));
+        assert_eq!(t.pickable(), 2);
+        assert_eq!(shares(&t, 100_000)[1], 0.0);
+        assert!(Table::build(&instances(&[0, 0])).pick().is_none());
+        assert!(Table::build(&[]).pick().is_none());
+    }
+
+    #[test]
+    fn extreme_weights_keep_exact_mass() {
+        let t = Table::build(&instances(&[1_000_000, 1, 1, 1]));
+        let s = shares(&t, 1_000_000);
+        assert!(s[0] > 0.999, "{s:?}");
+        let big = Table::build(&instances(&vec![7; 10_000]));
+        assert_eq!(big.pickable(), 10_000);
+        for r in [0, u64::MAX, 1 << 63, 12345] {
+            assert!(big.pick_with(r).is_some());
+        }
+    }
+
+    #[test]
+    fn status_only_updates_reuse_the_table() {
+        use crate::cache::state::TargetState;
+        let b = Balancer::new();
+        let st = TargetState::new("static", "x");
+        let res = Arc::new(Resolution::new(instances(&[1, 1])));
+        b.publish(&res, &st.status, true);
+        let first = b.snapshot();
+        b.publish(&res, &st.status, false);
+        let second = b.snapshot();
+        let (Some(a), Some(c)) = (&*first, &*second) else { panic!("published") };
+        assert!(Arc::ptr_eq(&a.table, &c.table));
+    }
+}

@@ -1,0 +1,104 @@
+//! The refresher: one task per target that resolves, applies the answer to the target's
+//! [`TargetState`], publishes it, and sleeps — until the next jittered refresh, a watch event
+//! from the registry, expiry, or shutdown, whichever comes first.
+
+use std::sync::{Arc, Weak};
+use std::time::SystemTime;
+
+use tokio::time::Instant;
+
+use super::policy::Policy;
+use super::state::{Outcome, State, TargetState};
+use super::{Publish, Target};
+use crate::discover::{DiscoverError, Resolver};
+use crate::metrics::DiscoveryMetrics;
+use crate::shutdown::Shutdown;
+
+/// The cache side a refresher reports to (only to remove its expired target).
+pub(super) trait Owner<P>: Send + Sync {
+    /// Removes `target` from the on-demand map.
+    fn remove(&self, target: &Arc<Target<P>>);
+}
+
+/// One target's refresh loop.
+pub(super) struct Refresher<P> {
+    pub cache: Weak<dyn Owner<P>>,
+    pub target: Arc<Target<P>>,
+    pub resolver: Arc<dyn Resolver>,
+    pub policy: Policy,
+    pub metrics: DiscoveryMetrics,
+    pub shutdown: Shutdown,
+}
+
+impl<P: Publish> Refresher<P> {
+    pub(super) async fn run(mut self) {
+        let name = self.target.name().to_string();
+        let key = self.resolver.target(&name);
+        let mut state = TargetState::new(self.resolver.name(), &key);
+        let series = self.metrics.series(&name, self.resolver.name());
+        loop {
+            let started = Instant::now();
+            let answer = match tokio::time::timeout(self.policy.resolve_timeout, self.resolver.resolve(&key)).await {
+                Ok(r) => r,
+                Err(_) => Err(DiscoverError::Unavailable(format!(
+                    "resolve timed out after {:?}",
+                    self.policy.resolve_timeout
+                ))),
+            };
+            series.duration.observe(started.elapsed().as_secs_f64());
+            let now = SystemTime::now();
+            let ttl = answer.as_ref().ok().and_then(|r| r.ttl);
+            let (outcome, changed) = match answer {
+                Ok(res) => {
+                    let outcome = state.on_success(res, now, &self.policy);
+                    (outcome, outcome == Outcome::Changed)
+                }
+                Err(e) => {
+                    tracing::warn!(service = %name, resolver = self.resolver.name(), error = %e,
+                        failures = state.status.consecutive_failures + 1, "resolve failed; keeping the last good instances");
+                    let dropped = state.on_failure(e.to_string(), now, &self.policy);
+                    (Outcome::Error, dropped)
+                }
+            };
+            if outcome == Outcome::Held {
+                tracing::warn!(service = %name, held = ?state.status.held, current = state.current.instances.len(),
+                    "answer would remove most instances; holding it until confirmed");
+            }
+            series.record(outcome, &state);
+            self.target.publisher.publish(&state.current, &state.status, changed);
+            self.target.resolved.send_replace(true);
+
+            let delay = if outcome == Outcome::Error {
+                self.policy.next_retry(state.status.consecutive_failures, fastrand::f64())
+            } else if !self.resolver.refreshes() {
+                // Static answers never change; wake only for expiry or shutdown.
+                self.policy.expire_interval.max(self.policy.refresh_interval) * 1000
+            } else {
+                self.policy.next_refresh(ttl, fastrand::f64())
+            };
+            let watch = if state.status.state == State::Ready {
+                self.resolver.watch(&key, state.status.revision)
+            } else {
+                None
+            };
+            let expires_in = (!self.target.is_declared())
+                .then(|| self.policy.expire_interval.saturating_sub(self.target.idle()));
+            tokio::select! {
+                biased;
+                _ = self.shutdown.recv() => break,
+                _ = tokio::time::sleep(delay) => {}
+                _ = async { match watch { Some(w) => w.await, None => std::future::pending().await } } => {}
+                _ = async { match expires_in { Some(d) => tokio::time::sleep(d).await, None => std::future::pending().await } } => {}
+            }
+            if !self.target.is_declared() && self.target.idle() >= self.policy.expire_interval {
+                tracing::info!(service = %name, idle = ?self.target.idle(), "dropping idle on-demand target");
+                if let Some(cache) = self.cache.upgrade() {
+                    cache.remove(&self.target);
+                }
+                self.target.publisher.retire();
+                self.metrics.remove(&name);
+                break;
+            }
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! Config parsing and validation: every rule has a rejection test with inline YAML, and every
+//! error names the line, column and key.
+
+use super::*;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    load_str("test.yaml", text, &|name| (name == "POD_IP").then(|| "10.0.0.7".to_string()))
+}
+
+fn rejects(text: &str, line: usize, needle: &str) {
+    let e = parse(text).expect_err("must be rejected");
+    let shown = e.to_string();
+    assert_eq!(e.line, Some(line), "wrong line in: {shown}");
+    assert!(e.column.is_some(), "no column in: {shown}");
+    assert!(shown.starts_with("test.yaml:"), "{shown}");
+    assert!(shown.contains(needle), "{shown:?} should mention {needle:?}");
+}
+
+const GOOD: &str = "
+listen: ${POD_IP:-127.0.0.1}:18080
+admin:
+  listen: 127.0.0.1:18090
+discovery:
+  refresh_interval: 2s
+services:
+  echo:
+    listen: 127.0.0.1:18081
+    resolver:
+      static:
+        instances:
+          - address: 127.0.0.1:19001
+            weight: 3
+            tags: {zone: a}
+          - address: 127.0.0.1:19002
+  users:
+    refresh_interval: 250ms
+    upstream: {timeout: 2s}
+    resolver:
+      file: {name: users-v2}
+";
+
+#[test]
+fn parses_a_full_config_with_defaults() {
+    let c = parse(GOOD).unwrap();
+    assert_eq!(c.listen.to_string(), "10.0.0.7:18080");
+    assert_eq!(c.services.len(), 2);
+    let echo = &c.services[&ServiceName::parse("echo").unwrap()];
+    let ResolverConfig::Static(s) = &echo.resolver else { panic!("static") };
+    assert_eq!(s.instances[1].weight, 1, "default weight");
+    assert_eq!(c.refresh_interval(echo), std::time::Duration::from_secs(2));
+    assert_eq!(c.upstream.connect_timeout, Dur::from_secs(1));
+    assert_eq!(c.shutdown.grace, Dur::from_secs(10));
+}
+
+#[test]
+fn empty_file_is_all_defaults() {
+    let c = parse("").unwrap();
+    assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+    assert!(c.services.is_empty());
+}
+
+#[test]
+fn rejects_unknown_keys() {
+    rejects("listen: 127.0.0.1:1\nlisten_x: 1\n", 2, "unknown field `listen_x`");
+    rejects("services:\n  echo:\n    resolver: {static: {instances: []}}\n    wieght: 3\n", 4, "wieght");
+}
+
+#[test]
+fn rejects_wrong_types() {
+    rejects("runtime:\n  workers: many\n", 2, "runtime.workers");
+    rejects(
+        "services:\n  echo:\n    resolver:\n      static:\n        instances:\n          - address: 127.0.0.1:1\n            weight: heavy\n",
+        7,
+        "weight",
+    );
+}
+
+#[test]
+fn rejects_bad_durations() {
+    rejects("discovery:\n  refresh_interval: 5\n", 2, "has no unit");
+    rejects("discovery:\n  refresh_interval: 5 minutes\n", 2, "invalid duration");
+    rejects("discovery:\n  refresh_interval: 0s\n", 2, "discovery.refresh_interval");
+}
+
+#[test]
+fn rejects_bad_addresses() {
+    rejects("admin:\n  listen: localhost:80\n", 2, "invalid address");
+    rejects(
+        "services:\n  echo:\n    resolver:\n      static:\n        instances:\n          - address: 127.0.0.1\n",
+        6,
+        "invalid address",
+    );
+    rejects(
+        "services:\n  echo:\n    resolver:\n      static:\n        instances:\n          - address: 127.0.0.1:0\n",
+        6,
+        "port 0",
+    );
+}
+
+#[test]
+fn rejects_yaml_syntax_errors() {
+    rejects("listen: 127.0.0.1:1\nservices:\n  echo: {resolver: {file: {}}\nadmin: {}\n", 4, "did not find expected");
+    rejects("listen: 127.0.0.1:1\nadmin:\n\tlisten: 127.0.0.1:2\n", 3, "cannot start any token");
+}
+
+#[test]
+fn rejects_cross_key_conflicts() {
+    rejects("listen: 127.0.0.1:5000\nadmin:\n  listen: 127.0.0.1:5000\n", 3, "admin.listen");
+    rejects(
+        "listen: 127.0.0.1:5000\nservices:\n  echo:\n    listen: 127.0.0.1:5000\n    resolver: {file: {}}\n",
+        4,
+        "already used by `listen`",
+    );
+    rejects("services:\n  echo:\n    resolver:\n      static:\n        instances: []\n", 5, "at least one instance");
+    rejects(
+        "services:\n  echo:\n    resolver:\n      static:\n        instances:\n          - address: 127.0.0.1:1\n            weight: 2000000\n",
+        7,
+        "at most",
+    );
+    rejects("discovery:\n  jitter: 1.5\n", 2, "discovery.jitter");
+    rejects("discovery:\n  guard:\n    confirm: 0\n", 3, "discovery.guard.confirm");
+    rejects("discovery:\n  backoff:\n    initial: 10s\n    max: 1s\n", 4, "discovery.backoff.max");
+}
+
+#[test]
+fn rejects_bad_names_and_resolvers() {
+    rejects("services:\n  Echo:\n    resolver: {file: {}}\n", 2, "invalid service name");
+    rejects("services:\n  echo:\n    resolver:\n      consul: {}\n", 4, "unknown variant `consul`");
+    rejects("services:\n  echo:\n    listen: 127.0.0.1:1\n", 3, "services.echo: missing field `resolver`");
+}
+
+#[test]
+fn rejects_unset_variables() {
+    rejects("listen: 127.0.0.1:1\nadmin:\n  listen: ${NOT_SET}:80\n", 3, "NOT_SET");
+}
+
+#[test]
+fn every_shipped_config_is_valid() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            load_str(&path.display().to_string(), &text, &|_| None)
+                .unwrap_or_else(|e| panic!("{e}"));
+            seen += 1;
+        }
+    }
+    assert!(seen >= 2, "configs/ must hold the example configs");
+}

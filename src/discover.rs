@@ -1,0 +1,130 @@
+//! Stage 2 — discovery: the seam every service registry implements.
+//!
+//! In the spirit of CloudWeGo Hertz's `discovery.Resolver`: a [`Resolver`] has a [`name`]
+//! (`"static"`, `"file"`, `"dns"` …), maps a service to its cache key ([`target`]) and
+//! [`resolve`]s a target into a [`Resolution`] — the [`Instance`]s plus where and when they came
+//! from. Resolvers that can push changes also offer [`watch`]. Resolvers know nothing of caching,
+//! balancing or forwarding: the cache stage drives them and hands results on.
+//!
+//! [`name`]: Resolver::name
+//! [`target`]: Resolver::target
+//! [`resolve`]: Resolver::resolve
+//! [`watch`]: Resolver::watch
+
+pub mod file;
+#[path = "discover/static.rs"]
+pub mod static_;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+pub use file::FileResolver;
+pub use static_::StaticResolver;
+
+/// A boxed future, as returned by [`Resolver::resolve`] (object-safe without a macro crate).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Free-form labels of an instance (zone, version…), shared between snapshots.
+pub type Tags = Arc<BTreeMap<String, String>>;
+
+/// One reachable instance of a service.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct Instance {
+    /// Where to connect.
+    pub address: SocketAddr,
+    /// Relative weight; 0 drains the instance (kept in the table, never picked).
+    pub weight: u32,
+    /// Labels from the registry or config.
+    pub tags: Tags,
+}
+
+impl Instance {
+    /// An instance without tags.
+    pub fn new(address: SocketAddr, weight: u32) -> Self {
+        Self { address, weight, tags: Tags::default() }
+    }
+}
+
+/// The answer of one resolve: the instances and their provenance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resolution {
+    /// The instances, sorted by address so equal sets compare equal.
+    pub instances: Vec<Instance>,
+    /// The registry's revision or index for this answer, when it has one (etcd revision, Consul
+    /// index); lets the cache skip unchanged answers and watch from the right point.
+    pub revision: Option<u64>,
+    /// How long the answer may be trusted, when the registry says (DNS TTL); the cache clamps it.
+    pub ttl: Option<Duration>,
+    /// When this answer was fetched.
+    pub fetched_at: SystemTime,
+}
+
+impl Resolution {
+    /// A resolution of `instances` fetched now, sorted into canonical order.
+    pub fn new(mut instances: Vec<Instance>) -> Self {
+        instances.sort_by(|a, b| a.address.cmp(&b.address).then(a.weight.cmp(&b.weight)));
+        Self { instances, revision: None, ttl: None, fetched_at: SystemTime::now() }
+    }
+
+    /// Whether `other` carries the same instances (ignoring when either was fetched).
+    pub fn same_instances(&self, other: &Resolution) -> bool {
+        self.instances == other.instances
+    }
+}
+
+/// Why a resolve failed. "No instances" is not an error: it is an empty [`Resolution`].
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoverError {
+    /// The registry could not be reached or did not answer in time.
+    #[error("registry unavailable: {0}")]
+    Unavailable(String),
+    /// The registry answered with data we cannot use.
+    #[error("invalid registry data: {0}")]
+    Invalid(String),
+    /// Local I/O failed (file registry).
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl DiscoverError {
+    /// A short, bounded label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DiscoverError::Unavailable(_) => "unavailable",
+            DiscoverError::Invalid(_) => "invalid",
+            DiscoverError::Io(_) => "io",
+        }
+    }
+}
+
+/// A source of instances for services.
+pub trait Resolver: Send + Sync + 'static {
+    /// The resolver's kind, for logs, metrics and `/debug/services` (`"static"`, `"file"`…).
+    fn name(&self) -> &'static str;
+
+    /// The cache key for `service`: two services with the same target share one cache entry.
+    fn target(&self, service: &str) -> String;
+
+    /// Fetches the current instances of `target`.
+    fn resolve<'a>(&'a self, target: &'a str) -> BoxFuture<'a, Result<Resolution, DiscoverError>>;
+
+    /// Whether answers can change over time; `false` (static lists) lets the cache resolve once
+    /// and never poll again.
+    fn refreshes(&self) -> bool {
+        true
+    }
+
+    /// For registries that push changes: a future that completes when `target` may have changed
+    /// after `since` (a revision from an earlier [`Resolution`]), so the cache resolves again at
+    /// once instead of waiting for its next poll. `None` when the resolver cannot watch; polling
+    /// is always kept as the fallback.
+    fn watch<'a>(&'a self, _target: &'a str, _since: Option<u64>) -> Option<BoxFuture<'a, ()>> {
+        None
+    }
+}

@@ -1,0 +1,234 @@
+//! Stage 5 — forwarding: the hyper server apps call on localhost, and the request path
+//! route → look up → pick → send → respond.
+//!
+//! A request is only ever sent to an address picked from a service's current table, which only
+//! discovery fills: waypost is never an open proxy. Failures become [`ForwardError`]s, turned into
+//! responses in one place ([`rescue`]). Connections are served by hyper-util's auto builder
+//! (HTTP/1.1 with keep-alive, or h2c with prior knowledge) and drained gracefully on shutdown.
+
+pub mod client;
+pub mod rescue;
+pub mod route;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+pub use client::Client;
+pub use rescue::ForwardError;
+pub use route::Listener;
+
+use crate::balance::Balancer;
+use crate::cache::{Cache, Lookup, Publish, State, Status};
+use crate::discover::Resolution;
+use crate::metrics::{ForwardMetrics, ServiceMetrics};
+use crate::shutdown::Shutdown;
+
+/// The body of a response to the app: the upstream's, streamed, or one waypost wrote.
+pub type ResponseBody = Either<Incoming, Full<Bytes>>;
+
+/// Everything forwarding keeps per service: its balancer and the handles a request needs.
+/// The cache creates one per target and publishes into it.
+pub struct ServiceHandle {
+    /// The service's table, published by the cache.
+    pub balancer: Balancer,
+    metrics: ServiceMetrics,
+    family: ForwardMetrics,
+    name: Arc<str>,
+    /// Time allowed from request sent to response headers.
+    pub timeout: Duration,
+    /// The client for this service (its own when it overrides the connect timeout).
+    client: Client,
+}
+
+impl ServiceHandle {
+    /// A handle for `name` with nothing published yet.
+    pub fn new(name: &str, family: &ForwardMetrics, timeout: Duration, client: Client) -> Self {
+        Self {
+            balancer: Balancer::new(),
+            metrics: family.service(name),
+            family: family.clone(),
+            name: name.into(),
+            timeout,
+            client,
+        }
+    }
+}
+
+impl Publish for ServiceHandle {
+    fn publish(&self, resolution: &Arc<Resolution>, status: &Status, changed: bool) {
+        self.balancer.publish(resolution, status, changed);
+    }
+
+    fn retire(&self) {
+        self.family.remove(&self.name);
+    }
+}
+
+/// The shared state of every listener.
+pub struct Proxy {
+    cache: Cache<ServiceHandle>,
+    metrics: ForwardMetrics,
+    /// Series for requests that name no known service (one bounded label value).
+    unrouted: ServiceMetrics,
+    /// How long a first request waits for its service's first resolution.
+    first_resolve_wait: Duration,
+}
+
+impl Proxy {
+    /// A proxy over `cache`.
+    pub fn new(cache: Cache<ServiceHandle>, metrics: ForwardMetrics) -> Self {
+        let first_resolve_wait = cache.policy().resolve_timeout;
+        Self { unrouted: metrics.service("_unknown"), cache, metrics, first_resolve_wait }
+    }
+
+    /// Serves one request that arrived on `listener`.
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, listener: &Listener) -> Response<ResponseBody> {
+        let started = Instant::now();
+        let (mut parts, body) = req.into_parts();
+        let target = match route::service_name(&parts, listener) {
+            Err(e) => return self.reject(None, e, started),
+            Ok(name) => match self.cache.get(&name) {
+                Lookup::Found(t) => t,
+                Lookup::OnDemand => match self.cache.resolve_on_demand(&name) {
+                    Some(t) => t,
+                    None => return self.reject(None, ForwardError::UnknownService(name.into_owned()), started),
+                },
+                Lookup::Unknown => return self.reject(None, ForwardError::UnknownService(name.into_owned()), started),
+            },
+        };
+        target.touch();
+        if !target.is_resolved() {
+            // Concurrent first requests all wait on the one resolution in flight.
+            let _ = tokio::time::timeout(self.first_resolve_wait, target.first_resolve()).await;
+        }
+        let svc = target.publisher();
+        let addr = {
+            let snapshot = svc.balancer.load();
+            let picked = match &**snapshot {
+                Some(snap) => snap.table.pick().map(|i| i.address).ok_or_else(|| unavailable(target.name(), &snap.status)),
+                None => Err(ForwardError::NoInstances(target.name().to_string())),
+            };
+            match picked {
+                Ok(addr) => addr,
+                Err(e) => return self.reject(Some(svc), e, started),
+            }
+        };
+        if client::prepare(&mut parts, addr).is_err() {
+            return self.reject(Some(svc), ForwardError::BadRequest("request cannot be re-targeted"), started);
+        }
+        let sent = tokio::time::timeout(svc.timeout, svc.client.send(Request::from_parts(parts, body))).await;
+        let result = match sent {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(source)) if source.is_connect() => {
+                svc.metrics.connect_errors.inc();
+                Err(ForwardError::UpstreamConnect { service: target.name().into(), addr, source })
+            }
+            Ok(Err(source)) => Err(ForwardError::Upstream { service: target.name().into(), addr, source }),
+            Err(_) => Err(ForwardError::UpstreamTimeout { service: target.name().into(), addr, timeout: svc.timeout }),
+        };
+        match result {
+            Ok(resp) => {
+                let (mut head, body) = resp.into_parts();
+                client::strip_hop_by_hop(&mut head.headers);
+                svc.metrics.count(head.status.as_u16());
+                svc.metrics.duration.observe(started.elapsed().as_secs_f64());
+                Response::from_parts(head, Either::Left(body))
+            }
+            Err(e) => self.reject(Some(svc), e, started),
+        }
+    }
+
+    fn reject(&self, svc: Option<&ServiceHandle>, err: ForwardError, started: Instant) -> Response<ResponseBody> {
+        let (series, name): (&ServiceMetrics, &str) = match svc {
+            Some(s) => (&s.metrics, &s.name),
+            None => (&self.unrouted, "_unknown"),
+        };
+        let status = err.status();
+        match status.as_u16() {
+            500.. => tracing::warn!(service = name, error = %err, "request failed"),
+            _ => tracing::debug!(service = name, error = %err, "request rejected"),
+        }
+        self.metrics.errors.with_label_values(&[name, err.kind()]).inc();
+        series.count(status.as_u16());
+        series.duration.observe(started.elapsed().as_secs_f64());
+        err.into_response().map(Either::Right)
+    }
+}
+
+/// Why a service with a snapshot has nothing to pick.
+fn unavailable(name: &str, status: &Status) -> ForwardError {
+    match (status.state, &status.last_error) {
+        (State::Failed, Some(reason)) => ForwardError::DiscoveryFailed { service: name.into(), reason: reason.clone() },
+        _ => ForwardError::NoInstances(name.into()),
+    }
+}
+
+/// Accepts connections on `listener` until `stop` fires, serving each with `proxy`. Each
+/// connection task holds a clone of `drained`; once every task has finished, the receiving end
+/// sees the channel close. On `drain`, connections finish their in-flight requests and close.
+pub async fn serve(
+    listener: TcpListener,
+    kind: Listener,
+    proxy: Arc<Proxy>,
+    mut stop: Shutdown,
+    drain: Shutdown,
+    drained: mpsc::Sender<()>,
+) {
+    let label = match &kind {
+        Listener::Outbound => "outbound".to_string(),
+        Listener::Service(name) => format!("service:{name}"),
+    };
+    let open = proxy.metrics.connections(&label);
+    let kind = Arc::new(kind);
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).keep_alive(true).header_read_timeout(Duration::from_secs(30));
+    builder.http2().timer(TokioTimer::new());
+    let builder = Arc::new(builder);
+    loop {
+        let (stream, _peer) = tokio::select! {
+            biased;
+            _ = stop.recv() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(listener = %label, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let (proxy, kind, builder, mut drain, done, open) =
+            (proxy.clone(), kind.clone(), builder.clone(), drain.clone(), drained.clone(), open.clone());
+        tokio::spawn(async move {
+            open.inc();
+            let service = hyper::service::service_fn(move |req| {
+                let (proxy, kind) = (proxy.clone(), kind.clone());
+                async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, &kind).await) }
+            });
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                res = conn.as_mut() => if let Err(e) = res { tracing::debug!(error = %e, "connection ended with error") },
+                _ = drain.recv() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+            open.dec();
+            drop(done);
+        });
+    }
+    tracing::debug!(listener = %label, "stopped accepting");
+}

@@ -1,0 +1,113 @@
+//! Which service a request is for. The app names it in one of three ways:
+//!
+//! - **Host header** on the outbound listener: `Host: echo` or `Host: echo:80` (the port is
+//!   ignored: the instances carry their own).
+//! - **Absolute-form URI** (apps with `HTTP_PROXY` set send `GET http://echo/path`), and HTTP/2's
+//!   `:authority`, which hyper also exposes as the URI's authority.
+//! - **A dedicated listener** per service (`services.<name>.listen`): everything arriving there is
+//!   for that service.
+//!
+//! Names are lowercase host names; an uppercase Host is folded (the only allocation, and only for
+//! such requests).
+
+use std::borrow::Cow;
+
+use http::request::Parts;
+
+use super::rescue::ForwardError;
+
+/// Which listener a connection arrived on.
+#[derive(Debug, Clone)]
+pub enum Listener {
+    /// The outbound listener: the request names its service.
+    Outbound,
+    /// A per-service listener.
+    Service(std::sync::Arc<str>),
+}
+
+/// The service named by the request `parts` arriving on `listener`.
+pub fn service_name<'a>(parts: &'a Parts, listener: &'a Listener) -> Result<Cow<'a, str>, ForwardError> {
+    if parts.method == http::Method::CONNECT {
+        return Err(ForwardError::MethodNotAllowed(http::Method::CONNECT));
+    }
+    if let Listener::Service(name) = listener {
+        return Ok(Cow::Borrowed(name));
+    }
+    let host = match parts.uri.authority() {
+        Some(auth) => {
+            match parts.uri.scheme_str() {
+                Some("http") | None => {}
+                Some(_) => return Err(ForwardError::BadRequest("only http:// absolute-form URIs can be forwarded")),
+            }
+            auth.host()
+        }
+        None => {
+            let value = parts.headers.get(http::header::HOST).ok_or(ForwardError::BadRequest(
+                "no Host header: name the service in Host, use an absolute-form URI, or a per-service listener",
+            ))?;
+            let text = value.to_str().map_err(|_| ForwardError::BadRequest("Host header is not valid text"))?;
+            strip_port(text).ok_or(ForwardError::BadRequest("malformed Host header"))?
+        }
+    };
+    if host.is_empty() {
+        return Err(ForwardError::BadRequest("empty host"));
+    }
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Ok(Cow::Owned(host.to_ascii_lowercase()))
+    } else {
+        Ok(Cow::Borrowed(host))
+    }
+}
+
+/// `echo:80` → `echo`; `[::1]:80` → `[::1]`; rejects empty ports and stray colons.
+fn strip_port(host: &str) -> Option<&str> {
+    let host = host.trim();
+    if host.starts_with('[') {
+        let end = host.find(']')?;
+        let rest = &host[end + 1..];
+        return (rest.is_empty() || valid_port(rest.strip_prefix(':')?)).then_some(&host[..=end]);
+    }
+    match host.split_once(':') {
+        None => Some(host),
+        Some((name, port)) if valid_port(port) => Some(name),
+        Some(_) => None,
+    }
+}
+
+fn valid_port(p: &str) -> bool {
+    !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(uri: &str, host: Option<&str>) -> Parts {
+        let mut b = http::Request::builder().uri(uri);
+        if let Some(h) = host {
+            b = b.header("host", h);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn names_the_service_three_ways() {
+        let out = Listener::Outbound;
+        assert_eq!(service_name(&parts("/x", Some("echo")), &out).unwrap(), "echo");
+        assert_eq!(service_name(&parts("/x", Some("echo:80")), &out).unwrap(), "echo");
+        assert_eq!(service_name(&parts("/x", Some("ECHO")), &out).unwrap(), "echo");
+        assert_eq!(service_name(&parts("http://echo/x", Some("other")), &out).unwrap(), "echo");
+        assert_eq!(service_name(&parts("http://echo:8080/x", None), &out).unwrap(), "echo");
+        let svc = Listener::Service("users".into());
+        assert_eq!(service_name(&parts("/x", Some("anything")), &svc).unwrap(), "users");
+    }
+
+    #[test]
+    fn rejects_what_cannot_be_routed() {
+        let out = Listener::Outbound;
+        for (uri, host) in [("/x", None), ("/x", Some("echo:")), ("/x", Some("a:b:c")), ("https://echo/x", None)] {
+            let e = service_name(&parts(uri, host), &out).unwrap_err();
+            assert_eq!(e.kind(), "bad_request", "{uri} {host:?}");
+        }
+    }
+}
