@@ -36,6 +36,10 @@ impl<P: Publish> Refresher<P> {
         let key = self.resolver.target(&name);
         let mut state = TargetState::new(self.resolver.name(), &key);
         let series = self.metrics.series(&name, self.resolver.name());
+        // The revision of the latest answer, accepted or held: watches wait for a change past
+        // it. (Watching from the served revision would wake at once while an answer is held,
+        // and confirm it in a few polls — defeating the guard.)
+        let mut seen_revision = None;
         loop {
             let started = Instant::now();
             let answer = match tokio::time::timeout(self.policy.resolve_timeout, self.resolver.resolve(&key)).await {
@@ -48,6 +52,9 @@ impl<P: Publish> Refresher<P> {
             series.duration.observe(started.elapsed().as_secs_f64());
             let now = SystemTime::now();
             let ttl = answer.as_ref().ok().and_then(|r| r.ttl);
+            if let Ok(r) = &answer {
+                seen_revision = r.revision;
+            }
             let (outcome, changed) = match answer {
                 Ok(res) => {
                     let outcome = state.on_success(res, now, &self.policy);
@@ -77,7 +84,7 @@ impl<P: Publish> Refresher<P> {
                 self.policy.next_refresh(ttl, fastrand::f64())
             };
             let watch = if state.status.state == State::Ready {
-                self.resolver.watch(&key, state.status.revision)
+                self.resolver.watch(&key, seen_revision)
             } else {
                 None
             };

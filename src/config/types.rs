@@ -110,8 +110,7 @@ impl fmt::Display for Addr {
 
 impl<'de> Deserialize<'de> for Addr {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = StringOrNumber::deserialize(d)?;
-        Addr::parse(&s.0).map_err(de::Error::custom)
+        d.deserialize_any(ParseVisitor { parse: Addr::parse, expecting: "an address such as \"127.0.0.1:8080\"" })
     }
 }
 
@@ -149,33 +148,30 @@ impl fmt::Display for ServiceName {
 
 impl<'de> Deserialize<'de> for ServiceName {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = StringOrNumber::deserialize(d)?;
-        ServiceName::parse(&s.0).map_err(de::Error::custom)
+        d.deserialize_any(ParseVisitor { parse: ServiceName::parse, expecting: "a service name" })
     }
 }
 
-/// Accepts a YAML string or a bare number as text (`8080` or `"8080"`).
-struct StringOrNumber(String);
+/// Parses a YAML string (or bare number, as text) with `parse` *inside* the visitor, so an
+/// error carries the scalar's own key path and position rather than its parent's.
+struct ParseVisitor<T> {
+    parse: fn(&str) -> Result<T, String>,
+    expecting: &'static str,
+}
 
-impl<'de> Deserialize<'de> for StringOrNumber {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = StringOrNumber;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<StringOrNumber, E> {
-                Ok(StringOrNumber(v.to_string()))
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<StringOrNumber, E> {
-                Ok(StringOrNumber(v.to_string()))
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<StringOrNumber, E> {
-                Ok(StringOrNumber(v.to_string()))
-            }
-        }
-        d.deserialize_any(V)
+impl<T> Visitor<'_> for ParseVisitor<T> {
+    type Value = T;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.expecting)
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
+        (self.parse)(v).map_err(E::custom)
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<T, E> {
+        (self.parse)(&v.to_string()).map_err(E::custom)
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<T, E> {
+        (self.parse)(&v.to_string()).map_err(E::custom)
     }
 }
 

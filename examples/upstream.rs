@@ -1,0 +1,127 @@
+//! A small example upstream for `make run` and the benchmarks.
+//!
+//! `upstream --listen 127.0.0.1:19001 --name echo-1 [--registry-dir DIR --service echo --weight 3]`
+//!
+//! - `GET /` answers `Hello world!\n` (13 bytes), `GET /64k` 64 KiB, `GET /whoami` the instance
+//!   name; every response carries `x-instance: <name>`.
+//! - `GET /slow?ms=N` waits N ms first; any other request echoes its body back, streamed.
+//! - With `--registry-dir`, the instance registers itself in the embedded file registry (renewed
+//!   every TTL/3) and deregisters on SIGINT/SIGTERM.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use clap::Parser;
+use http::{Request, Response};
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use waypost::register::{FileRegistrar, Registrar, Registration};
+
+#[derive(Parser)]
+#[command(about = "Example upstream for waypost: answers /, /64k, /whoami, /slow; echoes anything else.")]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:19001")]
+    listen: SocketAddr,
+    /// Instance name, returned in `x-instance` and by /whoami.
+    #[arg(long, default_value = "upstream")]
+    name: String,
+    /// Register in the file registry under this directory.
+    #[arg(long)]
+    registry_dir: Option<std::path::PathBuf>,
+    /// Service to register as.
+    #[arg(long, default_value = "echo")]
+    service: String,
+    /// Weight to register with.
+    #[arg(long, default_value_t = 1)]
+    weight: u32,
+    /// Registration time-to-live, in milliseconds.
+    #[arg(long, default_value_t = 6000)]
+    ttl_ms: u64,
+}
+
+static HELLO: &[u8] = b"Hello world!\n";
+static BIG: [u8; 65536] = [b'x'; 65536];
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+fn full(b: Bytes) -> Body {
+    Full::new(b).map_err(|never| match never {}).boxed()
+}
+
+async fn handle(req: Request<Incoming>, name: Arc<str>) -> Result<Response<Body>, Infallible> {
+    let body = match (req.method(), req.uri().path()) {
+        (&http::Method::GET, "/") => full(Bytes::from_static(HELLO)),
+        (&http::Method::GET, "/64k") => full(Bytes::from_static(&BIG)),
+        (&http::Method::GET, "/whoami") => full(Bytes::from(format!("{name}\n"))),
+        (&http::Method::GET, "/slow") => {
+            let ms = req
+                .uri()
+                .query()
+                .and_then(|q| q.strip_prefix("ms="))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1000u64);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            full(Bytes::from_static(b"slow\n"))
+        }
+        _ => req.into_body().boxed(),
+    };
+    let mut resp = Response::new(body);
+    if let Ok(v) = http::HeaderValue::from_str(&name) {
+        resp.headers_mut().insert("x-instance", v);
+    }
+    Ok(resp)
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let args = Args::parse();
+    let listener = match TcpListener::bind(args.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("upstream {}: cannot listen on {}: {e}", args.name, args.listen);
+            std::process::exit(1);
+        }
+    };
+    let (trigger, stop) = waypost::shutdown::channel();
+    let registration = args.registry_dir.as_ref().map(|dir| {
+        let reg = Registration {
+            service: args.service.clone(),
+            address: args.listen,
+            weight: args.weight,
+            tags: Arc::new([("instance".to_string(), args.name.clone())].into_iter().collect()),
+            ttl: Duration::from_millis(args.ttl_ms),
+        };
+        let registrar: Arc<dyn Registrar> = Arc::new(FileRegistrar::new(dir));
+        tokio::spawn(reg.run(registrar, stop.clone()))
+    });
+    eprintln!("upstream {} listening on {} (weight {})", args.name, args.listen, args.weight);
+    let name: Arc<str> = args.name.into();
+    let builder = Arc::new(hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()));
+    let signal = waypost::shutdown::signal();
+    tokio::pin!(signal);
+    loop {
+        let stream = tokio::select! {
+            _ = &mut signal => break,
+            accepted = listener.accept() => match accepted {
+                Ok((s, _)) => s,
+                Err(_) => continue,
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let (name, builder) = (name.clone(), builder.clone());
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| handle(req, name.clone()));
+            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+        });
+    }
+    trigger.fire();
+    if let Some(task) = registration {
+        let _ = task.await; // deregisters before we exit
+    }
+}

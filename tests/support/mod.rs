@@ -1,0 +1,273 @@
+//! Test support: upstreams on `127.0.0.1:0`, waypost built from inline YAML (in-process, or the
+//! real binary as a child process), a small HTTP client, and `eventually` for settling.
+#![allow(dead_code)]
+
+pub mod external;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+/// A body usable for requests in tests.
+pub type TestBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// A running test upstream: answers `x-instance: <name>`; `/slow?ms=N` sleeps first; any other
+/// path echoes the request body. Stops when dropped.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub name: String,
+    pub hits: Arc<AtomicUsize>,
+    _stop: oneshot::Sender<()>,
+}
+
+impl Upstream {
+    /// Starts an upstream named `name` on a free loopback port.
+    pub async fn start(name: &str) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let (tx, mut rx) = oneshot::channel();
+        let (n, h) = (Arc::<str>::from(name), hits.clone());
+        tokio::spawn(async move {
+            let builder = Arc::new(hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()));
+            loop {
+                let stream = tokio::select! {
+                    _ = &mut rx => break,
+                    r = listener.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
+                };
+                let (n, h, b) = (n.clone(), h.clone(), builder.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let (n, h) = (n.clone(), h.clone());
+                        async move {
+                            h.fetch_add(1, Ordering::Relaxed);
+                            let body: BoxBody<Bytes, hyper::Error> = if req.uri().path() == "/slow" {
+                                let ms = req.uri().query().and_then(|q| q.strip_prefix("ms=")).and_then(|v| v.parse().ok()).unwrap_or(1000);
+                                tokio::time::sleep(Duration::from_millis(ms)).await;
+                                Full::new(Bytes::from_static(b"slow\n")).map_err(|n| match n {}).boxed()
+                            } else if req.uri().path() == "/bytes" {
+                                let n: usize = req.uri().query().and_then(|q| q.strip_prefix("n=")).and_then(|v| v.parse().ok()).unwrap_or(0);
+                                streamed_body(n).map_err(|_| -> hyper::Error { unreachable!("in-memory chunks never fail") }).boxed()
+                            } else if req.uri().path() == "/headers" {
+                                let mut text = String::new();
+                                for (k, v) in req.headers() {
+                                    text.push_str(&format!("{k}: {}\n", v.to_str().unwrap_or("?")));
+                                }
+                                Full::new(Bytes::from(text)).map_err(|n| match n {}).boxed()
+                            } else {
+                                req.into_body().boxed()
+                            };
+                            let mut resp = Response::new(body);
+                            resp.headers_mut().insert("x-instance", n.parse().unwrap());
+                            Ok::<_, std::convert::Infallible>(resp)
+                        }
+                    });
+                    let _ = b.serve_connection(TokioIo::new(stream), svc).await;
+                });
+            }
+        });
+        Upstream { addr, name: name.to_string(), hits, _stop: tx }
+    }
+}
+
+/// A loopback address nothing listens on (bound, then released).
+pub async fn dead_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap()
+}
+
+/// waypost running in-process, built from YAML. Stops (with its shutdown sequence) when dropped.
+pub struct TestProxy {
+    pub addrs: waypost::app::Addrs,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestProxy {
+    /// Builds waypost from `yaml` (listen and admin default to `127.0.0.1:0`) and runs it.
+    pub async fn start(yaml: &str) -> TestProxy {
+        let mut text = String::new();
+        if !yaml.lines().any(|l| l.starts_with("listen:")) {
+            text.push_str("listen: 127.0.0.1:0\n");
+        }
+        if !yaml.lines().any(|l| l.starts_with("admin:")) {
+            text.push_str("admin: {listen: 127.0.0.1:0}\n");
+        }
+        text.push_str(yaml);
+        let config = waypost::config::load_str("test.yaml", &text, &|_| None).unwrap_or_else(|e| panic!("{e}"));
+        let app = waypost::App::build(config).await.unwrap();
+        let addrs = app.addrs().clone();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(app.run(async move {
+            let _ = rx.await;
+        }));
+        let proxy = TestProxy { addrs, stop: Some(tx), task: Some(task) };
+        proxy.wait_ready().await;
+        proxy
+    }
+
+    /// Waits until `/ready` answers 200.
+    pub async fn wait_ready(&self) {
+        let admin = self.addrs.admin;
+        eventually(Duration::from_secs(10), || async move {
+            get(&format!("http://{admin}/ready"), &[]).await.map(|r| r.status == 200).unwrap_or(false)
+        })
+        .await;
+    }
+
+    /// `http://<outbound listener>`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addrs.outbound)
+    }
+
+    /// `http://<admin listener>`.
+    pub fn admin(&self) -> String {
+        format!("http://{}", self.addrs.admin)
+    }
+
+    /// Runs the shutdown sequence and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+}
+
+impl Drop for TestProxy {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A response read whole.
+#[derive(Debug)]
+pub struct Got {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Got {
+    /// A header as text ("" when absent).
+    pub fn header(&self, name: &str) -> &str {
+        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+    }
+
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A pooled HTTP/1.1 client (keep-alive), shared by a test.
+pub fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, TestBody> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// An h2c (prior knowledge) client.
+pub fn h2c_client() -> Client<hyper_util::client::legacy::connect::HttpConnector, TestBody> {
+    Client::builder(TokioExecutor::new()).http2_only(true).build_http()
+}
+
+/// An empty request body.
+pub fn empty() -> TestBody {
+    Empty::new().map_err(|n| match n {}).boxed()
+}
+
+/// Sends `req` with `client` and reads the whole response.
+pub async fn send(
+    client: &Client<hyper_util::client::legacy::connect::HttpConnector, TestBody>,
+    req: Request<TestBody>,
+) -> anyhow::Result<Got> {
+    let resp = client.request(req).await?;
+    let (head, body) = resp.into_parts();
+    let body = body.collect().await?.to_bytes();
+    Ok(Got { status: head.status.as_u16(), headers: head.headers, body })
+}
+
+/// GET `url` with extra `headers` on a fresh client.
+pub async fn get(url: &str, headers: &[(&str, &str)]) -> anyhow::Result<Got> {
+    let mut b = Request::get(url);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    send(&client(), b.body(empty())?).await
+}
+
+/// Polls `check` until it returns true, failing the test after `deadline`.
+pub async fn eventually<F, Fut>(deadline: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = tokio::time::Instant::now();
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(start.elapsed() < deadline, "condition not met within {deadline:?}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// YAML for a static service `name` over `(addr, weight)` pairs.
+pub fn static_service(name: &str, instances: &[(SocketAddr, u32)]) -> String {
+    let mut s = format!("  {name}:\n    resolver:\n      static:\n        instances:\n");
+    for (addr, w) in instances {
+        s.push_str(&format!("          - {{address: \"{addr}\", weight: {w}}}\n"));
+    }
+    s
+}
+
+/// Reads a whole `Incoming` body (for responses obtained without [`send`]).
+pub async fn read_all(body: Incoming) -> Bytes {
+    body.collect().await.unwrap().to_bytes()
+}
+
+/// A body of `len` bytes streamed in 64 KiB chunks, never held whole in memory.
+pub fn streamed_body(len: usize) -> TestBody {
+    const CHUNK: usize = 64 * 1024;
+    let chunk = Bytes::from(vec![b'z'; CHUNK]);
+    let chunks = len.div_ceil(CHUNK);
+    let stream = futures_util::stream::iter((0..chunks).map(move |i| {
+        let n = if i + 1 == chunks { len - i * CHUNK } else { CHUNK };
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(http_body::Frame::data(chunk.slice(..n)))
+    }));
+    http_body_util::StreamBody::new(stream).boxed()
+}
+
+/// Sends `body` as a POST, counting response bytes without keeping them.
+pub async fn post_count(url: &str, host: &str, body: TestBody) -> anyhow::Result<(u16, usize)> {
+    let req = Request::post(url).header("host", host).body(body)?;
+    let resp = client().request(req).await?;
+    let status = resp.status().as_u16();
+    let mut body = resp.into_body();
+    let mut total = 0;
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            total += data.len();
+        }
+    }
+    Ok((status, total))
+}
+
+/// Full-body helper for small requests.
+pub fn full(b: impl Into<Bytes>) -> TestBody {
+    Full::new(b.into()).map_err(|n| match n {}).boxed()
+}
