@@ -23,6 +23,7 @@ done
 "$BIN/waypost" run --config configs/local.yaml &
 pids+=($!)
 for _ in $(seq 50); do
+  command -v curl >/dev/null || { sleep 1; break; }
   curl -fs http://127.0.0.1:18090/ready >/dev/null 2>&1 && break
   sleep 0.1
 done

@@ -1,0 +1,42 @@
+# waypost — the two commands: `make run` and `make test`.
+CARGO ?= cargo
+
+.PHONY: run test test-rust test-helm deps build release bench bench-micro check-configs clean
+
+## run: build, start three example upstreams in the file registry and waypost in front of them
+run: release
+	scripts/run-local.sh
+
+release:
+	$(CARGO) build --release --bin waypost --example upstream
+
+build:
+	$(CARGO) build --all-targets
+
+## test: install what the tests need (apt, pip venv) when missing, then run every test
+test: deps test-rust test-helm
+
+deps:
+	scripts/install-deps.sh
+
+test-rust:
+	$(CARGO) build --all-targets
+	$(CARGO) test
+
+test-helm:
+	$(CARGO) build --bin waypost
+	tests/helm/run.sh
+
+check-configs: build
+	for f in configs/*.yaml; do target/debug/waypost check --config $$f || exit 1; done
+
+## bench: micro benches and the load harness against HAProxy, nginx and Envoy
+bench: bench-micro
+	$(CARGO) build --release --bin waypost --example upstream
+	python3 bench/load/run.py
+
+bench-micro:
+	$(CARGO) bench --bench balance
+
+clean:
+	$(CARGO) clean
