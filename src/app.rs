@@ -14,8 +14,8 @@ use tokio::sync::mpsc;
 
 use crate::admin::Admin;
 use crate::cache::{Cache, Declared, Policy, Rule};
-use crate::config::{Config, ResolverConfig, ServiceConfig};
-use crate::discover::{FileResolver, Resolver, StaticResolver};
+use crate::config::{Config, ResolverConfig};
+use crate::discover::{DnsClient, DnsResolver, FileResolver, Resolver, StaticResolver};
 use crate::forward::{self, Client, Listener, Proxy, ServiceHandle};
 use crate::metrics::Metrics;
 use crate::shutdown;
@@ -43,13 +43,70 @@ pub struct App {
     refresh_trigger: shutdown::Trigger,
 }
 
-/// The resolver a service's config asks for.
-pub fn build_resolver(config: &Config, name: &str, svc: &ServiceConfig) -> Arc<dyn Resolver> {
-    match &svc.resolver {
-        ResolverConfig::Static(s) => Arc::new(StaticResolver::from_config(s)),
-        ResolverConfig::File(f) => Arc::new(
-            FileResolver::new(&config.registry.file.dir).named(Some(f.name.as_ref().map_or(name, |n| n.as_str()))),
-        ),
+/// Builds resolvers from config, sharing one DNS client (created on first use) between them.
+pub struct ResolverFactory<'a> {
+    config: &'a Config,
+    dns: Option<Arc<DnsClient>>,
+}
+
+impl<'a> ResolverFactory<'a> {
+    /// A factory for `config`.
+    pub fn new(config: &'a Config) -> Self {
+        Self { config, dns: None }
+    }
+
+    /// The resolver `resolver` describes; `name` is the service (or on-demand host) it serves.
+    pub fn build(&mut self, name: &str, resolver: &ResolverConfig) -> anyhow::Result<Arc<dyn Resolver>> {
+        Ok(match resolver {
+            ResolverConfig::Static(s) => Arc::new(StaticResolver::from_config(s)),
+            ResolverConfig::File(f) => Arc::new(
+                FileResolver::new(&self.config.registry.file.dir).named(f.name.as_ref().map(|n| n.as_str()).or(Some(name).filter(|n| !n.is_empty()))),
+            ),
+            ResolverConfig::Dns(d) => {
+                let client = match &self.dns {
+                    Some(c) => c.clone(),
+                    None => {
+                        let c = DnsClient::from_config(&self.config.dns).context("cannot set up DNS")?;
+                        self.dns = Some(c.clone());
+                        c
+                    }
+                };
+                Arc::new(DnsResolver::from_config(client, d))
+            }
+        })
+    }
+
+    /// The cache rules for `discovery.on_demand`.
+    pub fn rules(&mut self) -> anyhow::Result<Vec<Rule>> {
+        let config = self.config;
+        config
+            .discovery
+            .on_demand
+            .iter()
+            .map(|r| {
+                let suffix = r.suffix.clone();
+                Ok(Rule {
+                    description: format!("suffix {} via {}", r.suffix, resolver_kind(&r.resolver)),
+                    // The suffix alone is not a name: `.svc.cluster.local` must not match itself.
+                    // Only well-formed host names are looked up: nothing odd reaches the registry.
+                    matches: Box::new(move |name: &str| {
+                        name.len() > suffix.len()
+                            && name.ends_with(suffix.as_str())
+                            && crate::config::ServiceName::parse(name).is_ok()
+                    }),
+                    resolver: self.build("", &r.resolver)?,
+                    refresh_interval: r.refresh_interval.map(|d| d.0),
+                })
+            })
+            .collect()
+    }
+}
+
+fn resolver_kind(r: &ResolverConfig) -> &'static str {
+    match r {
+        ResolverConfig::Static(_) => "static",
+        ResolverConfig::File(_) => "file",
+        ResolverConfig::Dns(_) => "dns",
     }
 }
 
@@ -65,10 +122,12 @@ impl App {
         let default_client = Client::new(&config.upstream, config.upstream.connect_timeout.0);
         let mut declared = Vec::new();
         let mut per_service = BTreeMap::new();
+        let mut factory = ResolverFactory::new(&config);
+        let rules = factory.rules()?;
         for (name, svc) in &config.services {
             declared.push(Declared {
                 name: name.to_string(),
-                resolver: build_resolver(&config, name.as_str(), svc),
+                resolver: factory.build(name.as_str(), &svc.resolver)?,
                 refresh_interval: svc.refresh_interval.map(|d| d.0),
             });
             let client = match svc.upstream.connect_timeout {
@@ -78,7 +137,6 @@ impl App {
             let timeout = svc.upstream.timeout.unwrap_or(config.upstream.timeout).0;
             per_service.insert(name.to_string(), (timeout, client));
         }
-        let rules: Vec<Rule> = Vec::new();
         let (refresh_trigger, refresh_stop) = shutdown::channel();
         let family = metrics.forward.clone();
         let default_timeout = config.upstream.timeout.0;

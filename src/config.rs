@@ -49,6 +49,9 @@ pub struct Config {
     /// Registries waypost reads from (and, for the file registry, writes to).
     #[serde(default)]
     pub registry: RegistryConfig,
+    /// The DNS client shared by every `dns` resolver.
+    #[serde(default)]
+    pub dns: DnsConfig,
     /// Shutdown behaviour.
     #[serde(default)]
     pub shutdown: ShutdownConfig,
@@ -207,6 +210,70 @@ pub struct DiscoveryConfig {
     /// Protection against answers that empty a table or remove most of it.
     #[serde(default)]
     pub guard: GuardConfig,
+    /// Rules for names that are not declared under `services:` but may be resolved on first
+    /// use. Any other name is refused: waypost is never an open proxy.
+    #[serde(default)]
+    pub on_demand: Vec<OnDemandRule>,
+}
+
+/// `discovery.on_demand[]` — names ending in `suffix` are resolved on first use by `resolver`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnDemandRule {
+    /// A DNS suffix such as `.svc.cluster.local` (must start with a dot).
+    pub suffix: String,
+    /// The resolver for matching names: `dns` (the name is the requested host; `port` is
+    /// required) or `file` (the name is the registry service name).
+    #[serde(with = "serde_yaml::with::singleton_map")]
+    pub resolver: ResolverConfig,
+    /// Refresh interval for targets created by this rule (default `discovery.refresh_interval`).
+    pub refresh_interval: Option<Dur>,
+}
+
+/// `dns:` — the DNS client shared by every `dns` resolver.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsConfig {
+    /// Name servers as `IP:port`; empty (the default) uses the system's `/etc/resolv.conf`.
+    #[serde(default)]
+    pub nameservers: Vec<Addr>,
+    /// Time allowed for one query (default 2s).
+    #[serde(default = "default_dns_timeout")]
+    pub timeout: Dur,
+    /// Queries tried per lookup before it fails (default 2).
+    #[serde(default = "default_dns_attempts")]
+    pub attempts: usize,
+    /// Shortest refresh interval a record TTL may ask for (default 1s).
+    #[serde(default = "default_min_ttl")]
+    pub min_ttl: Dur,
+    /// Longest refresh interval a record TTL may ask for (default 30s).
+    #[serde(default = "default_max_ttl")]
+    pub max_ttl: Dur,
+}
+
+fn default_dns_timeout() -> Dur {
+    Dur::from_secs(2)
+}
+fn default_dns_attempts() -> usize {
+    2
+}
+fn default_min_ttl() -> Dur {
+    Dur::from_secs(1)
+}
+fn default_max_ttl() -> Dur {
+    Dur::from_secs(30)
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        Self {
+            nameservers: Vec::new(),
+            timeout: default_dns_timeout(),
+            attempts: default_dns_attempts(),
+            min_ttl: default_min_ttl(),
+            max_ttl: default_max_ttl(),
+        }
+    }
 }
 
 fn default_refresh() -> Dur {
@@ -232,6 +299,7 @@ impl Default for DiscoveryConfig {
             resolve_timeout: default_resolve_timeout(),
             backoff: BackoffConfig::default(),
             guard: GuardConfig::default(),
+            on_demand: Vec::new(),
         }
     }
 }
@@ -358,6 +426,25 @@ pub enum ResolverConfig {
     Static(StaticResolverConfig),
     /// Instances registered in the embedded file registry (`registry.file.dir`).
     File(FileResolverConfig),
+    /// Instances from DNS: A/AAAA records plus a port, or SRV records.
+    Dns(DnsResolverConfig),
+}
+
+/// `resolver: {dns: …}` — either `port` (A/AAAA lookup of `name`) or `srv` (SRV lookup).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsResolverConfig {
+    /// Host name for the A/AAAA lookup; defaults to the service's own name (or, in an
+    /// on-demand rule, the requested host).
+    pub name: Option<String>,
+    /// Port of every instance found by the A/AAAA lookup.
+    pub port: Option<u16>,
+    /// SRV name (`_http._tcp.echo.default.svc.cluster.local`): instances, ports and weights
+    /// come from the lowest-priority SRV records.
+    pub srv: Option<String>,
+    /// Weight given to each A/AAAA instance (default 1).
+    #[serde(default = "default_weight")]
+    pub weight: u32,
 }
 
 /// `resolver: {static: …}`.
@@ -523,8 +610,45 @@ impl Config {
         if !(0.0..=1.0).contains(&d.guard.max_removal) {
             return Err(("discovery.guard.max_removal".into(), "must be between 0 and 1".into()));
         }
+        let dns = &self.dns;
+        if dns.timeout.0.is_zero() {
+            return Err(("dns.timeout".into(), "must be greater than 0".into()));
+        }
+        if dns.attempts == 0 {
+            return Err(("dns.attempts".into(), "must be at least 1".into()));
+        }
+        if dns.max_ttl < dns.min_ttl {
+            return Err(("dns.max_ttl".into(), "must be at least dns.min_ttl".into()));
+        }
+        for (i, rule) in d.on_demand.iter().enumerate() {
+            let base = format!("discovery.on_demand.{i}");
+            let suffix_ok = rule.suffix.len() > 1
+                && rule.suffix.starts_with('.')
+                && ServiceName::parse(&rule.suffix[1..]).is_ok();
+            if !suffix_ok {
+                return Err((format!("{base}.suffix"), format!("{:?} must be a DNS suffix starting with a dot, such as \".svc.cluster.local\"", rule.suffix)));
+            }
+            match &rule.resolver {
+                ResolverConfig::Static(_) => {
+                    return Err((format!("{base}.resolver"), "static lists cannot resolve names on demand: use dns or file".into()))
+                }
+                ResolverConfig::File(f) if f.name.is_some() => {
+                    return Err((format!("{base}.resolver.file.name"), "an on-demand rule resolves the requested name; remove `name`".into()))
+                }
+                ResolverConfig::Dns(cfg) => {
+                    if cfg.name.is_some() || cfg.srv.is_some() {
+                        return Err((format!("{base}.resolver.dns"), "an on-demand rule resolves the requested name: give only `port` (and `weight`)".into()));
+                    }
+                    validate_dns(cfg, &format!("{base}.resolver.dns"))?;
+                }
+                ResolverConfig::File(_) => {}
+            }
+        }
         for (name, svc) in &self.services {
             let base = format!("services.{name}");
+            if let ResolverConfig::Dns(cfg) = &svc.resolver {
+                validate_dns(cfg, &format!("{base}.resolver.dns"))?;
+            }
             if let Some(addr) = &svc.listen {
                 listeners.push((format!("{base}.listen"), addr.0));
             }
@@ -567,9 +691,40 @@ impl Config {
         Ok(())
     }
 
+    /// The on-demand rule covering `name`, if any (the first that matches).
+    pub fn on_demand_rule(&self, name: &str) -> Option<&OnDemandRule> {
+        self.discovery.on_demand.iter().find(|r| name.ends_with(&r.suffix))
+    }
+
     /// The refresh interval for `svc`: its own, else the global one.
     pub fn refresh_interval(&self, svc: &ServiceConfig) -> std::time::Duration {
         svc.refresh_interval.unwrap_or(self.discovery.refresh_interval).0
+    }
+}
+
+fn validate_dns(cfg: &DnsResolverConfig, base: &str) -> Result<(), (String, String)> {
+    match (&cfg.srv, cfg.port) {
+        (Some(_), Some(_)) => Err((format!("{base}.port"), "SRV records carry their own ports: give `srv` or `port`, not both".into())),
+        (Some(srv), None) => {
+            if cfg.name.is_some() {
+                return Err((format!("{base}.name"), "give `srv` or `name` + `port`, not both".into()));
+            }
+            if !srv.starts_with('_') || ServiceName::parse(&srv.replace('_', "x")).is_err() {
+                return Err((format!("{base}.srv"), format!("{srv:?} is not an SRV name such as \"_http._tcp.echo.default.svc.cluster.local\"")));
+            }
+            Ok(())
+        }
+        (None, Some(0)) => Err((format!("{base}.port"), "must be between 1 and 65535".into())),
+        (None, Some(_)) => {
+            if let Some(name) = &cfg.name {
+                ServiceName::parse(name.trim_end_matches('.')).map_err(|e| (format!("{base}.name"), e))?;
+            }
+            if cfg.weight > MAX_WEIGHT {
+                return Err((format!("{base}.weight"), format!("must be at most {MAX_WEIGHT}")));
+            }
+            Ok(())
+        }
+        (None, None) => Err((base.to_string(), "needs `port` (A/AAAA lookup) or `srv` (SRV lookup)".into())),
     }
 }
 

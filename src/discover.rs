@@ -11,6 +11,7 @@
 //! [`resolve`]: Resolver::resolve
 //! [`watch`]: Resolver::watch
 
+pub mod dns;
 pub mod file;
 #[path = "discover/static.rs"]
 pub mod static_;
@@ -24,6 +25,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
+pub use dns::{DnsClient, DnsResolver};
 pub use file::FileResolver;
 pub use static_::StaticResolver;
 

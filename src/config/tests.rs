@@ -149,3 +149,24 @@ fn every_shipped_config_is_valid() {
     }
     assert!(seen >= 2, "configs/ must hold the example configs");
 }
+
+#[test]
+fn dns_and_on_demand_rules() {
+    let ok = "dns:\n  nameservers: [127.0.0.1:5353]\ndiscovery:\n  on_demand:\n    - suffix: .svc.cluster.local\n      resolver: {dns: {port: 8080}}\nservices:\n  users:\n    resolver:\n      dns: {srv: _http._tcp.users.default.svc.cluster.local}\n  orders:\n    resolver:\n      dns: {name: orders.default.svc.cluster.local, port: 80}\n";
+    let c = parse(ok).unwrap();
+    assert!(c.on_demand_rule("echo.default.svc.cluster.local").is_some());
+    assert!(c.on_demand_rule("example.com").is_none());
+    rejects("services:\n  a:\n    resolver:\n      dns: {}\n", 4, "needs `port`");
+    rejects("services:\n  a:\n    resolver:\n      dns:\n        srv: _x._tcp.a\n        port: 80\n", 6, "not both");
+    rejects("services:\n  a:\n    resolver:\n      dns:\n        srv: a.b\n", 5, "not an SRV name");
+    rejects("services:\n  a:\n    resolver:\n      dns:\n        port: 0\n", 5, "between 1 and 65535");
+    rejects("discovery:\n  on_demand:\n    - suffix: svc.local\n      resolver: {dns: {port: 80}}\n", 3, "starting with a dot");
+    rejects(
+        "discovery:\n  on_demand:\n    - suffix: .local\n      resolver:\n        static: {instances: [{address: 127.0.0.1:1}]}\n",
+        4,
+        "static lists cannot resolve names on demand",
+    );
+    rejects("discovery:\n  on_demand:\n    - suffix: .local\n      resolver:\n        dns: {name: x.local, port: 80}\n", 5, "only `port`");
+    rejects("dns:\n  min_ttl: 10s\n  max_ttl: 1s\n", 3, "dns.max_ttl");
+    rejects("dns:\n  nameservers: [8.8.8.8]\n", 2, "invalid address");
+}
