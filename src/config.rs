@@ -85,7 +85,7 @@ impl Default for AdminConfig {
 }
 
 /// `runtime:` — how many worker threads the proxy uses.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeConfig {
     /// Worker threads; 1 (the default) runs a single-threaded runtime, which is the cheapest
@@ -96,6 +96,12 @@ pub struct RuntimeConfig {
 
 fn one() -> usize {
     1
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self { workers: one() }
+    }
 }
 
 /// `log:` — logging.
@@ -431,7 +437,7 @@ pub enum ResolverConfig {
 }
 
 /// `resolver: {dns: …}` — either `port` (A/AAAA lookup of `name`) or `srv` (SRV lookup).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DnsResolverConfig {
     /// Host name for the A/AAAA lookup; defaults to the service's own name (or, in an

@@ -57,6 +57,7 @@ fn empty_file_is_all_defaults() {
     let c = parse("").unwrap();
     assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
     assert!(c.services.is_empty());
+    assert_eq!(c.runtime.workers, 1, "a sidecar runs single-threaded unless told otherwise");
 }
 
 #[test]
