@@ -60,7 +60,8 @@ impl DnsClient {
         };
         let opts = builder.options_mut();
         opts.timeout = cfg.timeout.0;
-        opts.attempts = cfg.attempts;
+        // hickory counts retries after the first query; `dns.attempts` counts queries (≥ 1).
+        opts.attempts = cfg.attempts.saturating_sub(1);
         // Our cache owns freshness; a second cache underneath would only delay changes.
         opts.cache_size = 0;
         let resolver = builder.build().map_err(|e| DiscoverError::Unavailable(format!("cannot build the DNS client: {e}")))?;

@@ -2,6 +2,7 @@
 //! real binary as a child process), a small HTTP client, and `eventually` for settling.
 #![allow(dead_code)]
 
+pub mod dnsmasq;
 pub mod external;
 
 use std::future::Future;
@@ -34,8 +35,20 @@ pub struct Upstream {
 impl Upstream {
     /// Starts an upstream named `name` on a free loopback port.
     pub async fn start(name: &str) -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        Self::start_on("127.0.0.1:0".parse().unwrap(), name).await
+    }
+
+    /// Starts an upstream named `name` on `addr` — any 127.0.0.x, since Linux routes all of
+    /// 127.0.0.0/8 to loopback (DNS tests point records at 127.0.0.2, 127.0.0.3…). Port 0
+    /// picks a free one.
+    pub async fn start_on(addr: SocketAddr, name: &str) -> Upstream {
+        Self::try_start_on(addr, name).await.unwrap_or_else(|e| panic!("cannot bind upstream {name} on {addr}: {e}"))
+    }
+
+    /// [`Upstream::start_on`], returning the bind error (the port may be taken).
+    pub async fn try_start_on(addr: SocketAddr, name: &str) -> std::io::Result<Upstream> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
         let hits = Arc::new(AtomicUsize::new(0));
         let (tx, mut rx) = oneshot::channel();
         let (n, h) = (Arc::<str>::from(name), hits.clone());
@@ -77,7 +90,34 @@ impl Upstream {
                 });
             }
         });
-        Upstream { addr, name: name.to_string(), hits, _stop: tx }
+        Ok(Upstream { addr, name: name.to_string(), hits, _stop: tx })
+    }
+
+    /// One upstream per `(ip, name)`, all on the same port (DNS A records carry no port, so a
+    /// service resolved by name uses one port for every address). Retries with another port if
+    /// one of the addresses has it taken.
+    pub async fn start_on_shared_port(instances: &[(&str, &str)]) -> (u16, Vec<Upstream>) {
+        for _ in 0..20 {
+            let (ip, name) = instances[0];
+            let first = Upstream::start_on(SocketAddr::new(ip.parse().unwrap(), 0), name).await;
+            let port = first.addr.port();
+            let mut ups = vec![first];
+            for (ip, name) in &instances[1..] {
+                match Upstream::try_start_on(SocketAddr::new(ip.parse().unwrap(), port), name).await {
+                    Ok(u) => ups.push(u),
+                    Err(_) => break,
+                }
+            }
+            if ups.len() == instances.len() {
+                return (port, ups);
+            }
+        }
+        panic!("no port free on every one of {instances:?}");
+    }
+
+    /// Requests this upstream has answered.
+    pub fn hit_count(&self) -> usize {
+        self.hits.load(Ordering::Relaxed)
     }
 }
 
@@ -95,8 +135,17 @@ pub struct TestProxy {
 }
 
 impl TestProxy {
-    /// Builds waypost from `yaml` (listen and admin default to `127.0.0.1:0`) and runs it.
+    /// Builds waypost from `yaml` (listen and admin default to `127.0.0.1:0`), runs it and
+    /// waits until `/ready`.
     pub async fn start(yaml: &str) -> TestProxy {
+        let proxy = Self::start_unready(yaml).await;
+        proxy.wait_ready().await;
+        proxy
+    }
+
+    /// [`TestProxy::start`] without waiting for `/ready` — for configs whose services cannot
+    /// resolve (a dead registry), where readiness is never reached.
+    pub async fn start_unready(yaml: &str) -> TestProxy {
         let mut text = String::new();
         if !yaml.lines().any(|l| l.starts_with("listen:")) {
             text.push_str("listen: 127.0.0.1:0\n");
@@ -112,9 +161,7 @@ impl TestProxy {
         let task = tokio::spawn(app.run(async move {
             let _ = rx.await;
         }));
-        let proxy = TestProxy { addrs, stop: Some(tx), task: Some(task) };
-        proxy.wait_ready().await;
-        proxy
+        TestProxy { addrs, stop: Some(tx), task: Some(task) }
     }
 
     /// Waits until `/ready` answers 200.
@@ -224,6 +271,20 @@ where
         assert!(start.elapsed() < deadline, "condition not met within {deadline:?}");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+/// The value of the sample of metric `name` whose labels include every `labels` pair, in the
+/// Prometheus text exposition `text`; `None` when there is no such sample.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+        if metric != name {
+            return None;
+        }
+        let has_all = labels.iter().all(|(k, v)| rest.split(',').any(|p| p.trim_end_matches('}') == format!("{k}=\"{v}\"")));
+        has_all.then(|| value.parse().ok()).flatten()
+    })
 }
 
 /// YAML for a static service `name` over `(addr, weight)` pairs.
