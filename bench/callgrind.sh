@@ -2,7 +2,7 @@
 # Instructions per proxied request, counted by callgrind: noise-free on a noisy machine, so
 # hot-path changes can be compared exactly. Runs waypost (release build) under valgrind with
 # configs/static.yaml, three example upstreams, and a fixed number of keep-alive requests
-# (ab -n N -c 8 -k); prints total instructions ÷ N and the top functions.
+# (ab -n N -c 8 -k), on ports 28080/28090/29001-3; prints total instructions ÷ N and the top functions.
 #   usage: bench/callgrind.sh [N]   (needs valgrind and apache2-utils' ab)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,22 +15,35 @@ out=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
+# configs/static.yaml's layout on ports of its own, so it can run beside the load harness.
+cat > "$out/waypost.yaml" <<YAML
+listen: 127.0.0.1:28080
+admin: {listen: 127.0.0.1:28090}
+services:
+  echo:
+    resolver:
+      static:
+        instances:
+          - {address: 127.0.0.1:29001, weight: 3}
+          - {address: 127.0.0.1:29002, weight: 2}
+          - {address: 127.0.0.1:29003, weight: 1}
+YAML
 for i in 1 2 3; do
-  target/release/examples/upstream --listen "127.0.0.1:1900$i" --name "echo-$i" 2>/dev/null &
+  target/release/examples/upstream --listen "127.0.0.1:2900$i" --name "echo-$i" 2>/dev/null &
   pids+=($!)
 done
 valgrind --tool=callgrind --callgrind-out-file="$out/cg.out" \
-  target/release/waypost run --config configs/static.yaml 2>"$out/vg.log" &
+  target/release/waypost run --config "$out/waypost.yaml" 2>"$out/vg.log" &
 vg=$!
 pids+=($vg)
 for _ in $(seq 100); do
-  curl -fs http://127.0.0.1:18090/ready >/dev/null 2>&1 && break
+  curl -fs http://127.0.0.1:28090/ready >/dev/null 2>&1 && break
   sleep 0.2
 done
 # Warm the pool and the allocator, zero the counters, then count N requests (and the exit).
-ab -q -n 500 -c 8 -k -H 'Host: echo' http://127.0.0.1:18080/ >/dev/null
+ab -q -n 500 -c 8 -k -H 'Host: echo' http://127.0.0.1:28080/ >/dev/null
 callgrind_control -z "$vg" >/dev/null
-ab -q -n "$N" -c 8 -k -H 'Host: echo' http://127.0.0.1:18080/ | grep -E "Complete requests|Failed requests"
+ab -q -n "$N" -c 8 -k -H 'Host: echo' http://127.0.0.1:28080/ | grep -E "Complete requests|Failed requests"
 kill -INT "$vg"; wait "$vg" 2>/dev/null || true
 total=$(callgrind_annotate "$out"/cg.out 2>/dev/null | awk '/PROGRAM TOTALS/{gsub(",","",$1); print $1; exit}')
 echo "instructions per request: $(( total / N ))  (total $total over $N requests)"

@@ -41,6 +41,8 @@ pub struct App {
     admin_listener: TcpListener,
     addrs: Addrs,
     refresh_trigger: shutdown::Trigger,
+    /// Every distinct upstream client, each with its own pool to sweep.
+    clients: Vec<Client>,
 }
 
 /// Builds resolvers from config, sharing one DNS client (created on first use) between them.
@@ -120,6 +122,7 @@ impl App {
         let metrics = Metrics::new();
         let policy = Policy::from_config(&config.discovery);
         let default_client = Client::new(&config.upstream, config.upstream.connect_timeout.0);
+        let mut clients = vec![default_client.clone()];
         let mut declared = Vec::new();
         let mut per_service = BTreeMap::new();
         let mut factory = ResolverFactory::new(&config);
@@ -131,7 +134,11 @@ impl App {
                 refresh_interval: svc.refresh_interval.map(|d| d.0),
             });
             let client = match svc.upstream.connect_timeout {
-                Some(t) => Client::new(&config.upstream, t.0),
+                Some(t) => {
+                    let c = Client::new(&config.upstream, t.0);
+                    clients.push(c.clone());
+                    c
+                }
                 None => default_client.clone(),
             };
             let timeout = svc.upstream.timeout.unwrap_or(config.upstream.timeout).0;
@@ -159,7 +166,7 @@ impl App {
         }
         let admin_listener = bind(config.admin.listen.0, "admin.listen").await?;
         let addrs = Addrs { outbound: listeners[0].0.local_addr()?, admin: admin_listener.local_addr()?, services };
-        Ok(Self { config, metrics, cache, declared, listeners, admin_listener, addrs, refresh_trigger })
+        Ok(Self { config, metrics, cache, declared, listeners, admin_listener, addrs, refresh_trigger, clients })
     }
 
     /// The bound addresses.
@@ -174,8 +181,11 @@ impl App {
 
     /// Runs until `signal` completes, then shuts down in order.
     pub async fn run(self, signal: impl Future<Output = ()>) -> anyhow::Result<()> {
-        let App { config, metrics, cache, declared, listeners, admin_listener, addrs, refresh_trigger } = self;
+        let App { config, metrics, cache, declared, listeners, admin_listener, addrs, refresh_trigger, clients } = self;
         cache.start(declared);
+        for client in clients {
+            tokio::spawn(client.pool().clone().run_sweeper(refresh_trigger.subscribe()));
+        }
         let accepting = Arc::new(AtomicBool::new(true));
         let (admin_trigger, admin_stop) = shutdown::channel();
         let admin = Arc::new(Admin::new(cache.clone(), metrics.clone(), accepting.clone()));
@@ -214,7 +224,7 @@ impl App {
         if tokio::time::timeout(grace, drained_rx.recv()).await.is_err() {
             tracing::warn!(grace = ?grace, "grace period over; closing connections that are still busy");
         }
-        // 4. Stop refreshing, then the admin listener.
+        // 4. Stop refreshing (and sweeping upstream pools), then the admin listener.
         refresh_trigger.fire();
         admin_trigger.fire();
         let _ = admin_task.await;

@@ -7,6 +7,7 @@
 //! (HTTP/1.1 with keep-alive, or h2c with prior knowledge) and drained gracefully on shutdown.
 
 pub mod client;
+pub mod pool;
 pub mod rescue;
 pub mod route;
 
@@ -123,10 +124,8 @@ impl Proxy {
                 Err(e) => return self.reject(Some(svc), e, started),
             }
         };
-        if client::prepare(&mut parts, addr).is_err() {
-            return self.reject(Some(svc), ForwardError::BadRequest("request cannot be re-targeted"), started);
-        }
-        let sent = tokio::time::timeout(svc.timeout, svc.client.send(Request::from_parts(parts, body))).await;
+        client::prepare(&mut parts, target.name());
+        let sent = tokio::time::timeout(svc.timeout, svc.client.send(addr, Request::from_parts(parts, body))).await;
         let result = match sent {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(source)) if source.is_connect() => {

@@ -1,5 +1,5 @@
-//! The upstream side: one pooled hyper-util client shared by every request (keep-alive to each
-//! instance), and the header surgery a proxy owes both directions — hop-by-hop headers (RFC 9110
+//! The upstream side: the pooled client shared by every request (keep-alive to each instance,
+//! see [`super::pool`]), and the header surgery a proxy owes both directions — hop-by-hop headers (RFC 9110
 //! §7.6.1, plus the ones `Connection` names) are dropped, everything else passes untouched and
 //! bodies stream through without buffering.
 
@@ -7,42 +7,42 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use super::pool::{Pool, PoolConfig, SendError};
 
 use crate::config::UpstreamConfig;
 
-/// A pooled HTTP/1.1 client to upstream instances.
+/// The client every request to an upstream goes through: a keep-alive [`Pool`] per
+/// connect-timeout setting.
 #[derive(Clone)]
 pub struct Client {
-    inner: hyper_util::client::legacy::Client<HttpConnector, Incoming>,
+    pool: Pool,
 }
 
 impl Client {
-    /// Builds the client: TCP_NODELAY, the connect timeout, and a keep-alive pool of
-    /// `max_idle_per_instance` connections per instance, closed after `idle_timeout`.
+    /// A client with its own pool: the connect timeout, and `max_idle_per_instance`
+    /// connections per instance, closed after `idle_timeout` idle.
     pub fn new(cfg: &UpstreamConfig, connect_timeout: Duration) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(connect_timeout));
-        connector.set_keepalive(Some(Duration::from_secs(60)));
-        let inner = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(cfg.idle_timeout.0)
-            .pool_max_idle_per_host(cfg.max_idle_per_instance)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            // The app's Host header is passed on as sent; we add one only when it had none.
-            .set_host(false)
-            .build(connector);
-        Self { inner }
+        Self {
+            pool: Pool::new(PoolConfig {
+                connect_timeout,
+                idle_timeout: cfg.idle_timeout.0,
+                max_per_instance: cfg.max_idle_per_instance,
+            }),
+        }
     }
 
-    /// Sends `req` (already prepared with [`prepare`]) and resolves to the response head.
-    pub async fn send(&self, req: Request<Incoming>) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
-        self.inner.request(req).await
+    /// Sends `req` (already prepared with [`prepare`]) to `addr`; resolves to the response head.
+    pub async fn send(&self, addr: SocketAddr, req: Request<Incoming>) -> Result<Response<Incoming>, SendError> {
+        self.pool.send(addr, req).await
+    }
+
+    /// The pool (for its sweeper).
+    pub fn pool(&self) -> &Pool {
+        &self.pool
     }
 }
 
@@ -84,23 +84,26 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Turns the app's request into the one sent to `addr`: origin path kept, authority set to the
-/// instance (the pool key), `Host` kept as the app sent it (or set from the URI's authority for
-/// HTTP/2 and absolute-form requests that had none), hop-by-hop headers dropped, version 1.1.
-pub fn prepare(parts: &mut http::request::Parts, addr: SocketAddr) -> Result<(), http::Error> {
+/// Turns the app's request into the one sent upstream: origin-form URI (the path and query
+/// only — absolute-form is for proxies), `Host` kept as the app sent it (or taken from the
+/// URI's authority for HTTP/2 and absolute-form requests that had none, or the service name as
+/// a last resort), hop-by-hop headers dropped, version 1.1.
+pub fn prepare(parts: &mut http::request::Parts, service: &str) {
     if !parts.headers.contains_key(header::HOST) {
-        if let Some(auth) = parts.uri.authority() {
-            if let Ok(v) = HeaderValue::from_str(auth.as_str()) {
-                parts.headers.insert(header::HOST, v);
-            }
+        let host = match parts.uri.authority() {
+            Some(auth) => HeaderValue::from_str(auth.as_str()),
+            None => HeaderValue::from_str(service),
+        };
+        if let Ok(v) = host {
+            parts.headers.insert(header::HOST, v);
         }
     }
     strip_hop_by_hop(&mut parts.headers);
-    let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let authority = Authority::try_from(addr.to_string())?;
-    parts.uri = Uri::builder().scheme(Scheme::HTTP).authority(authority).path_and_query(path).build()?;
+    if parts.uri.authority().is_some() || parts.uri.scheme().is_some() {
+        let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+        parts.uri = Uri::from(path);
+    }
     parts.version = Version::HTTP_11;
-    Ok(())
 }
 
 #[cfg(test)]
@@ -122,12 +125,17 @@ mod tests {
     }
 
     #[test]
-    fn prepares_origin_form_to_the_instance() {
+    fn prepares_origin_form_keeping_host() {
         let req = http::Request::builder().uri("http://echo:80/a?b=1").version(Version::HTTP_2).body(()).unwrap();
         let (mut parts, ()) = req.into_parts();
-        prepare(&mut parts, "127.0.0.1:9000".parse().unwrap()).unwrap();
-        assert_eq!(parts.uri, "http://127.0.0.1:9000/a?b=1");
+        prepare(&mut parts, "echo");
+        assert_eq!(parts.uri, "/a?b=1");
         assert_eq!(parts.headers["host"], "echo:80");
         assert_eq!(parts.version, Version::HTTP_11);
+        // HTTP/1.0 without Host on a per-service port: the service name stands in.
+        let (mut parts, ()) = http::Request::builder().uri("/x").body(()).unwrap().into_parts();
+        prepare(&mut parts, "users");
+        assert_eq!(parts.uri, "/x");
+        assert_eq!(parts.headers["host"], "users");
     }
 }

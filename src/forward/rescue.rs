@@ -56,7 +56,7 @@ pub enum ForwardError {
         addr: std::net::SocketAddr,
         /// The cause.
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: super::pool::SendError,
     },
     /// No response headers within the upstream timeout: 504.
     #[error("upstream {addr} for service {service:?} did not respond within {timeout:?}")]
@@ -77,7 +77,7 @@ pub enum ForwardError {
         addr: std::net::SocketAddr,
         /// The cause.
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: super::pool::SendError,
     },
 }
 

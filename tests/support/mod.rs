@@ -29,6 +29,8 @@ pub struct Upstream {
     pub addr: SocketAddr,
     pub name: String,
     pub hits: Arc<AtomicUsize>,
+    /// Connections accepted so far.
+    pub conns: Arc<AtomicUsize>,
     _stop: oneshot::Sender<()>,
 }
 
@@ -50,8 +52,9 @@ impl Upstream {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let hits = Arc::new(AtomicUsize::new(0));
+        let conns = Arc::new(AtomicUsize::new(0));
         let (tx, mut rx) = oneshot::channel();
-        let (n, h) = (Arc::<str>::from(name), hits.clone());
+        let (n, h, c) = (Arc::<str>::from(name), hits.clone(), conns.clone());
         tokio::spawn(async move {
             let builder = Arc::new(hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()));
             loop {
@@ -59,6 +62,7 @@ impl Upstream {
                     _ = &mut rx => break,
                     r = listener.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
                 };
+                c.fetch_add(1, Ordering::Relaxed);
                 let (n, h, b) = (n.clone(), h.clone(), builder.clone());
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
@@ -90,7 +94,7 @@ impl Upstream {
                 });
             }
         });
-        Ok(Upstream { addr, name: name.to_string(), hits, _stop: tx })
+        Ok(Upstream { addr, name: name.to_string(), hits, conns, _stop: tx })
     }
 
     /// One upstream per `(ip, name)`, all on the same port (DNS A records carry no port, so a
