@@ -47,10 +47,16 @@ pub struct Instance {
 }
 
 impl Instance {
-    /// An instance without tags.
+    /// An instance without tags (sharing one empty tag map: no allocation per instance).
     pub fn new(address: SocketAddr, weight: u32) -> Self {
-        Self { address, weight, tags: Tags::default() }
+        Self { address, weight, tags: no_tags() }
     }
+}
+
+/// The shared empty tag map.
+pub fn no_tags() -> Tags {
+    static EMPTY: std::sync::OnceLock<Tags> = std::sync::OnceLock::new();
+    EMPTY.get_or_init(Tags::default).clone()
 }
 
 /// The answer of one resolve: the instances and their provenance.

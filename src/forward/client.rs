@@ -48,7 +48,7 @@ impl Client {
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1 and the de-facto
 /// `Proxy-Connection`/`Keep-Alive`).
-const HOP_BY_HOP: [HeaderName; 8] = [
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -62,24 +62,34 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 /// Drops hop-by-hop headers, including any header the `Connection` header names.
 /// `Transfer-Encoding` is left to hyper, which re-frames the body for the next hop.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none: one pass comparing names (cheap for standard headers) is far
-    // cheaper than hashing eight names for removal.
-    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
-        return;
-    }
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
+    // One pass over the names (cheap comparisons) finds the few present, if any; only those
+    // are hashed for removal. Most messages carry none, or only `Connection: keep-alive`.
+    let mut present: [Option<&'static HeaderName>; HOP_BY_HOP.len()] = Default::default();
+    let mut any = false;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present[i] = Some(&HOP_BY_HOP[i]);
+            any = true;
         }
     }
-    for name in &HOP_BY_HOP {
+    if !any {
+        return;
+    }
+    // Headers named by `Connection` other than the usual tokens (rare): collected first, as
+    // removing them needs the `Connection` value we are about to drop.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("close") && !t.is_empty())
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in present.into_iter().flatten() {
         headers.remove(name);
     }
 }
