@@ -23,7 +23,9 @@ use tokio::net::TcpListener;
 use waypost::register::{FileRegistrar, Registrar, Registration};
 
 #[derive(Parser)]
-#[command(about = "Example upstream for waypost: answers /, /64k, /whoami, /slow; echoes anything else.")]
+#[command(
+    about = "Example upstream for waypost: answers /, /64k, /whoami, /slow; echoes anything else."
+)]
 struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:19001")]
@@ -84,7 +86,10 @@ async fn main() {
     let listener = match TcpListener::bind(args.listen).await {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("upstream {}: cannot listen on {}: {e}", args.name, args.listen);
+            eprintln!(
+                "upstream {}: cannot listen on {}: {e}",
+                args.name, args.listen
+            );
             std::process::exit(1);
         }
     };
@@ -94,15 +99,24 @@ async fn main() {
             service: args.service.clone(),
             address: args.listen,
             weight: args.weight,
-            tags: Arc::new([("instance".to_string(), args.name.clone())].into_iter().collect()),
+            tags: Arc::new(
+                [("instance".to_string(), args.name.clone())]
+                    .into_iter()
+                    .collect(),
+            ),
             ttl: Duration::from_millis(args.ttl_ms),
         };
         let registrar: Arc<dyn Registrar> = Arc::new(FileRegistrar::new(dir));
         tokio::spawn(reg.run(registrar, stop.clone()))
     });
-    eprintln!("upstream {} listening on {} (weight {})", args.name, args.listen, args.weight);
+    eprintln!(
+        "upstream {} listening on {} (weight {})",
+        args.name, args.listen, args.weight
+    );
     let name: Arc<str> = args.name.into();
-    let builder = Arc::new(hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()));
+    let builder = Arc::new(hyper_util::server::conn::auto::Builder::new(
+        TokioExecutor::new(),
+    ));
     let signal = waypost::shutdown::signal();
     tokio::pin!(signal);
     loop {

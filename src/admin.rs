@@ -56,7 +56,11 @@ struct InstanceView<'a> {
 impl Admin {
     /// The admin endpoints over `cache` and `metrics`; `accepting` is the readiness switch.
     pub fn new(cache: Cache<ServiceHandle>, metrics: Metrics, accepting: Arc<AtomicBool>) -> Self {
-        Self { cache, metrics, accepting }
+        Self {
+            cache,
+            metrics,
+            accepting,
+        }
     }
 
     /// Why the process is not ready, or `None` when it is.
@@ -75,7 +79,12 @@ impl Admin {
             })
             .map(|t| t.name().to_string())
             .collect();
-        (!waiting.is_empty()).then(|| format!("waiting for the first resolution of: {}", waiting.join(", ")))
+        (!waiting.is_empty()).then(|| {
+            format!(
+                "waiting for the first resolution of: {}",
+                waiting.join(", ")
+            )
+        })
     }
 
     fn metrics_text(&self) -> Vec<u8> {
@@ -83,8 +92,15 @@ impl Admin {
         for t in self.cache.targets() {
             if let Some(snap) = &*t.publisher().balancer.snapshot() {
                 if let Some(ok) = snap.status.last_success {
-                    let age = now.duration_since(ok).unwrap_or(Duration::ZERO).as_secs_f64();
-                    self.metrics.discovery.table_age.with_label_values(&[t.name()]).set(age);
+                    let age = now
+                        .duration_since(ok)
+                        .unwrap_or(Duration::ZERO)
+                        .as_secs_f64();
+                    self.metrics
+                        .discovery
+                        .table_age
+                        .with_label_values(&[t.name()])
+                        .set(age);
                 }
             }
         }
@@ -93,13 +109,22 @@ impl Admin {
 
     fn services_json(&self) -> Vec<u8> {
         let targets = self.cache.targets();
-        let snaps: Vec<_> = targets.iter().map(|t| t.publisher().balancer.snapshot()).collect();
+        let snaps: Vec<_> = targets
+            .iter()
+            .map(|t| t.publisher().balancer.snapshot())
+            .collect();
         let views: Vec<ServiceView<'_>> = targets
             .iter()
             .zip(&snaps)
             .map(|(t, snap)| {
                 let snap = snap.as_ref().as_ref();
-                let total: u64 = snap.map_or(0, |s| s.table.instances().iter().map(|i| u64::from(i.weight)).sum());
+                let total: u64 = snap.map_or(0, |s| {
+                    s.table
+                        .instances()
+                        .iter()
+                        .map(|i| u64::from(i.weight))
+                        .sum()
+                });
                 ServiceView {
                     name: t.name(),
                     declared: t.is_declared(),
@@ -113,7 +138,11 @@ impl Admin {
                             .map(|i| InstanceView {
                                 address: i.address.to_string(),
                                 weight: i.weight,
-                                share: if total == 0 { 0.0 } else { f64::from(i.weight) / total as f64 },
+                                share: if total == 0 {
+                                    0.0
+                                } else {
+                                    f64::from(i.weight) / total as f64
+                                },
                                 tags: &i.tags,
                             })
                             .collect()
@@ -134,26 +163,40 @@ impl Admin {
         match req.uri().path() {
             "/metrics" => {
                 let mut r = Response::new(Full::new(Bytes::from(self.metrics_text())));
-                r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
                 r
             }
             "/live" => text(StatusCode::OK, "live\n".into()),
             "/ready" => match self.not_ready() {
                 None => text(StatusCode::OK, "ready\n".into()),
-                Some(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+                Some(why) => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("not ready: {why}\n"),
+                ),
             },
             "/debug/services" => {
                 let mut r = Response::new(Full::new(Bytes::from(self.services_json())));
-                r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static("application/json"),
+                );
                 r
             }
-            _ => text(StatusCode::NOT_FOUND, "not found: try /metrics, /live, /ready, /debug/services\n".into()),
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "not found: try /metrics, /live, /ready, /debug/services\n".into(),
+            ),
         }
     }
 
     /// Serves the admin endpoints on `listener` until `stop` fires.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, mut stop: Shutdown) {
-        let builder = Arc::new(hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()));
+        let builder = Arc::new(hyper_util::server::conn::auto::Builder::new(
+            TokioExecutor::new(),
+        ));
         loop {
             let stream = tokio::select! {
                 biased;
@@ -182,6 +225,9 @@ impl Admin {
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r
 }

@@ -36,7 +36,11 @@ pub struct App {
     config: Config,
     metrics: Metrics,
     cache: Cache<ServiceHandle>,
-    declared: Vec<(Arc<crate::cache::Target<ServiceHandle>>, Arc<dyn Resolver>, Option<std::time::Duration>)>,
+    declared: Vec<(
+        Arc<crate::cache::Target<ServiceHandle>>,
+        Arc<dyn Resolver>,
+        Option<std::time::Duration>,
+    )>,
     listeners: Vec<(TcpListener, Listener)>,
     admin_listener: TcpListener,
     addrs: Addrs,
@@ -58,17 +62,27 @@ impl<'a> ResolverFactory<'a> {
     }
 
     /// The resolver `resolver` describes; `name` is the service (or on-demand host) it serves.
-    pub fn build(&mut self, name: &str, resolver: &ResolverConfig) -> anyhow::Result<Arc<dyn Resolver>> {
+    pub fn build(
+        &mut self,
+        name: &str,
+        resolver: &ResolverConfig,
+    ) -> anyhow::Result<Arc<dyn Resolver>> {
         Ok(match resolver {
             ResolverConfig::Static(s) => Arc::new(StaticResolver::from_config(s)),
             ResolverConfig::File(f) => Arc::new(
-                FileResolver::new(&self.config.registry.file.dir).named(f.name.as_ref().map(|n| n.as_str()).or(Some(name).filter(|n| !n.is_empty()))),
+                FileResolver::new(&self.config.registry.file.dir).named(
+                    f.name
+                        .as_ref()
+                        .map(|n| n.as_str())
+                        .or(Some(name).filter(|n| !n.is_empty())),
+                ),
             ),
             ResolverConfig::Dns(d) => {
                 let client = match &self.dns {
                     Some(c) => c.clone(),
                     None => {
-                        let c = DnsClient::from_config(&self.config.dns).context("cannot set up DNS")?;
+                        let c = DnsClient::from_config(&self.config.dns)
+                            .context("cannot set up DNS")?;
                         self.dns = Some(c.clone());
                         c
                     }
@@ -113,7 +127,9 @@ fn resolver_kind(r: &ResolverConfig) -> &'static str {
 }
 
 async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} (`{key}`)"))
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} (`{key}`)"))
 }
 
 impl App {
@@ -148,12 +164,20 @@ impl App {
         let family = metrics.forward.clone();
         let default_timeout = config.upstream.timeout.0;
         let make = Box::new(move |name: &str| {
-            let (timeout, client) =
-                per_service.get(name).cloned().unwrap_or_else(|| (default_timeout, default_client.clone()));
+            let (timeout, client) = per_service
+                .get(name)
+                .cloned()
+                .unwrap_or_else(|| (default_timeout, default_client.clone()));
             ServiceHandle::new(name, &family, timeout, client)
         });
-        let (cache, declared) =
-            Cache::new(policy, declared, rules, make, metrics.discovery.clone(), refresh_stop);
+        let (cache, declared) = Cache::new(
+            policy,
+            declared,
+            rules,
+            make,
+            metrics.discovery.clone(),
+            refresh_stop,
+        );
 
         let mut listeners = vec![(bind(config.listen.0, "listen").await?, Listener::Outbound)];
         let mut services = BTreeMap::new();
@@ -165,8 +189,22 @@ impl App {
             }
         }
         let admin_listener = bind(config.admin.listen.0, "admin.listen").await?;
-        let addrs = Addrs { outbound: listeners[0].0.local_addr()?, admin: admin_listener.local_addr()?, services };
-        Ok(Self { config, metrics, cache, declared, listeners, admin_listener, addrs, refresh_trigger, clients })
+        let addrs = Addrs {
+            outbound: listeners[0].0.local_addr()?,
+            admin: admin_listener.local_addr()?,
+            services,
+        };
+        Ok(Self {
+            config,
+            metrics,
+            cache,
+            declared,
+            listeners,
+            admin_listener,
+            addrs,
+            refresh_trigger,
+            clients,
+        })
     }
 
     /// The bound addresses.
@@ -181,14 +219,33 @@ impl App {
 
     /// Runs until `signal` completes, then shuts down in order.
     pub async fn run(self, signal: impl Future<Output = ()>) -> anyhow::Result<()> {
-        let App { config, metrics, cache, declared, listeners, admin_listener, addrs, refresh_trigger, clients } = self;
+        let App {
+            config,
+            metrics,
+            cache,
+            declared,
+            listeners,
+            admin_listener,
+            addrs,
+            refresh_trigger,
+            clients,
+        } = self;
         cache.start(declared);
         for client in clients {
-            tokio::spawn(client.pool().clone().run_sweeper(refresh_trigger.subscribe()));
+            tokio::spawn(
+                client
+                    .pool()
+                    .clone()
+                    .run_sweeper(refresh_trigger.subscribe()),
+            );
         }
         let accepting = Arc::new(AtomicBool::new(true));
         let (admin_trigger, admin_stop) = shutdown::channel();
-        let admin = Arc::new(Admin::new(cache.clone(), metrics.clone(), accepting.clone()));
+        let admin = Arc::new(Admin::new(
+            cache.clone(),
+            metrics.clone(),
+            accepting.clone(),
+        ));
         let admin_task = tokio::spawn(admin.serve(admin_listener, admin_stop));
 
         let proxy = Arc::new(Proxy::new(cache.clone(), metrics.forward.clone()));
@@ -221,7 +278,10 @@ impl App {
         // 3. Drain: in-flight requests finish, idle keep-alive connections close, within the grace period.
         drain_trigger.fire();
         let grace = config.shutdown.grace.0;
-        if tokio::time::timeout(grace, drained_rx.recv()).await.is_err() {
+        if tokio::time::timeout(grace, drained_rx.recv())
+            .await
+            .is_err()
+        {
             tracing::warn!(grace = ?grace, "grace period over; closing connections that are still busy");
         }
         // 4. Stop refreshing (and sweeping upstream pools), then the admin listener.

@@ -34,16 +34,35 @@ pub struct Table {
 impl Table {
     /// Builds the alias table for `instances` (any order; weight 0 = never picked). O(n).
     pub fn build(instances: &[Instance]) -> Self {
-        let live: Vec<u32> = (0..instances.len() as u32).filter(|&i| instances[i as usize].weight > 0).collect();
+        let live: Vec<u32> = (0..instances.len() as u32)
+            .filter(|&i| instances[i as usize].weight > 0)
+            .collect();
         let n = live.len() as u128;
         if n == 0 {
-            return Self { instances: instances.into(), slots: Box::new([]) };
+            return Self {
+                instances: instances.into(),
+                slots: Box::new([]),
+            };
         }
-        let total: u128 = live.iter().map(|&i| u128::from(instances[i as usize].weight)).sum();
+        let total: u128 = live
+            .iter()
+            .map(|&i| u128::from(instances[i as usize].weight))
+            .sum();
         // Each slot holds `total` units of mass; instance i brings weight·n units.
-        let mut mass: Vec<u128> = live.iter().map(|&i| u128::from(instances[i as usize].weight) * n).collect();
-        let mut slots: Vec<Slot> = live.iter().map(|&i| Slot { threshold: 1 << 32, primary: i, alias: i }).collect();
-        let (mut small, mut large): (Vec<usize>, Vec<usize>) = (0..live.len()).partition(|&s| mass[s] < total);
+        let mut mass: Vec<u128> = live
+            .iter()
+            .map(|&i| u128::from(instances[i as usize].weight) * n)
+            .collect();
+        let mut slots: Vec<Slot> = live
+            .iter()
+            .map(|&i| Slot {
+                threshold: 1 << 32,
+                primary: i,
+                alias: i,
+            })
+            .collect();
+        let (mut small, mut large): (Vec<usize>, Vec<usize>) =
+            (0..live.len()).partition(|&s| mass[s] < total);
         while let (Some(s), Some(&l)) = (small.pop(), large.last()) {
             slots[s].threshold = ((mass[s] << 32) / total) as u64;
             slots[s].alias = live[l];
@@ -54,7 +73,10 @@ impl Table {
             }
         }
         // Whatever is left is full (up to rounding): always its primary.
-        Self { instances: instances.into(), slots: slots.into_boxed_slice() }
+        Self {
+            instances: instances.into(),
+            slots: slots.into_boxed_slice(),
+        }
     }
 
     /// Picks an instance at random, in proportion to weight. `None` when no instance has a
@@ -73,7 +95,11 @@ impl Table {
         }
         // Multiply-shift maps the high 32 bits onto [0, n) without a division.
         let slot = &self.slots[(((random >> 32) * n) >> 32) as usize];
-        let chosen = if (random & 0xffff_ffff) < slot.threshold { slot.primary } else { slot.alias };
+        let chosen = if (random & 0xffff_ffff) < slot.threshold {
+            slot.primary
+        } else {
+            slot.alias
+        };
         self.instances.get(chosen as usize)
     }
 
@@ -121,7 +147,9 @@ impl Default for Balancer {
 impl Balancer {
     /// A balancer with nothing published yet.
     pub fn new() -> Self {
-        Self { current: ArcSwap::from_pointee(None) }
+        Self {
+            current: ArcSwap::from_pointee(None),
+        }
     }
 
     /// The current snapshot (`None` before the first resolve finished).
@@ -140,10 +168,16 @@ impl Publish for Balancer {
     fn publish(&self, resolution: &Arc<Resolution>, status: &Status, changed: bool) {
         let old = self.current.load();
         let table = match &**old {
-            Some(prev) if !changed && Arc::ptr_eq(&prev.resolution, resolution) => prev.table.clone(),
+            Some(prev) if !changed && Arc::ptr_eq(&prev.resolution, resolution) => {
+                prev.table.clone()
+            }
             _ => Arc::new(Table::build(&resolution.instances)),
         };
-        self.current.store(Arc::new(Some(Snapshot { table, resolution: resolution.clone(), status: status.clone() })));
+        self.current.store(Arc::new(Some(Snapshot {
+            table,
+            resolution: resolution.clone(),
+            status: status.clone(),
+        })));
     }
 }
 
@@ -211,7 +245,9 @@ mod tests {
         let first = b.snapshot();
         b.publish(&res, &st.status, false);
         let second = b.snapshot();
-        let (Some(a), Some(c)) = (&*first, &*second) else { panic!("published") };
+        let (Some(a), Some(c)) = (&*first, &*second) else {
+            panic!("published")
+        };
         assert!(Arc::ptr_eq(&a.table, &c.table));
     }
 }

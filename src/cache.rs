@@ -90,7 +90,8 @@ impl<P> Target<P> {
     /// Marks the target as used now. Only use resets the idle clock, never a refresh.
     pub fn touch(&self) {
         if !self.declared {
-            self.last_used_ms.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+            self.last_used_ms
+                .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
         }
     }
 
@@ -138,7 +139,9 @@ pub struct Cache<P> {
 
 impl<P> Clone for Cache<P> {
     fn clone(&self) -> Self {
-        Self { inner: self.inner.clone() }
+        Self {
+            inner: self.inner.clone(),
+        }
     }
 }
 
@@ -172,7 +175,10 @@ impl<P: Publish> Cache<P> {
         make: MakePublisher<P>,
         metrics: DiscoveryMetrics,
         shutdown: Shutdown,
-    ) -> (Self, Vec<(Arc<Target<P>>, Arc<dyn Resolver>, Option<Duration>)>) {
+    ) -> (
+        Self,
+        Vec<(Arc<Target<P>>, Arc<dyn Resolver>, Option<Duration>)>,
+    ) {
         let epoch = Instant::now();
         let mut map = Map::new();
         let mut pending = Vec::new();
@@ -192,18 +198,32 @@ impl<P: Publish> Cache<P> {
             shutdown,
             epoch,
         };
-        (Self { inner: Arc::new(inner) }, pending)
+        (
+            Self {
+                inner: Arc::new(inner),
+            },
+            pending,
+        )
     }
 
     /// Spawns the refreshers of the declared services returned by [`Cache::new`].
     pub fn start(&self, declared: Vec<(Arc<Target<P>>, Arc<dyn Resolver>, Option<Duration>)>) {
-        self.inner.metrics.targets.with_label_values(&["declared"]).set(declared.len() as i64);
+        self.inner
+            .metrics
+            .targets
+            .with_label_values(&["declared"])
+            .set(declared.len() as i64);
         for (target, resolver, interval) in declared {
             self.spawn_refresher(target, resolver, interval);
         }
     }
 
-    fn spawn_refresher(&self, target: Arc<Target<P>>, resolver: Arc<dyn Resolver>, interval: Option<Duration>) {
+    fn spawn_refresher(
+        &self,
+        target: Arc<Target<P>>,
+        resolver: Arc<dyn Resolver>,
+        interval: Option<Duration>,
+    ) {
         let mut policy = self.inner.policy.clone();
         if let Some(i) = interval {
             policy.refresh_interval = i;
@@ -243,11 +263,20 @@ impl<P: Publish> Cache<P> {
         if let Some(t) = self.inner.on_demand.load().get(name) {
             return Some(t.clone());
         }
-        let target = Arc::new(new_target(name, false, (self.inner.make)(name), self.inner.epoch));
+        let target = Arc::new(new_target(
+            name,
+            false,
+            (self.inner.make)(name),
+            self.inner.epoch,
+        ));
         target.touch();
         let mut map = Map::clone(&self.inner.on_demand.load());
         map.insert(name.into(), target.clone());
-        self.inner.metrics.targets.with_label_values(&["on_demand"]).set(map.len() as i64);
+        self.inner
+            .metrics
+            .targets
+            .with_label_values(&["on_demand"])
+            .set(map.len() as i64);
         self.inner.on_demand.store(Arc::new(map));
         drop(guard);
         tracing::info!(service = name, rule = %rule.description, "resolving on demand");
@@ -267,7 +296,11 @@ impl<P: Publish> Cache<P> {
 
     /// Descriptions of the on-demand rules.
     pub fn rules(&self) -> Vec<String> {
-        self.inner.rules.iter().map(|r| r.description.clone()).collect()
+        self.inner
+            .rules
+            .iter()
+            .map(|r| r.description.clone())
+            .collect()
     }
 
     /// The policy in force.
@@ -280,9 +313,15 @@ impl<P: Publish> refresh::Owner<P> for Inner<P> {
     fn remove(&self, target: &Arc<Target<P>>) {
         let _guard = self.write.lock().unwrap_or_else(|p| p.into_inner());
         let mut map = Map::clone(&self.on_demand.load());
-        if map.get(target.name()).is_some_and(|t| Arc::ptr_eq(t, target)) {
+        if map
+            .get(target.name())
+            .is_some_and(|t| Arc::ptr_eq(t, target))
+        {
             map.remove(target.name());
-            self.metrics.targets.with_label_values(&["on_demand"]).set(map.len() as i64);
+            self.metrics
+                .targets
+                .with_label_values(&["on_demand"])
+                .set(map.len() as i64);
             self.on_demand.store(Arc::new(map));
         }
     }

@@ -80,7 +80,9 @@ fn default_admin_listen() -> Addr {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        Self { listen: default_admin_listen() }
+        Self {
+            listen: default_admin_listen(),
+        }
     }
 }
 
@@ -122,7 +124,10 @@ fn default_log_level() -> String {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { level: default_log_level(), format: LogFormat::default() }
+        Self {
+            level: default_log_level(),
+            format: LogFormat::default(),
+        }
     }
 }
 
@@ -331,7 +336,10 @@ fn default_backoff_max() -> Dur {
 
 impl Default for BackoffConfig {
     fn default() -> Self {
-        Self { initial: default_backoff_initial(), max: default_backoff_max() }
+        Self {
+            initial: default_backoff_initial(),
+            max: default_backoff_max(),
+        }
     }
 }
 
@@ -357,7 +365,10 @@ fn default_max_removal() -> f64 {
 
 impl Default for GuardConfig {
     fn default() -> Self {
-        Self { confirm: default_confirm(), max_removal: default_max_removal() }
+        Self {
+            confirm: default_confirm(),
+            max_removal: default_max_removal(),
+        }
     }
 }
 
@@ -385,7 +396,9 @@ fn default_registry_dir() -> PathBuf {
 
 impl Default for FileRegistryConfig {
     fn default() -> Self {
-        Self { dir: default_registry_dir() }
+        Self {
+            dir: default_registry_dir(),
+        }
     }
 }
 
@@ -404,7 +417,9 @@ fn default_grace() -> Dur {
 
 impl Default for ShutdownConfig {
     fn default() -> Self {
-        Self { grace: default_grace() }
+        Self {
+            grace: default_grace(),
+        }
     }
 }
 
@@ -560,8 +575,15 @@ pub fn load_str(
     }
     .map_err(|e| yaml_error(file, &e))?;
     config.validate().map_err(|(key, message)| {
-        let (line, column) = locate::locate(&expanded, &key).map_or((None, None), |(l, c)| (Some(l), Some(c)));
-        ConfigError { file: file.to_string(), line, column, key: Some(key), message }
+        let (line, column) =
+            locate::locate(&expanded, &key).map_or((None, None), |(l, c)| (Some(l), Some(c)));
+        ConfigError {
+            file: file.to_string(),
+            line,
+            column,
+            key: Some(key),
+            message,
+        }
     })?;
     Ok(config)
 }
@@ -594,7 +616,10 @@ impl Config {
             ("admin.listen".into(), self.admin.listen.0),
         ];
         if !(0.0..=0.9).contains(&self.discovery.jitter) {
-            return Err(("discovery.jitter".into(), "must be between 0 and 0.9".into()));
+            return Err((
+                "discovery.jitter".into(),
+                "must be between 0 and 0.9".into(),
+            ));
         }
         let d = &self.discovery;
         for (key, value) in [
@@ -608,13 +633,22 @@ impl Config {
             }
         }
         if d.backoff.max < d.backoff.initial {
-            return Err(("discovery.backoff.max".into(), "must be at least discovery.backoff.initial".into()));
+            return Err((
+                "discovery.backoff.max".into(),
+                "must be at least discovery.backoff.initial".into(),
+            ));
         }
         if d.guard.confirm == 0 {
-            return Err(("discovery.guard.confirm".into(), "must be at least 1".into()));
+            return Err((
+                "discovery.guard.confirm".into(),
+                "must be at least 1".into(),
+            ));
         }
         if !(0.0..=1.0).contains(&d.guard.max_removal) {
-            return Err(("discovery.guard.max_removal".into(), "must be between 0 and 1".into()));
+            return Err((
+                "discovery.guard.max_removal".into(),
+                "must be between 0 and 1".into(),
+            ));
         }
         let dns = &self.dns;
         if dns.timeout.0.is_zero() {
@@ -636,10 +670,16 @@ impl Config {
             }
             match &rule.resolver {
                 ResolverConfig::Static(_) => {
-                    return Err((format!("{base}.resolver"), "static lists cannot resolve names on demand: use dns or file".into()))
+                    return Err((
+                        format!("{base}.resolver"),
+                        "static lists cannot resolve names on demand: use dns or file".into(),
+                    ))
                 }
                 ResolverConfig::File(f) if f.name.is_some() => {
-                    return Err((format!("{base}.resolver.file.name"), "an on-demand rule resolves the requested name; remove `name`".into()))
+                    return Err((
+                        format!("{base}.resolver.file.name"),
+                        "an on-demand rule resolves the requested name; remove `name`".into(),
+                    ))
                 }
                 ResolverConfig::Dns(cfg) => {
                     if cfg.name.is_some() || cfg.srv.is_some() {
@@ -660,7 +700,10 @@ impl Config {
             }
             if let Some(r) = svc.refresh_interval {
                 if r.0.is_zero() {
-                    return Err((format!("{base}.refresh_interval"), "must be greater than 0".into()));
+                    return Err((
+                        format!("{base}.refresh_interval"),
+                        "must be greater than 0".into(),
+                    ));
                 }
             }
             if let ResolverConfig::Static(s) = &svc.resolver {
@@ -691,7 +734,10 @@ impl Config {
                 continue; // ephemeral: never conflicts
             }
             if let Some((other, _)) = listeners[..i].iter().find(|(_, a)| a == addr) {
-                return Err((key.clone(), format!("address {addr} is already used by `{other}`")));
+                return Err((
+                    key.clone(),
+                    format!("address {addr} is already used by `{other}`"),
+                ));
             }
         }
         Ok(())
@@ -699,21 +745,32 @@ impl Config {
 
     /// The on-demand rule covering `name`, if any (the first that matches).
     pub fn on_demand_rule(&self, name: &str) -> Option<&OnDemandRule> {
-        self.discovery.on_demand.iter().find(|r| name.ends_with(&r.suffix))
+        self.discovery
+            .on_demand
+            .iter()
+            .find(|r| name.ends_with(&r.suffix))
     }
 
     /// The refresh interval for `svc`: its own, else the global one.
     pub fn refresh_interval(&self, svc: &ServiceConfig) -> std::time::Duration {
-        svc.refresh_interval.unwrap_or(self.discovery.refresh_interval).0
+        svc.refresh_interval
+            .unwrap_or(self.discovery.refresh_interval)
+            .0
     }
 }
 
 fn validate_dns(cfg: &DnsResolverConfig, base: &str) -> Result<(), (String, String)> {
     match (&cfg.srv, cfg.port) {
-        (Some(_), Some(_)) => Err((format!("{base}.port"), "SRV records carry their own ports: give `srv` or `port`, not both".into())),
+        (Some(_), Some(_)) => Err((
+            format!("{base}.port"),
+            "SRV records carry their own ports: give `srv` or `port`, not both".into(),
+        )),
         (Some(srv), None) => {
             if cfg.name.is_some() {
-                return Err((format!("{base}.name"), "give `srv` or `name` + `port`, not both".into()));
+                return Err((
+                    format!("{base}.name"),
+                    "give `srv` or `name` + `port`, not both".into(),
+                ));
             }
             if !srv.starts_with('_') || ServiceName::parse(&srv.replace('_', "x")).is_err() {
                 return Err((format!("{base}.srv"), format!("{srv:?} is not an SRV name such as \"_http._tcp.echo.default.svc.cluster.local\"")));
@@ -723,14 +780,21 @@ fn validate_dns(cfg: &DnsResolverConfig, base: &str) -> Result<(), (String, Stri
         (None, Some(0)) => Err((format!("{base}.port"), "must be between 1 and 65535".into())),
         (None, Some(_)) => {
             if let Some(name) = &cfg.name {
-                ServiceName::parse(name.trim_end_matches('.')).map_err(|e| (format!("{base}.name"), e))?;
+                ServiceName::parse(name.trim_end_matches('.'))
+                    .map_err(|e| (format!("{base}.name"), e))?;
             }
             if cfg.weight > MAX_WEIGHT {
-                return Err((format!("{base}.weight"), format!("must be at most {MAX_WEIGHT}")));
+                return Err((
+                    format!("{base}.weight"),
+                    format!("must be at most {MAX_WEIGHT}"),
+                ));
             }
             Ok(())
         }
-        (None, None) => Err((base.to_string(), "needs `port` (A/AAAA lookup) or `srv` (SRV lookup)".into())),
+        (None, None) => Err((
+            base.to_string(),
+            "needs `port` (A/AAAA lookup) or `srv` (SRV lookup)".into(),
+        )),
     }
 }
 

@@ -49,7 +49,11 @@ pub struct Instance {
 impl Instance {
     /// An instance without tags (sharing one empty tag map: no allocation per instance).
     pub fn new(address: SocketAddr, weight: u32) -> Self {
-        Self { address, weight, tags: no_tags() }
+        Self {
+            address,
+            weight,
+            tags: no_tags(),
+        }
     }
 }
 
@@ -77,7 +81,12 @@ impl Resolution {
     /// A resolution of `instances` fetched now, sorted into canonical order.
     pub fn new(mut instances: Vec<Instance>) -> Self {
         instances.sort_by(|a, b| a.address.cmp(&b.address).then(a.weight.cmp(&b.weight)));
-        Self { instances, revision: None, ttl: None, fetched_at: SystemTime::now() }
+        Self {
+            instances,
+            revision: None,
+            ttl: None,
+            fetched_at: SystemTime::now(),
+        }
     }
 
     /// Whether `other` carries the same instances (ignoring when either was fetched).

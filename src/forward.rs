@@ -89,11 +89,20 @@ impl Proxy {
     /// A proxy over `cache`.
     pub fn new(cache: Cache<ServiceHandle>, metrics: ForwardMetrics) -> Self {
         let first_resolve_wait = cache.policy().resolve_timeout;
-        Self { unrouted: metrics.service("_unknown"), cache, metrics, first_resolve_wait }
+        Self {
+            unrouted: metrics.service("_unknown"),
+            cache,
+            metrics,
+            first_resolve_wait,
+        }
     }
 
     /// Serves one request that arrived on `listener`.
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, listener: &Listener) -> Response<ResponseBody> {
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        listener: &Listener,
+    ) -> Response<ResponseBody> {
         let started = Instant::now();
         let (mut parts, body) = req.into_parts();
         let target = match route::service_name(&parts, listener) {
@@ -102,9 +111,21 @@ impl Proxy {
                 Lookup::Found(t) => t,
                 Lookup::OnDemand => match self.cache.resolve_on_demand(&name) {
                     Some(t) => t,
-                    None => return self.reject(None, ForwardError::UnknownService(name.into_owned()), started),
+                    None => {
+                        return self.reject(
+                            None,
+                            ForwardError::UnknownService(name.into_owned()),
+                            started,
+                        )
+                    }
                 },
-                Lookup::Unknown => return self.reject(None, ForwardError::UnknownService(name.into_owned()), started),
+                Lookup::Unknown => {
+                    return self.reject(
+                        None,
+                        ForwardError::UnknownService(name.into_owned()),
+                        started,
+                    )
+                }
             },
         };
         target.touch();
@@ -116,7 +137,11 @@ impl Proxy {
         let addr = {
             let snapshot = svc.balancer.load();
             let picked = match &**snapshot {
-                Some(snap) => snap.table.pick().map(|i| i.address).ok_or_else(|| unavailable(target.name(), &snap.status)),
+                Some(snap) => snap
+                    .table
+                    .pick()
+                    .map(|i| i.address)
+                    .ok_or_else(|| unavailable(target.name(), &snap.status)),
                 None => Err(ForwardError::NoInstances(target.name().to_string())),
             };
             match picked {
@@ -125,29 +150,52 @@ impl Proxy {
             }
         };
         client::prepare(&mut parts, target.name());
-        let sent = tokio::time::timeout(svc.timeout, svc.client.send(addr, Request::from_parts(parts, body))).await;
+        let sent = tokio::time::timeout(
+            svc.timeout,
+            svc.client.send(addr, Request::from_parts(parts, body)),
+        )
+        .await;
         let result = match sent {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(source)) if source.is_connect() => {
                 svc.metrics.connect_errors.inc();
-                Err(ForwardError::UpstreamConnect { service: target.name().into(), addr, source })
+                Err(ForwardError::UpstreamConnect {
+                    service: target.name().into(),
+                    addr,
+                    source,
+                })
             }
-            Ok(Err(source)) => Err(ForwardError::Upstream { service: target.name().into(), addr, source }),
-            Err(_) => Err(ForwardError::UpstreamTimeout { service: target.name().into(), addr, timeout: svc.timeout }),
+            Ok(Err(source)) => Err(ForwardError::Upstream {
+                service: target.name().into(),
+                addr,
+                source,
+            }),
+            Err(_) => Err(ForwardError::UpstreamTimeout {
+                service: target.name().into(),
+                addr,
+                timeout: svc.timeout,
+            }),
         };
         match result {
             Ok(resp) => {
                 let (mut head, body) = resp.into_parts();
                 client::strip_hop_by_hop(&mut head.headers);
                 svc.metrics.count(head.status.as_u16());
-                svc.metrics.duration.observe(started.elapsed().as_secs_f64());
+                svc.metrics
+                    .duration
+                    .observe(started.elapsed().as_secs_f64());
                 Response::from_parts(head, Either::Left(body))
             }
             Err(e) => self.reject(Some(svc), e, started),
         }
     }
 
-    fn reject(&self, svc: Option<&ServiceHandle>, err: ForwardError, started: Instant) -> Response<ResponseBody> {
+    fn reject(
+        &self,
+        svc: Option<&ServiceHandle>,
+        err: ForwardError,
+        started: Instant,
+    ) -> Response<ResponseBody> {
         let (series, name): (&ServiceMetrics, &str) = match svc {
             Some(s) => (&s.metrics, &s.name),
             None => (&self.unrouted, "_unknown"),
@@ -157,7 +205,10 @@ impl Proxy {
             500.. => tracing::warn!(service = name, error = %err, "request failed"),
             _ => tracing::debug!(service = name, error = %err, "request rejected"),
         }
-        self.metrics.errors.with_label_values(&[name, err.kind()]).inc();
+        self.metrics
+            .errors
+            .with_label_values(&[name, err.kind()])
+            .inc();
         series.count(status.as_u16());
         series.duration.observe(started.elapsed().as_secs_f64());
         err.into_response().map(Either::Right)
@@ -167,7 +218,10 @@ impl Proxy {
 /// Why a service with a snapshot has nothing to pick.
 fn unavailable(name: &str, status: &Status) -> ForwardError {
     match (status.state, &status.last_error) {
-        (State::Failed, Some(reason)) => ForwardError::DiscoveryFailed { service: name.into(), reason: reason.clone() },
+        (State::Failed, Some(reason)) => ForwardError::DiscoveryFailed {
+            service: name.into(),
+            reason: reason.clone(),
+        },
         _ => ForwardError::NoInstances(name.into()),
     }
 }
@@ -190,7 +244,11 @@ pub async fn serve(
     let open = proxy.metrics.connections(&label);
     let kind = Arc::new(kind);
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).keep_alive(true).header_read_timeout(Duration::from_secs(30));
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(Duration::from_secs(30));
     builder.http2().timer(TokioTimer::new());
     let builder = Arc::new(builder);
     loop {
@@ -208,8 +266,14 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        let (proxy, kind, builder, mut drain, done, open) =
-            (proxy.clone(), kind.clone(), builder.clone(), drain.clone(), drained.clone(), open.clone());
+        let (proxy, kind, builder, mut drain, done, open) = (
+            proxy.clone(),
+            kind.clone(),
+            builder.clone(),
+            drain.clone(),
+            drained.clone(),
+            open.clone(),
+        );
         tokio::spawn(async move {
             open.inc();
             let service = hyper::service::service_fn(move |req| {

@@ -9,7 +9,11 @@ use clap::{Parser, Subcommand};
 use waypost::config::{self, LogFormat};
 
 #[derive(Parser)]
-#[command(name = "waypost", version, about = "A sidecar discovery proxy: resolves, balances and forwards HTTP to service instances.")]
+#[command(
+    name = "waypost",
+    version,
+    about = "A sidecar discovery proxy: resolves, balances and forwards HTTP to service instances."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -51,12 +55,18 @@ fn main() -> ExitCode {
         }
     };
     if !run {
-        println!("{}: ok ({} services)", path.display(), config.services.len());
+        println!(
+            "{}: ok ({} services)",
+            path.display(),
+            config.services.len()
+        );
         return ExitCode::SUCCESS;
     }
     init_tracing(&config.log);
     let runtime = match config.runtime.workers {
-        1 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
         n => {
             let mut b = tokio::runtime::Builder::new_multi_thread();
             if n > 0 {

@@ -16,8 +16,9 @@ use crate::cache::state::{Outcome, TargetState};
 
 /// Request latency buckets (seconds): sub-millisecond resolution for a localhost proxy, up to
 /// the default 15 s upstream timeout.
-const LATENCY_BUCKETS: &[f64] =
-    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0];
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0,
+];
 
 /// Status classes, the `class` label of request counters; index = status / 100 - 1.
 pub const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
@@ -108,7 +109,9 @@ impl TargetSeries {
 }
 
 fn register<C: Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
-    registry.register(Box::new(c.clone())).expect("metric families are registered once, with unique names");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric families are registered once, with unique names");
     c
 }
 
@@ -117,28 +120,156 @@ impl Metrics {
     pub fn new() -> Self {
         let r = Registry::new();
         let discovery = DiscoveryMetrics {
-            instances: register(&r, IntGaugeVec::new(Opts::new("waypost_discovery_instances", "Instances in the table being served, per service."), &["service"]).expect("valid")),
-            table_age: register(&r, GaugeVec::new(Opts::new("waypost_discovery_table_age_seconds", "Seconds since the service's last successful resolve."), &["service"]).expect("valid")),
-            stale: register(&r, IntGaugeVec::new(Opts::new("waypost_discovery_stale", "1 while the service's table is stale because refreshes fail."), &["service"]).expect("valid")),
-            refresh: register(&r, IntCounterVec::new(Opts::new("waypost_discovery_refresh_total", "Resolves per service, by result (changed, unchanged, held, error)."), &["service", "result"]).expect("valid")),
-            refresh_duration: register(&r, HistogramVec::new(HistogramOpts::new("waypost_discovery_refresh_duration_seconds", "Time taken by one resolve, per resolver.").buckets(vec![0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]), &["resolver"]).expect("valid")),
-            targets: register(&r, IntGaugeVec::new(Opts::new("waypost_discovery_targets", "Cached targets, by origin (declared, on_demand)."), &["origin"]).expect("valid")),
+            instances: register(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "waypost_discovery_instances",
+                        "Instances in the table being served, per service.",
+                    ),
+                    &["service"],
+                )
+                .expect("valid"),
+            ),
+            table_age: register(
+                &r,
+                GaugeVec::new(
+                    Opts::new(
+                        "waypost_discovery_table_age_seconds",
+                        "Seconds since the service's last successful resolve.",
+                    ),
+                    &["service"],
+                )
+                .expect("valid"),
+            ),
+            stale: register(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "waypost_discovery_stale",
+                        "1 while the service's table is stale because refreshes fail.",
+                    ),
+                    &["service"],
+                )
+                .expect("valid"),
+            ),
+            refresh: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "waypost_discovery_refresh_total",
+                        "Resolves per service, by result (changed, unchanged, held, error).",
+                    ),
+                    &["service", "result"],
+                )
+                .expect("valid"),
+            ),
+            refresh_duration: register(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "waypost_discovery_refresh_duration_seconds",
+                        "Time taken by one resolve, per resolver.",
+                    )
+                    .buckets(vec![
+                        0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0,
+                    ]),
+                    &["resolver"],
+                )
+                .expect("valid"),
+            ),
+            targets: register(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "waypost_discovery_targets",
+                        "Cached targets, by origin (declared, on_demand).",
+                    ),
+                    &["origin"],
+                )
+                .expect("valid"),
+            ),
         };
         let forward = ForwardMetrics {
-            requests: register(&r, IntCounterVec::new(Opts::new("waypost_forward_requests_total", "Requests forwarded or answered, per service and status class."), &["service", "class"]).expect("valid")),
-            duration: register(&r, HistogramVec::new(HistogramOpts::new("waypost_forward_request_duration_seconds", "Time from request received to response headers sent, per service.").buckets(LATENCY_BUCKETS.to_vec()), &["service"]).expect("valid")),
-            errors: register(&r, IntCounterVec::new(Opts::new("waypost_forward_errors_total", "Responses generated by waypost itself, per service and error kind."), &["service", "kind"]).expect("valid")),
-            connect_errors: register(&r, IntCounterVec::new(Opts::new("waypost_forward_upstream_connect_errors_total", "Failed connections to upstream instances, per service."), &["service"]).expect("valid")),
-            open_connections: register(&r, IntGaugeVec::new(Opts::new("waypost_forward_open_connections", "Downstream connections open now, per listener."), &["listener"]).expect("valid")),
+            requests: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "waypost_forward_requests_total",
+                        "Requests forwarded or answered, per service and status class.",
+                    ),
+                    &["service", "class"],
+                )
+                .expect("valid"),
+            ),
+            duration: register(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "waypost_forward_request_duration_seconds",
+                        "Time from request received to response headers sent, per service.",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                    &["service"],
+                )
+                .expect("valid"),
+            ),
+            errors: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "waypost_forward_errors_total",
+                        "Responses generated by waypost itself, per service and error kind.",
+                    ),
+                    &["service", "kind"],
+                )
+                .expect("valid"),
+            ),
+            connect_errors: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "waypost_forward_upstream_connect_errors_total",
+                        "Failed connections to upstream instances, per service.",
+                    ),
+                    &["service"],
+                )
+                .expect("valid"),
+            ),
+            open_connections: register(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "waypost_forward_open_connections",
+                        "Downstream connections open now, per listener.",
+                    ),
+                    &["listener"],
+                )
+                .expect("valid"),
+            ),
         };
-        let build = register(&r, GaugeVec::new(Opts::new("waypost_build_info", "Always 1; labels carry the build."), &["version"]).expect("valid"));
-        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1.0);
+        let build = register(
+            &r,
+            GaugeVec::new(
+                Opts::new("waypost_build_info", "Always 1; labels carry the build."),
+                &["version"],
+            )
+            .expect("valid"),
+        );
+        build
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1.0);
         #[cfg(target_os = "linux")]
         {
             let pc = prometheus::process_collector::ProcessCollector::for_self();
-            r.register(Box::new(pc)).expect("process collector registers once");
+            r.register(Box::new(pc))
+                .expect("process collector registers once");
         }
-        Self { registry: r, discovery, forward }
+        Self {
+            registry: r,
+            discovery,
+            forward,
+        }
     }
 
     /// The text exposition of every family.

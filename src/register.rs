@@ -105,8 +105,12 @@ impl Registration {
             }
         }
         match registrar.deregister(&self).await {
-            Ok(()) => tracing::info!(service = %self.service, address = %self.address, "deregistered"),
-            Err(e) => tracing::warn!(service = %self.service, address = %self.address, error = %e, "deregistration failed"),
+            Ok(()) => {
+                tracing::info!(service = %self.service, address = %self.address, "deregistered")
+            }
+            Err(e) => {
+                tracing::warn!(service = %self.service, address = %self.address, error = %e, "deregistration failed")
+            }
         }
     }
 }
@@ -117,7 +121,13 @@ mod tests {
 
     #[test]
     fn renews_at_a_third_of_the_ttl() {
-        assert_eq!(renew_interval(Duration::from_secs(9)), Duration::from_secs(3));
-        assert_eq!(renew_interval(Duration::from_millis(30)), Duration::from_millis(100));
+        assert_eq!(
+            renew_interval(Duration::from_secs(9)),
+            Duration::from_secs(3)
+        );
+        assert_eq!(
+            renew_interval(Duration::from_millis(30)),
+            Duration::from_millis(100)
+        );
     }
 }

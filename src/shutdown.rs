@@ -33,7 +33,9 @@ impl Trigger {
 
     /// Another listener.
     pub fn subscribe(&self) -> Shutdown {
-        Shutdown { rx: self.tx.subscribe() }
+        Shutdown {
+            rx: self.tx.subscribe(),
+        }
     }
 }
 
@@ -55,7 +57,10 @@ pub async fn signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
             (Ok(mut term), Ok(mut int)) => {
                 tokio::select! {
                     _ = term.recv() => tracing::info!("SIGTERM received"),
@@ -63,7 +68,9 @@ pub async fn signal() {
                 }
                 return;
             }
-            (Err(e), _) | (_, Err(e)) => tracing::warn!(error = %e, "cannot install signal handlers; using ctrl-c"),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(error = %e, "cannot install signal handlers; using ctrl-c")
+            }
         }
     }
     let _ = tokio::signal::ctrl_c().await;

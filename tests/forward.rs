@@ -10,26 +10,44 @@ use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weighted_distribution_3_2_1_and_drained_zero() {
-    let ups = [Upstream::start("a").await, Upstream::start("b").await, Upstream::start("c").await];
+    let ups = [
+        Upstream::start("a").await,
+        Upstream::start("b").await,
+        Upstream::start("c").await,
+    ];
     let drained = Upstream::start("drained").await;
     let yaml = format!(
         "services:\n{}",
-        static_service("echo", &[(ups[0].addr, 3), (ups[1].addr, 2), (ups[2].addr, 1), (drained.addr, 0)])
+        static_service(
+            "echo",
+            &[
+                (ups[0].addr, 3),
+                (ups[1].addr, 2),
+                (ups[2].addr, 1),
+                (drained.addr, 0)
+            ]
+        )
     );
     let proxy = TestProxy::start(&yaml).await;
     let client = client();
     let mut counts: HashMap<String, usize> = HashMap::new();
     const N: usize = 6000;
     for _ in 0..N {
-        let req = Request::get(format!("{}/", proxy.url())).header("host", "echo").body(empty()).unwrap();
+        let req = Request::get(format!("{}/", proxy.url()))
+            .header("host", "echo")
+            .body(empty())
+            .unwrap();
         let got = send(&client, req).await.unwrap();
         assert_eq!(got.status, 200);
-        *counts.entry(got.header("x-instance").to_string()).or_default() += 1;
+        *counts
+            .entry(got.header("x-instance").to_string())
+            .or_default() += 1;
     }
-    for (name, want) in [("a", 3.0 / 6.0), ("b", 2.0 / 6.0), ("c", 1.0 / 6.0)] {
-        let share = counts.get(name).copied().unwrap_or(0) as f64 / N as f64;
-        assert!((share - want).abs() <= want * 0.10, "{name}: share {share:.3}, expected {want:.3} ±10 %: {counts:?}");
-    }
+    assert_shares(
+        &counts,
+        &[("a", 3.0 / 6.0), ("b", 2.0 / 6.0), ("c", 1.0 / 6.0)],
+        0.10,
+    );
     assert_eq!(counts.get("drained"), None, "weight 0 must get no traffic");
     assert_eq!(drained.hits.load(std::sync::atomic::Ordering::Relaxed), 0);
 }
@@ -44,24 +62,38 @@ async fn three_addressing_modes_and_h2c() {
     let proxy = TestProxy::start(&yaml).await;
     // (a) Host header, with and without a port, any case.
     for host in ["echo", "echo:80", "ECHO"] {
-        let got = get(&format!("{}/x", proxy.url()), &[("host", host)]).await.unwrap();
-        assert_eq!((got.status, got.header("x-instance")), (200, "only"), "Host: {host}");
+        let got = get(&format!("{}/x", proxy.url()), &[("host", host)])
+            .await
+            .unwrap();
+        assert_eq!(
+            (got.status, got.header("x-instance")),
+            (200, "only"),
+            "Host: {host}"
+        );
     }
     // (b) absolute-form, as an HTTP_PROXY client sends it: connect to the proxy, ask for http://echo/.
-    let mut conn = tokio::net::TcpStream::connect(proxy.addrs.outbound).await.unwrap();
+    let mut conn = tokio::net::TcpStream::connect(proxy.addrs.outbound)
+        .await
+        .unwrap();
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    conn.write_all(b"GET http://echo/abs HTTP/1.1\r\nHost: echo\r\nConnection: close\r\n\r\n").await.unwrap();
+    conn.write_all(b"GET http://echo/abs HTTP/1.1\r\nHost: echo\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
     let mut raw = String::new();
     conn.read_to_string(&mut raw).await.unwrap();
     assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
     assert!(raw.contains("x-instance: only"), "{raw}");
     // (c) the service's own listener: no Host needed to name it.
     let own = proxy.addrs.services["echo"];
-    let got = get(&format!("http://{own}/y"), &[("host", "whatever")]).await.unwrap();
+    let got = get(&format!("http://{own}/y"), &[("host", "whatever")])
+        .await
+        .unwrap();
     assert_eq!((got.status, got.header("x-instance")), (200, "only"));
     // h2c with prior knowledge: the service comes from :authority (what `curl
     // --http2-prior-knowledge -H 'Host: echo'` sends), over a connection to the proxy.
-    let tcp = tokio::net::TcpStream::connect(proxy.addrs.outbound).await.unwrap();
+    let tcp = tokio::net::TcpStream::connect(proxy.addrs.outbound)
+        .await
+        .unwrap();
     let (mut h2, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
         hyper_util::rt::TokioIo::new(tcp),
@@ -70,20 +102,39 @@ async fn three_addressing_modes_and_h2c() {
     .unwrap();
     tokio::spawn(conn);
     for path in ["/h2", "/h2-again"] {
-        let req = Request::get(format!("http://echo{path}")).version(http::Version::HTTP_2).body(empty()).unwrap();
+        let req = Request::get(format!("http://echo{path}"))
+            .version(http::Version::HTTP_2)
+            .body(empty())
+            .unwrap();
         let resp = h2.send_request(req).await.unwrap();
         assert_eq!(resp.version(), http::Version::HTTP_2);
-        assert_eq!((resp.status().as_u16(), resp.headers()["x-instance"].to_str().unwrap()), (200, "only"));
+        assert_eq!(
+            (
+                resp.status().as_u16(),
+                resp.headers()["x-instance"].to_str().unwrap()
+            ),
+            (200, "only")
+        );
     }
 }
 
 #[tokio::test]
 async fn hop_by_hop_headers_are_dropped_and_host_kept() {
     let up = Upstream::start("h").await;
-    let proxy = TestProxy::start(&format!("services:\n{}", static_service("echo", &[(up.addr, 1)]))).await;
+    let proxy = TestProxy::start(&format!(
+        "services:\n{}",
+        static_service("echo", &[(up.addr, 1)])
+    ))
+    .await;
     let got = get(
         &format!("{}/headers", proxy.url()),
-        &[("host", "echo:8080"), ("connection", "x-secret"), ("x-secret", "1"), ("proxy-authorization", "t"), ("x-keep", "yes")],
+        &[
+            ("host", "echo:8080"),
+            ("connection", "x-secret"),
+            ("x-secret", "1"),
+            ("proxy-authorization", "t"),
+            ("x-keep", "yes"),
+        ],
     )
     .await
     .unwrap();
@@ -114,21 +165,36 @@ async fn every_failure_has_its_status_and_marker() {
         ("slow", "/slow?ms=3000", 504, "upstream_timeout"),
     ];
     for (host, path, status, kind) in cases {
-        let got = get(&format!("{}{path}", proxy.url()), &[("host", host)]).await.unwrap();
+        let got = get(&format!("{}{path}", proxy.url()), &[("host", host)])
+            .await
+            .unwrap();
         assert_eq!(got.status, status, "{host}: {}", got.text());
         assert_eq!(got.header("x-waypost-error"), kind, "{host}");
-        assert!(got.text().starts_with("waypost: "), "{host}: {}", got.text());
+        assert!(
+            got.text().starts_with("waypost: "),
+            "{host}: {}",
+            got.text()
+        );
         if host != "nope" {
-            assert!(got.text().contains(host), "body names the service: {}", got.text());
+            assert!(
+                got.text().contains(host),
+                "body names the service: {}",
+                got.text()
+            );
         }
     }
     // A request that cannot name a service is a 400, CONNECT a 405.
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     for (raw_req, want) in [
         ("GET / HTTP/1.0\r\n\r\n", "HTTP/1.0 400"),
-        ("CONNECT echo:443 HTTP/1.1\r\nHost: echo:443\r\n\r\n", "HTTP/1.1 405"),
+        (
+            "CONNECT echo:443 HTTP/1.1\r\nHost: echo:443\r\n\r\n",
+            "HTTP/1.1 405",
+        ),
     ] {
-        let mut conn = tokio::net::TcpStream::connect(proxy.addrs.outbound).await.unwrap();
+        let mut conn = tokio::net::TcpStream::connect(proxy.addrs.outbound)
+            .await
+            .unwrap();
         conn.write_all(raw_req.as_bytes()).await.unwrap();
         let mut buf = vec![0u8; 1024];
         let n = conn.read(&mut buf).await.unwrap();
@@ -137,13 +203,25 @@ async fn every_failure_has_its_status_and_marker() {
         assert!(text.contains("x-waypost-error"), "{text}");
     }
     // Successful responses never carry the marker.
-    let got = get(&format!("{}/slow?ms=1", proxy.url()), &[("host", "slow")]).await.unwrap();
+    let got = get(&format!("{}/slow?ms=1", proxy.url()), &[("host", "slow")])
+        .await
+        .unwrap();
     assert_eq!(got.status, 200);
     assert_eq!(got.header("x-waypost-error"), "");
     // The errors are counted by kind.
-    let metrics = get(&format!("{}/metrics", proxy.admin()), &[]).await.unwrap().text();
-    assert!(metrics.contains(r#"waypost_forward_errors_total{kind="upstream_timeout",service="slow"} 1"#), "{metrics}");
-    assert!(metrics.contains(r#"waypost_forward_upstream_connect_errors_total{service="dead"} 1"#), "{metrics}");
+    let metrics = get(&format!("{}/metrics", proxy.admin()), &[])
+        .await
+        .unwrap()
+        .text();
+    assert!(
+        metrics
+            .contains(r#"waypost_forward_errors_total{kind="upstream_timeout",service="slow"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"waypost_forward_upstream_connect_errors_total{service="dead"} 1"#),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -152,15 +230,32 @@ async fn never_an_open_proxy() {
     // request names: a raw address, an absolute-form URI to it, or a Host header with its port.
     let bystander = Upstream::start("bystander").await;
     let up = Upstream::start("echo").await;
-    let proxy = TestProxy::start(&format!("services:\n{}", static_service("echo", &[(up.addr, 1)]))).await;
+    let proxy = TestProxy::start(&format!(
+        "services:\n{}",
+        static_service("echo", &[(up.addr, 1)])
+    ))
+    .await;
     let b = bystander.addr;
-    for host in [b.to_string(), b.ip().to_string(), "localhost".into(), format!("localhost:{}", b.port())] {
-        let got = get(&format!("{}/", proxy.url()), &[("host", &host)]).await.unwrap();
+    for host in [
+        b.to_string(),
+        b.ip().to_string(),
+        "localhost".into(),
+        format!("localhost:{}", b.port()),
+    ] {
+        let got = get(&format!("{}/", proxy.url()), &[("host", &host)])
+            .await
+            .unwrap();
         assert_eq!(got.status, 404, "{host}");
     }
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut conn = tokio::net::TcpStream::connect(proxy.addrs.outbound).await.unwrap();
-    conn.write_all(format!("GET http://{b}/ HTTP/1.1\r\nHost: {b}\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    let mut conn = tokio::net::TcpStream::connect(proxy.addrs.outbound)
+        .await
+        .unwrap();
+    conn.write_all(
+        format!("GET http://{b}/ HTTP/1.1\r\nHost: {b}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
     let mut raw = String::new();
     conn.read_to_string(&mut raw).await.unwrap();
     assert!(raw.starts_with("HTTP/1.1 404"), "{raw}");
@@ -170,12 +265,18 @@ async fn never_an_open_proxy() {
 #[tokio::test]
 async fn admin_endpoints() {
     let up = Upstream::start("a").await;
-    let proxy = TestProxy::start(&format!("services:\n{}", static_service("echo", &[(up.addr, 5)]))).await;
+    let proxy = TestProxy::start(&format!(
+        "services:\n{}",
+        static_service("echo", &[(up.addr, 5)])
+    ))
+    .await;
     let live = get(&format!("{}/live", proxy.admin()), &[]).await.unwrap();
     assert_eq!(live.status, 200);
     let ready = get(&format!("{}/ready", proxy.admin()), &[]).await.unwrap();
     assert_eq!(ready.status, 200);
-    let debug = get(&format!("{}/debug/services", proxy.admin()), &[]).await.unwrap();
+    let debug = get(&format!("{}/debug/services", proxy.admin()), &[])
+        .await
+        .unwrap();
     let doc: serde_json::Value = serde_json::from_slice(&debug.body).unwrap();
     let svc = &doc["services"][0];
     assert_eq!(svc["name"], "echo");
@@ -207,7 +308,10 @@ async fn not_ready_until_every_declared_service_resolved() {
         let _ = rx.await;
     }));
     eventually(std::time::Duration::from_secs(5), || async {
-        get(&format!("http://{admin}/ready"), &[]).await.map(|r| r.status == 503).unwrap_or(false)
+        get(&format!("http://{admin}/ready"), &[])
+            .await
+            .map(|r| r.status == 503)
+            .unwrap_or(false)
     })
     .await;
     let got = get(&format!("http://{admin}/ready"), &[]).await.unwrap();
@@ -219,18 +323,32 @@ async fn not_ready_until_every_declared_service_resolved() {
 #[tokio::test]
 async fn upstream_connections_are_kept_alive_and_reused() {
     let up = Upstream::start("ka").await;
-    let proxy = TestProxy::start(&format!("services:\n{}", static_service("echo", &[(up.addr, 1)]))).await;
+    let proxy = TestProxy::start(&format!(
+        "services:\n{}",
+        static_service("echo", &[(up.addr, 1)])
+    ))
+    .await;
     let client = client();
     for _ in 0..200 {
-        let req = Request::get(format!("{}/", proxy.url())).header("host", "echo").body(full("x")).unwrap();
+        let req = Request::get(format!("{}/", proxy.url()))
+            .header("host", "echo")
+            .body(full("x"))
+            .unwrap();
         assert_eq!(send(&client, req).await.unwrap().status, 200);
     }
-    assert_eq!(up.conns.load(std::sync::atomic::Ordering::Relaxed), 1, "sequential requests share one upstream connection");
+    assert_eq!(
+        up.conns.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "sequential requests share one upstream connection"
+    );
 }
 
 /// An upstream that answers each connection's first request with keep-alive, then closes the
 /// connection shortly after — as upstreams with a short idle timeout do.
-async fn closing_upstream() -> (std::net::SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+async fn closing_upstream() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -261,10 +379,21 @@ async fn closing_upstream() -> (std::net::SocketAddr, std::sync::Arc<std::sync::
 #[tokio::test]
 async fn a_pooled_connection_closed_by_the_upstream_is_replaced_transparently() {
     let (addr, served) = closing_upstream().await;
-    let proxy = TestProxy::start(&format!("services:\n{}", static_service("echo", &[(addr, 1)]))).await;
+    let proxy = TestProxy::start(&format!(
+        "services:\n{}",
+        static_service("echo", &[(addr, 1)])
+    ))
+    .await;
     for i in 0..20 {
-        let got = get(&format!("{}/", proxy.url()), &[("host", "echo")]).await.unwrap();
-        assert_eq!((got.status, got.text().as_str()), (200, "ok\n"), "request {i}: {}", got.text());
+        let got = get(&format!("{}/", proxy.url()), &[("host", "echo")])
+            .await
+            .unwrap();
+        assert_eq!(
+            (got.status, got.text().as_str()),
+            (200, "ok\n"),
+            "request {i}: {}",
+            got.text()
+        );
         // Alternate between reusing at once (closed under us, the request was never sent:
         // retried) and after the close is noticed (dropped at checkout).
         if i % 2 == 0 {

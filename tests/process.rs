@@ -14,43 +14,95 @@ fn check(yaml: &str) -> (i32, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.yaml");
     std::fs::write(&path, yaml).unwrap();
-    let out = Command::new(waypost_bin()).args(["check", "--config"]).arg(&path).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = Command::new(waypost_bin())
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
 fn malformed_configs_exit_2_naming_file_line_and_key() {
     let cases = [
-        ("unknown key", "listen: 127.0.0.1:1\nadmin:\n  listne: 127.0.0.1:2\n", ":3:", "unknown field `listne`"),
-        ("wrong type", "runtime:\n  workers: [1]\n", ":2:", "runtime.workers"),
-        ("bad duration", "shutdown:\n  grace: soon\n", ":2:", "shutdown.grace: invalid duration"),
-        ("bad address", "services:\n  echo:\n    listen: 127.0.0.1:99999\n    resolver: {file: {}}\n", ":3:", "services.echo.listen: invalid address"),
-        ("yaml syntax", "services:\n  echo:\n\t resolver: {}\n", ":3:", "cannot start any token"),
-        ("conflict", "listen: 127.0.0.1:7000\nadmin: {listen: 127.0.0.1:7000}\n", ":2:", "admin.listen"),
+        (
+            "unknown key",
+            "listen: 127.0.0.1:1\nadmin:\n  listne: 127.0.0.1:2\n",
+            ":3:",
+            "unknown field `listne`",
+        ),
+        (
+            "wrong type",
+            "runtime:\n  workers: [1]\n",
+            ":2:",
+            "runtime.workers",
+        ),
+        (
+            "bad duration",
+            "shutdown:\n  grace: soon\n",
+            ":2:",
+            "shutdown.grace: invalid duration",
+        ),
+        (
+            "bad address",
+            "services:\n  echo:\n    listen: 127.0.0.1:99999\n    resolver: {file: {}}\n",
+            ":3:",
+            "services.echo.listen: invalid address",
+        ),
+        (
+            "yaml syntax",
+            "services:\n  echo:\n\t resolver: {}\n",
+            ":3:",
+            "cannot start any token",
+        ),
+        (
+            "conflict",
+            "listen: 127.0.0.1:7000\nadmin: {listen: 127.0.0.1:7000}\n",
+            ":2:",
+            "admin.listen",
+        ),
     ];
     for (what, yaml, line, needle) in cases {
         let (code, stderr) = check(yaml);
         assert_eq!(code, 2, "{what}: {stderr}");
-        assert!(stderr.contains(&format!("bad.yaml{line}")), "{what}: no line in {stderr:?}");
-        assert!(stderr.contains(needle), "{what}: {stderr:?} should contain {needle:?}");
+        assert!(
+            stderr.contains(&format!("bad.yaml{line}")),
+            "{what}: no line in {stderr:?}"
+        );
+        assert!(
+            stderr.contains(needle),
+            "{what}: {stderr:?} should contain {needle:?}"
+        );
     }
     let (code, stderr) = check("");
     assert_eq!(code, 0, "{stderr}");
-    let out = Command::new(waypost_bin()).args(["check", "--config", "/nonexistent.yaml"]).output().unwrap();
+    let out = Command::new(waypost_bin())
+        .args(["check", "--config", "/nonexistent.yaml"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent.yaml"));
 }
 
 #[test]
 fn help_version_and_usage_errors() {
-    let out = Command::new(waypost_bin()).arg("--version").output().unwrap();
+    let out = Command::new(waypost_bin())
+        .arg("--version")
+        .output()
+        .unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
     let out = Command::new(waypost_bin()).arg("--help").output().unwrap();
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
     assert!(help.contains("run") && help.contains("check"), "{help}");
-    let out = Command::new(waypost_bin()).arg("frobnicate").output().unwrap();
+    let out = Command::new(waypost_bin())
+        .arg("frobnicate")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
 
@@ -63,22 +115,40 @@ async fn streams_50_mb_both_ways_without_buffering() {
     let up = Upstream::start("big").await;
     let dir = tempfile::tempdir().unwrap();
     let (port, admin) = (free_port(), free_port());
-    let proc = spawn_waypost("waypost", &proxy_yaml(port, admin, &static_service("echo", &[(up.addr, 1)])), dir.path());
+    let proc = spawn_waypost(
+        "waypost",
+        &proxy_yaml(port, admin, &static_service("echo", &[(up.addr, 1)])),
+        dir.path(),
+    );
     let url = format!("http://127.0.0.1:{port}");
     eventually(Duration::from_secs(10), || async {
-        get(&format!("http://127.0.0.1:{admin}/ready"), &[]).await.map(|r| r.status == 200).unwrap_or(false)
+        get(&format!("http://127.0.0.1:{admin}/ready"), &[])
+            .await
+            .map(|r| r.status == 200)
+            .unwrap_or(false)
     })
     .await;
     // Warm up so allocator arenas and the connection pool exist before the baseline.
     for _ in 0..20 {
-        assert_eq!(post_count(&url, "echo", streamed_body(256 * 1024)).await.unwrap(), (200, 256 * 1024));
+        assert_eq!(
+            post_count(&url, "echo", streamed_body(256 * 1024))
+                .await
+                .unwrap(),
+            (200, 256 * 1024)
+        );
     }
     let baseline = proc.status_kib("VmRSS");
     const SIZE: usize = 50 * 1024 * 1024;
     // Upstream direction (and echoed back): 50 MB each way in one request.
-    assert_eq!(post_count(&url, "echo", streamed_body(SIZE)).await.unwrap(), (200, SIZE));
+    assert_eq!(
+        post_count(&url, "echo", streamed_body(SIZE)).await.unwrap(),
+        (200, SIZE)
+    );
     // Downstream only: a 50 MB response.
-    let req = http::Request::get(format!("{url}/bytes?n={SIZE}")).header("host", "echo").body(empty()).unwrap();
+    let req = http::Request::get(format!("{url}/bytes?n={SIZE}"))
+        .header("host", "echo")
+        .body(empty())
+        .unwrap();
     let resp = client().request(req).await.unwrap();
     assert_eq!(resp.status(), 200);
     let mut body = resp.into_body();
@@ -100,10 +170,17 @@ async fn sigterm_drains_in_flight_requests_and_refuses_new_connections() {
     let up = Upstream::start("slow").await;
     let dir = tempfile::tempdir().unwrap();
     let (port, admin) = (free_port(), free_port());
-    let mut proc = spawn_waypost("waypost", &proxy_yaml(port, admin, &static_service("echo", &[(up.addr, 1)])), dir.path());
+    let mut proc = spawn_waypost(
+        "waypost",
+        &proxy_yaml(port, admin, &static_service("echo", &[(up.addr, 1)])),
+        dir.path(),
+    );
     let url = format!("http://127.0.0.1:{port}");
     eventually(Duration::from_secs(10), || async {
-        get(&format!("http://127.0.0.1:{admin}/ready"), &[]).await.map(|r| r.status == 200).unwrap_or(false)
+        get(&format!("http://127.0.0.1:{admin}/ready"), &[])
+            .await
+            .map(|r| r.status == 200)
+            .unwrap_or(false)
     })
     .await;
     let in_flight = tokio::spawn({
@@ -111,14 +188,30 @@ async fn sigterm_drains_in_flight_requests_and_refuses_new_connections() {
         async move { get(&format!("{url}/slow?ms=1500"), &[("host", "echo")]).await }
     });
     // Let the slow request reach the upstream, then ask waypost to stop.
-    eventually(Duration::from_secs(5), || async { up.hits.load(std::sync::atomic::Ordering::Relaxed) == 1 }).await;
+    eventually(Duration::from_secs(5), || async {
+        up.hits.load(std::sync::atomic::Ordering::Relaxed) == 1
+    })
+    .await;
     proc.signal("TERM");
     // New connections are refused while the slow request is still being served.
-    eventually(Duration::from_secs(2), || async { tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() }).await;
-    assert!(proc.child.try_wait().unwrap().is_none(), "waypost exited before draining");
-    let got = in_flight.await.unwrap().expect("in-flight request completes");
+    eventually(Duration::from_secs(2), || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+    })
+    .await;
+    assert!(
+        proc.child.try_wait().unwrap().is_none(),
+        "waypost exited before draining"
+    );
+    let got = in_flight
+        .await
+        .unwrap()
+        .expect("in-flight request completes");
     assert_eq!((got.status, got.text().as_str()), (200, "slow\n"));
-    let code = tokio::task::spawn_blocking(move || proc.wait_exit(Duration::from_secs(10))).await.unwrap();
+    let code = tokio::task::spawn_blocking(move || proc.wait_exit(Duration::from_secs(10)))
+        .await
+        .unwrap();
     assert_eq!(code, Some(0), "clean exit after draining");
 }
 
@@ -134,7 +227,14 @@ async fn file_registry_shared_by_processes_with_heartbeat_expiry() {
             Proc::spawn(
                 &format!("up{i}"),
                 Command::new(upstream_bin())
-                    .args(["--listen", &format!("127.0.0.1:{p}"), "--name", &format!("up{i}"), "--service", "echo"])
+                    .args([
+                        "--listen",
+                        &format!("127.0.0.1:{p}"),
+                        "--name",
+                        &format!("up{i}"),
+                        "--service",
+                        "echo",
+                    ])
                     .args(["--weight", "1", "--ttl-ms", "1000", "--registry-dir"])
                     .arg(&registry),
                 dir.path(),
@@ -167,25 +267,42 @@ async fn file_registry_shared_by_processes_with_heartbeat_expiry() {
     // up0 dies without deregistering: its entry stays on disk, but its heartbeat stops and
     // after the TTL every reader ignores it.
     ups[0].signal("KILL");
-    assert!(registry.join("echo").join(format!("127.0.0.1_{}.json", ports[0])).exists());
+    assert!(registry
+        .join("echo")
+        .join(format!("127.0.0.1_{}.json", ports[0]))
+        .exists());
     eventually(Duration::from_secs(10), || seen(1)).await;
-    let got = get(&format!("{url}/whoami"), &[("host", "echo")]).await.unwrap();
+    let got = get(&format!("{url}/whoami"), &[("host", "echo")])
+        .await
+        .unwrap();
     assert_eq!(got.text(), "up1\n");
     // up1 exits cleanly and removes its own entry; only the dead one's file is left.
     ups[1].signal("TERM");
     assert_eq!(ups[1].wait_exit(Duration::from_secs(5)), Some(0));
-    assert!(!registry.join("echo").join(format!("127.0.0.1_{}.json", ports[1])).exists());
+    assert!(!registry
+        .join("echo")
+        .join(format!("127.0.0.1_{}.json", ports[1]))
+        .exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn promtool_accepts_live_metrics() {
     let promtool = require("promtool", "apt-get install -y prometheus");
     let up = Upstream::start("a").await;
-    let proxy = TestProxy::start(&format!("services:\n{}", static_service("echo", &[(up.addr, 1)]))).await;
+    let proxy = TestProxy::start(&format!(
+        "services:\n{}",
+        static_service("echo", &[(up.addr, 1)])
+    ))
+    .await;
     for host in ["echo", "nope"] {
-        let _ = get(&format!("{}/", proxy.url()), &[("host", host)]).await.unwrap();
+        let _ = get(&format!("{}/", proxy.url()), &[("host", host)])
+            .await
+            .unwrap();
     }
-    let text = get(&format!("{}/metrics", proxy.admin()), &[]).await.unwrap().body;
+    let text = get(&format!("{}/metrics", proxy.admin()), &[])
+        .await
+        .unwrap()
+        .body;
     for family in [
         "waypost_forward_requests_total",
         "waypost_forward_request_duration_seconds_bucket",
@@ -195,7 +312,10 @@ async fn promtool_accepts_live_metrics() {
         "waypost_build_info",
         "process_resident_memory_bytes",
     ] {
-        assert!(String::from_utf8_lossy(&text).contains(family), "missing {family}");
+        assert!(
+            String::from_utf8_lossy(&text).contains(family),
+            "missing {family}"
+        );
     }
     let mut child = Command::new(promtool)
         .args(["check", "metrics"])

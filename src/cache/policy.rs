@@ -68,7 +68,10 @@ impl Policy {
     /// `backoff_initial · 2^(failures-1)`, capped at `backoff_max`, jittered.
     pub fn next_retry(&self, failures: u32, unit: f64) -> Duration {
         let exp = failures.saturating_sub(1).min(20);
-        let base = self.backoff_initial.saturating_mul(1u32 << exp).min(self.backoff_max);
+        let base = self
+            .backoff_initial
+            .saturating_mul(1u32 << exp)
+            .min(self.backoff_max);
         self.jittered(base, unit)
     }
 
@@ -82,22 +85,28 @@ impl Policy {
     }
 }
 
+/// The policy the cache tests use: 5s ±20 %, 60s expiry, backoff 1s..30s, confirm 3 of 50 %.
+#[cfg(test)]
+pub(crate) fn test_policy() -> Policy {
+    Policy {
+        refresh_interval: Duration::from_secs(5),
+        jitter: 0.2,
+        expire_interval: Duration::from_secs(60),
+        max_stale: None,
+        backoff_initial: Duration::from_secs(1),
+        backoff_max: Duration::from_secs(30),
+        confirm: 3,
+        max_removal: 0.5,
+        resolve_timeout: Duration::from_secs(5),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn policy() -> Policy {
-        Policy {
-            refresh_interval: Duration::from_secs(5),
-            jitter: 0.2,
-            expire_interval: Duration::from_secs(60),
-            max_stale: None,
-            backoff_initial: Duration::from_secs(1),
-            backoff_max: Duration::from_secs(30),
-            confirm: 3,
-            max_removal: 0.5,
-            resolve_timeout: Duration::from_secs(5),
-        }
+        test_policy()
     }
 
     #[test]
@@ -106,7 +115,10 @@ mod tests {
         assert_eq!(p.next_refresh(None, 0.0), Duration::from_secs(4));
         assert_eq!(p.next_refresh(None, 0.5), Duration::from_secs(5));
         assert!(p.next_refresh(None, 0.999_999) <= Duration::from_secs(6));
-        assert_eq!(p.next_refresh(Some(Duration::from_secs(10)), 0.5), Duration::from_secs(10));
+        assert_eq!(
+            p.next_refresh(Some(Duration::from_secs(10)), 0.5),
+            Duration::from_secs(10)
+        );
     }
 
     #[test]
@@ -127,7 +139,10 @@ mod tests {
         assert!(p.needs_confirmation(10, 6, 4));
         assert!(!p.needs_confirmation(10, 5, 5));
         assert!(!p.needs_confirmation(2, 1, 1));
-        assert!(!p.needs_confirmation(0, 0, 0), "first answers are never held back");
+        assert!(
+            !p.needs_confirmation(0, 0, 0),
+            "first answers are never held back"
+        );
         assert!(!Policy { confirm: 1, ..p }.needs_confirmation(3, 3, 0));
     }
 }

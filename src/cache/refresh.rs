@@ -42,7 +42,12 @@ impl<P: Publish> Refresher<P> {
         let mut seen_revision = None;
         loop {
             let started = Instant::now();
-            let answer = match tokio::time::timeout(self.policy.resolve_timeout, self.resolver.resolve(&key)).await {
+            let answer = match tokio::time::timeout(
+                self.policy.resolve_timeout,
+                self.resolver.resolve(&key),
+            )
+            .await
+            {
                 Ok(r) => r,
                 Err(_) => Err(DiscoverError::Unavailable(format!(
                     "resolve timed out after {:?}",
@@ -72,14 +77,20 @@ impl<P: Publish> Refresher<P> {
                     "answer would remove most instances; holding it until confirmed");
             }
             series.record(outcome, &state);
-            self.target.publisher.publish(&state.current, &state.status, changed);
+            self.target
+                .publisher
+                .publish(&state.current, &state.status, changed);
             self.target.resolved.send_replace(true);
 
             let delay = if outcome == Outcome::Error {
-                self.policy.next_retry(state.status.consecutive_failures, fastrand::f64())
+                self.policy
+                    .next_retry(state.status.consecutive_failures, fastrand::f64())
             } else if !self.resolver.refreshes() {
                 // Static answers never change; wake only for expiry or shutdown.
-                self.policy.expire_interval.max(self.policy.refresh_interval) * 1000
+                self.policy
+                    .expire_interval
+                    .max(self.policy.refresh_interval)
+                    * 1000
             } else {
                 self.policy.next_refresh(ttl, fastrand::f64())
             };
@@ -88,8 +99,11 @@ impl<P: Publish> Refresher<P> {
             } else {
                 None
             };
-            let expires_in = (!self.target.is_declared())
-                .then(|| self.policy.expire_interval.saturating_sub(self.target.idle()));
+            let expires_in = (!self.target.is_declared()).then(|| {
+                self.policy
+                    .expire_interval
+                    .saturating_sub(self.target.idle())
+            });
             tokio::select! {
                 biased;
                 _ = self.shutdown.recv() => break,

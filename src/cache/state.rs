@@ -145,13 +145,22 @@ impl TargetState {
             .iter()
             .filter(|i| !answer.instances.iter().any(|n| n.address == i.address))
             .count();
-        if !first && policy.needs_confirmation(self.current.instances.len(), removed, answer.instances.len()) {
+        if !first
+            && policy.needs_confirmation(
+                self.current.instances.len(),
+                removed,
+                answer.instances.len(),
+            )
+        {
             let confirmations = match &self.held {
                 Some((held, n)) if held.same_instances(&answer) => n + 1,
                 _ => 1,
             };
             if confirmations < policy.confirm {
-                st.held = Some(Held { instances: answer.instances.len(), confirmations });
+                st.held = Some(Held {
+                    instances: answer.instances.len(),
+                    confirmations,
+                });
                 self.held = Some((answer, confirmations));
                 return Outcome::Held;
             }
@@ -173,7 +182,10 @@ impl TargetState {
         match st.state {
             State::Ready => {
                 st.stale = true;
-                let age = st.last_success.and_then(|t| now.duration_since(t).ok()).unwrap_or(Duration::ZERO);
+                let age = st
+                    .last_success
+                    .and_then(|t| now.duration_since(t).ok())
+                    .unwrap_or(Duration::ZERO);
                 if policy.max_stale.is_some_and(|max| age > max) {
                     st.state = State::Failed;
                     st.stale = false;
@@ -197,18 +209,27 @@ mod tests {
 
     fn res(ports: &[u16]) -> Resolution {
         Resolution::new(
-            ports.iter().map(|p| Instance::new(format!("127.0.0.1:{p}").parse().unwrap(), 1)).collect(),
+            ports
+                .iter()
+                .map(|p| Instance::new(format!("127.0.0.1:{p}").parse().unwrap(), 1))
+                .collect(),
         )
     }
 
     fn policy() -> Policy {
-        Policy { max_stale: Some(Duration::from_secs(60)), ..Policy::default() }
+        Policy {
+            max_stale: Some(Duration::from_secs(60)),
+            ..Policy::default()
+        }
     }
 
     #[test]
     fn first_answer_is_accepted_even_if_empty() {
         let mut s = TargetState::new("static", "x");
-        assert_eq!(s.on_success(res(&[]), SystemTime::now(), &policy()), Outcome::Changed);
+        assert_eq!(
+            s.on_success(res(&[]), SystemTime::now(), &policy()),
+            Outcome::Changed
+        );
         assert_eq!(s.status.state, State::Ready);
     }
 
@@ -217,7 +238,10 @@ mod tests {
         let mut s = TargetState::new("static", "x");
         let now = SystemTime::now();
         s.on_success(res(&[1, 2]), now, &policy());
-        assert_eq!(s.on_success(res(&[2, 1]), now, &policy()), Outcome::Unchanged);
+        assert_eq!(
+            s.on_success(res(&[2, 1]), now, &policy()),
+            Outcome::Unchanged
+        );
     }
 
     #[test]
@@ -236,7 +260,11 @@ mod tests {
         // Without max_stale the table is kept for ever.
         let mut s = TargetState::new("dns", "x");
         s.on_success(res(&[1]), t0, &Policy::default());
-        assert!(!s.on_failure("down".into(), t0 + Duration::from_secs(86_400), &Policy::default()));
+        assert!(!s.on_failure(
+            "down".into(),
+            t0 + Duration::from_secs(86_400),
+            &Policy::default()
+        ));
     }
 
     #[test]
@@ -267,7 +295,10 @@ mod tests {
         let mut s = TargetState::new("file", "x");
         s.on_success(res(&[1, 2, 3, 4]), now, &p);
         assert_eq!(s.on_success(res(&[1]), now, &p), Outcome::Held);
-        assert_eq!(s.on_success(res(&[1, 2, 3, 4]), now, &p), Outcome::Unchanged);
+        assert_eq!(
+            s.on_success(res(&[1, 2, 3, 4]), now, &p),
+            Outcome::Unchanged
+        );
         assert!(s.status.held.is_none());
         assert_eq!(s.on_success(res(&[1]), now, &p), Outcome::Held);
         assert_eq!(s.status.held.as_ref().unwrap().confirmations, 1);

@@ -21,10 +21,18 @@ struct Scripted {
 
 impl Scripted {
     fn new(answers: Vec<Result<Vec<u16>, String>>) -> Arc<Self> {
-        Arc::new(Self { answers: Mutex::new(answers), calls: Mutex::new(Vec::new()), delay: Duration::ZERO })
+        Arc::new(Self {
+            answers: Mutex::new(answers),
+            calls: Mutex::new(Vec::new()),
+            delay: Duration::ZERO,
+        })
     }
     fn slow(answers: Vec<Result<Vec<u16>, String>>, delay: Duration) -> Arc<Self> {
-        Arc::new(Self { answers: Mutex::new(answers), calls: Mutex::new(Vec::new()), delay })
+        Arc::new(Self {
+            answers: Mutex::new(answers),
+            calls: Mutex::new(Vec::new()),
+            delay,
+        })
     }
     fn calls(&self) -> usize {
         self.calls.lock().unwrap().len()
@@ -44,12 +52,19 @@ impl Resolver for Scripted {
             tokio::time::sleep(self.delay).await;
             let answer = {
                 let mut a = self.answers.lock().unwrap();
-                if a.len() > 1 { a.remove(0) } else { a[0].clone() }
+                if a.len() > 1 {
+                    a.remove(0)
+                } else {
+                    a[0].clone()
+                }
             };
             answer
                 .map(|ports| {
                     Resolution::new(
-                        ports.iter().map(|p| Instance::new(format!("127.0.0.1:{p}").parse().unwrap(), 1)).collect(),
+                        ports
+                            .iter()
+                            .map(|p| Instance::new(format!("127.0.0.1:{p}").parse().unwrap(), 1))
+                            .collect(),
                     )
                 })
                 .map_err(DiscoverError::Unavailable)
@@ -66,16 +81,29 @@ struct Recorder {
 
 impl Recorder {
     fn last(&self) -> (usize, Status, bool) {
-        self.published.lock().unwrap().last().cloned().expect("something was published")
+        self.published
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("something was published")
     }
     fn rebuilds(&self) -> usize {
-        self.published.lock().unwrap().iter().filter(|p| p.2).count()
+        self.published
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|p| p.2)
+            .count()
     }
 }
 
 impl Publish for Arc<Recorder> {
     fn publish(&self, resolution: &Arc<Resolution>, status: &Status, changed: bool) {
-        self.published.lock().unwrap().push((resolution.instances.len(), status.clone(), changed));
+        self.published
+            .lock()
+            .unwrap()
+            .push((resolution.instances.len(), status.clone(), changed));
     }
     fn retire(&self) {
         self.retired.fetch_add(1, Ordering::Relaxed);
@@ -83,17 +111,7 @@ impl Publish for Arc<Recorder> {
 }
 
 fn policy() -> Policy {
-    Policy {
-        refresh_interval: Duration::from_secs(5),
-        jitter: 0.2,
-        expire_interval: Duration::from_secs(60),
-        max_stale: None,
-        backoff_initial: Duration::from_secs(1),
-        backoff_max: Duration::from_secs(30),
-        confirm: 3,
-        max_removal: 0.5,
-        resolve_timeout: Duration::from_secs(5),
-    }
+    super::policy::test_policy()
 }
 
 struct Harness {
@@ -104,11 +122,21 @@ struct Harness {
 
 impl Harness {
     fn recorder(&self, name: &str) -> Arc<Recorder> {
-        self.recorders.lock().unwrap().iter().find(|(n, _)| n == name).map(|(_, r)| r.clone()).expect("target exists")
+        self.recorders
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, r)| r.clone())
+            .expect("target exists")
     }
 }
 
-fn harness(policy: Policy, declared: Vec<(&str, Arc<Scripted>)>, rule: Option<Arc<Scripted>>) -> Harness {
+fn harness(
+    policy: Policy,
+    declared: Vec<(&str, Arc<Scripted>)>,
+    rule: Option<Arc<Scripted>>,
+) -> Harness {
     let recorders: Arc<Mutex<Vec<(String, Arc<Recorder>)>>> = Arc::default();
     let r2 = recorders.clone();
     let make: MakePublisher<Arc<Recorder>> = Box::new(move |name: &str| {
@@ -127,12 +155,27 @@ fn harness(policy: Policy, declared: Vec<(&str, Arc<Scripted>)>, rule: Option<Ar
         .collect();
     let declared = declared
         .into_iter()
-        .map(|(n, r)| Declared { name: n.into(), resolver: r as Arc<dyn Resolver>, refresh_interval: None })
+        .map(|(n, r)| Declared {
+            name: n.into(),
+            resolver: r as Arc<dyn Resolver>,
+            refresh_interval: None,
+        })
         .collect();
     let (trigger, stop) = shutdown::channel();
-    let (cache, pending) = Cache::new(policy, declared, rules, make, Metrics::new().discovery, stop);
+    let (cache, pending) = Cache::new(
+        policy,
+        declared,
+        rules,
+        make,
+        Metrics::new().discovery,
+        stop,
+    );
     cache.start(pending);
-    Harness { cache, recorders, _trigger: trigger }
+    Harness {
+        cache,
+        recorders,
+        _trigger: trigger,
+    }
 }
 
 /// Lets spawned tasks run until they block on the (paused) clock.
@@ -150,10 +193,17 @@ async fn refreshes_on_a_jittered_cadence() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let calls = r.calls.lock().unwrap().clone();
-    assert!(calls.len() >= 100 / 6 && calls.len() <= 100 / 4 + 1, "{} calls in 100s", calls.len());
+    assert!(
+        calls.len() >= 100 / 6 && calls.len() <= 100 / 4 + 1,
+        "{} calls in 100s",
+        calls.len()
+    );
     let gaps: Vec<Duration> = calls.windows(2).map(|w| w[1] - w[0]).collect();
     for g in &gaps {
-        assert!(*g >= Duration::from_secs(4) && *g <= Duration::from_secs(6), "gap {g:?} outside 5s ±20 %");
+        assert!(
+            *g >= Duration::from_secs(4) && *g <= Duration::from_secs(6),
+            "gap {g:?} outside 5s ±20 %"
+        );
     }
     // Jitter really spreads the refreshes: they are not all equal.
     assert!(gaps.iter().any(|g| *g != gaps[0]), "no jitter: {gaps:?}");
@@ -177,10 +227,16 @@ async fn unused_on_demand_target_expires_even_though_refreshes_succeed() {
     t.first_resolve().await;
     assert!(matches!(h.cache.get("a.svc"), Lookup::Found(_)));
     tokio::time::sleep(Duration::from_secs(50)).await;
-    assert!(matches!(h.cache.get("a.svc"), Lookup::Found(_)), "not idle long enough yet");
+    assert!(
+        matches!(h.cache.get("a.svc"), Lookup::Found(_)),
+        "not idle long enough yet"
+    );
     tokio::time::sleep(Duration::from_secs(20)).await;
     settle().await;
-    assert!(matches!(h.cache.get("a.svc"), Lookup::OnDemand), "expired and dropped");
+    assert!(
+        matches!(h.cache.get("a.svc"), Lookup::OnDemand),
+        "expired and dropped"
+    );
     assert_eq!(h.recorder("a.svc").retired.load(Ordering::Relaxed), 1);
     let calls = r.calls();
     tokio::time::sleep(Duration::from_secs(60)).await;
@@ -222,7 +278,10 @@ async fn failed_refresh_keeps_the_stale_table() {
     assert!(status.stale);
     assert_eq!(status.state, State::Ready);
     assert!(status.consecutive_failures >= 2);
-    assert_eq!(status.last_error.as_deref(), Some("registry unavailable: registry down"));
+    assert_eq!(
+        status.last_error.as_deref(),
+        Some("registry unavailable: registry down")
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -239,18 +298,32 @@ async fn dead_resolver_is_called_a_bounded_number_of_times() {
         t.touch();
         t.first_resolve().await;
         let (instances, status, _) = h.recorder("dead.svc").last();
-        assert_eq!((instances, status.state), (0, State::Failed), "a fast, clear failure");
+        assert_eq!(
+            (instances, status.state),
+            (0, State::Failed),
+            "a fast, clear failure"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Backoff 1, 2, 4, 8, 16, 30, 30… (±20 %) → about 8 calls in 100 s, never one per request.
     let calls = r.calls();
-    assert!((5..=12).contains(&calls), "{calls} resolver calls for 1,000 requests");
+    assert!(
+        (5..=12).contains(&calls),
+        "{calls} resolver calls for 1,000 requests"
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_emptying_answer_waits_for_confirmation() {
     let r = Scripted::new(vec![Ok(vec![1, 2, 3]), Ok(vec![])]);
-    let h = harness(Policy { jitter: 0.0, ..policy() }, vec![("echo", r)], None);
+    let h = harness(
+        Policy {
+            jitter: 0.0,
+            ..policy()
+        },
+        vec![("echo", r)],
+        None,
+    );
     let rec = h.recorder("echo");
     tokio::time::sleep(Duration::from_millis(5100)).await;
     assert_eq!(rec.last().0, 3, "first empty answer is held");

@@ -33,7 +33,11 @@ fn expand_line(
     lookup: &dyn Fn(&str) -> Option<String>,
     out: &mut String,
 ) -> Result<(), ExpandError> {
-    let err = |col: usize, message: String| ExpandError { line: line_no, column: col, message };
+    let err = |col: usize, message: String| ExpandError {
+        line: line_no,
+        column: col,
+        message,
+    };
     let mut quote: Option<char> = None;
     let mut prev_space = true;
     let mut chars = line.char_indices().peekable();
@@ -55,7 +59,10 @@ fn expand_line(
                 Some((_, '{')) => {
                     let start = i + 2;
                     let Some(len) = line[start..].find('}') else {
-                        return Err(err(i + 1, "unterminated `${`: expected `${NAME}` or `${NAME:-default}`".into()));
+                        return Err(err(
+                            i + 1,
+                            "unterminated `${`: expected `${NAME}` or `${NAME:-default}`".into(),
+                        ));
                     };
                     let inner = &line[start..start + len];
                     let (name, default) = match inner.split_once(":-") {
@@ -66,7 +73,10 @@ fn expand_line(
                         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
                         && !name.as_bytes()[0].is_ascii_digit();
                     if !valid {
-                        return Err(err(i + 1, format!("invalid variable name {name:?} in `${{{inner}}}`")));
+                        return Err(err(
+                            i + 1,
+                            format!("invalid variable name {name:?} in `${{{inner}}}`"),
+                        ));
                     }
                     let value = match (lookup(name), default) {
                         (Some(v), _) if !v.is_empty() || default.is_none() => v,
@@ -80,7 +90,10 @@ fn expand_line(
                         (Some(v), None) => v,
                     };
                     if value.contains('\n') {
-                        return Err(err(i + 1, format!("environment variable {name} contains a newline")));
+                        return Err(err(
+                            i + 1,
+                            format!("environment variable {name} contains a newline"),
+                        ));
                     }
                     out.push_str(&value);
                     // Skip past the closing brace.
@@ -118,13 +131,19 @@ mod tests {
     #[test]
     fn expands_values_and_defaults() {
         let t = "a: ${POD_IP}:8080\nb: ${NOPE:-x}\nc: ${EMPTY:-d}\nd: $$HOME\n";
-        assert_eq!(expand(t, &env).unwrap(), "a: 10.1.2.3:8080\nb: x\nc: d\nd: $HOME\n");
+        assert_eq!(
+            expand(t, &env).unwrap(),
+            "a: 10.1.2.3:8080\nb: x\nc: d\nd: $HOME\n"
+        );
     }
 
     #[test]
     fn leaves_comments_alone() {
         let t = "a: 1 # see ${UNSET}\n# ${UNSET}\nb: 'x#${POD_IP}'\n";
-        assert_eq!(expand(t, &env).unwrap(), "a: 1 # see ${UNSET}\n# ${UNSET}\nb: 'x#10.1.2.3'\n");
+        assert_eq!(
+            expand(t, &env).unwrap(),
+            "a: 1 # see ${UNSET}\n# ${UNSET}\nb: 'x#10.1.2.3'\n"
+        );
     }
 
     #[test]

@@ -60,7 +60,9 @@ pub fn locate(text: &str, path: &str) -> Option<(usize, usize)> {
                 }
             }
         }
-        let Some((line, col, item)) = found else { break };
+        let Some((line, col, item)) = found else {
+            break;
+        };
         best = Some((line + 1, col + 1));
         from = line + 1;
         if item {
@@ -108,8 +110,14 @@ services:
         assert_eq!(locate(TEXT, "listen"), Some((1, 1)));
         assert_eq!(locate(TEXT, "services.echo.listen"), Some((5, 5)));
         assert_eq!(locate(TEXT, "services.other.listen"), Some((14, 5)));
-        assert_eq!(locate(TEXT, "services.echo.resolver.static.instances.1.weight"), Some((12, 13)));
-        assert_eq!(locate(TEXT, "services.echo.resolver.static.instances.0.address"), Some((9, 13)));
+        assert_eq!(
+            locate(TEXT, "services.echo.resolver.static.instances.1.weight"),
+            Some((12, 13))
+        );
+        assert_eq!(
+            locate(TEXT, "services.echo.resolver.static.instances.0.address"),
+            Some((9, 13))
+        );
     }
 
     #[test]

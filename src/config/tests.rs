@@ -4,7 +4,9 @@
 use super::*;
 
 fn parse(text: &str) -> Result<Config, ConfigError> {
-    load_str("test.yaml", text, &|name| (name == "POD_IP").then(|| "10.0.0.7".to_string()))
+    load_str("test.yaml", text, &|name| {
+        (name == "POD_IP").then(|| "10.0.0.7".to_string())
+    })
 }
 
 fn rejects(text: &str, line: usize, needle: &str) {
@@ -13,7 +15,10 @@ fn rejects(text: &str, line: usize, needle: &str) {
     assert_eq!(e.line, Some(line), "wrong line in: {shown}");
     assert!(e.column.is_some(), "no column in: {shown}");
     assert!(shown.starts_with("test.yaml:"), "{shown}");
-    assert!(shown.contains(needle), "{shown:?} should mention {needle:?}");
+    assert!(
+        shown.contains(needle),
+        "{shown:?} should mention {needle:?}"
+    );
 }
 
 const GOOD: &str = "
@@ -45,7 +50,9 @@ fn parses_a_full_config_with_defaults() {
     assert_eq!(c.listen.to_string(), "10.0.0.7:18080");
     assert_eq!(c.services.len(), 2);
     let echo = &c.services[&ServiceName::parse("echo").unwrap()];
-    let ResolverConfig::Static(s) = &echo.resolver else { panic!("static") };
+    let ResolverConfig::Static(s) = &echo.resolver else {
+        panic!("static")
+    };
     assert_eq!(s.instances[1].weight, 1, "default weight");
     assert_eq!(c.refresh_interval(echo), std::time::Duration::from_secs(2));
     assert_eq!(c.upstream.connect_timeout, Dur::from_secs(1));
@@ -57,13 +64,24 @@ fn empty_file_is_all_defaults() {
     let c = parse("").unwrap();
     assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
     assert!(c.services.is_empty());
-    assert_eq!(c.runtime.workers, 1, "a sidecar runs single-threaded unless told otherwise");
+    assert_eq!(
+        c.runtime.workers, 1,
+        "a sidecar runs single-threaded unless told otherwise"
+    );
 }
 
 #[test]
 fn rejects_unknown_keys() {
-    rejects("listen: 127.0.0.1:1\nlisten_x: 1\n", 2, "unknown field `listen_x`");
-    rejects("services:\n  echo:\n    resolver: {static: {instances: []}}\n    wieght: 3\n", 4, "wieght");
+    rejects(
+        "listen: 127.0.0.1:1\nlisten_x: 1\n",
+        2,
+        "unknown field `listen_x`",
+    );
+    rejects(
+        "services:\n  echo:\n    resolver: {static: {instances: []}}\n    wieght: 3\n",
+        4,
+        "wieght",
+    );
 }
 
 #[test]
@@ -79,8 +97,16 @@ fn rejects_wrong_types() {
 #[test]
 fn rejects_bad_durations() {
     rejects("discovery:\n  refresh_interval: 5\n", 2, "has no unit");
-    rejects("discovery:\n  refresh_interval: 5 minutes\n", 2, "invalid duration");
-    rejects("discovery:\n  refresh_interval: 0s\n", 2, "discovery.refresh_interval");
+    rejects(
+        "discovery:\n  refresh_interval: 5 minutes\n",
+        2,
+        "invalid duration",
+    );
+    rejects(
+        "discovery:\n  refresh_interval: 0s\n",
+        2,
+        "discovery.refresh_interval",
+    );
 }
 
 #[test]
@@ -100,39 +126,79 @@ fn rejects_bad_addresses() {
 
 #[test]
 fn rejects_yaml_syntax_errors() {
-    rejects("listen: 127.0.0.1:1\nservices:\n  echo: {resolver: {file: {}}\nadmin: {}\n", 4, "did not find expected");
-    rejects("listen: 127.0.0.1:1\nadmin:\n\tlisten: 127.0.0.1:2\n", 3, "cannot start any token");
+    rejects(
+        "listen: 127.0.0.1:1\nservices:\n  echo: {resolver: {file: {}}\nadmin: {}\n",
+        4,
+        "did not find expected",
+    );
+    rejects(
+        "listen: 127.0.0.1:1\nadmin:\n\tlisten: 127.0.0.1:2\n",
+        3,
+        "cannot start any token",
+    );
 }
 
 #[test]
 fn rejects_cross_key_conflicts() {
-    rejects("listen: 127.0.0.1:5000\nadmin:\n  listen: 127.0.0.1:5000\n", 3, "admin.listen");
+    rejects(
+        "listen: 127.0.0.1:5000\nadmin:\n  listen: 127.0.0.1:5000\n",
+        3,
+        "admin.listen",
+    );
     rejects(
         "listen: 127.0.0.1:5000\nservices:\n  echo:\n    listen: 127.0.0.1:5000\n    resolver: {file: {}}\n",
         4,
         "already used by `listen`",
     );
-    rejects("services:\n  echo:\n    resolver:\n      static:\n        instances: []\n", 5, "at least one instance");
+    rejects(
+        "services:\n  echo:\n    resolver:\n      static:\n        instances: []\n",
+        5,
+        "at least one instance",
+    );
     rejects(
         "services:\n  echo:\n    resolver:\n      static:\n        instances:\n          - address: 127.0.0.1:1\n            weight: 2000000\n",
         7,
         "at most",
     );
     rejects("discovery:\n  jitter: 1.5\n", 2, "discovery.jitter");
-    rejects("discovery:\n  guard:\n    confirm: 0\n", 3, "discovery.guard.confirm");
-    rejects("discovery:\n  backoff:\n    initial: 10s\n    max: 1s\n", 4, "discovery.backoff.max");
+    rejects(
+        "discovery:\n  guard:\n    confirm: 0\n",
+        3,
+        "discovery.guard.confirm",
+    );
+    rejects(
+        "discovery:\n  backoff:\n    initial: 10s\n    max: 1s\n",
+        4,
+        "discovery.backoff.max",
+    );
 }
 
 #[test]
 fn rejects_bad_names_and_resolvers() {
-    rejects("services:\n  Echo:\n    resolver: {file: {}}\n", 2, "invalid service name");
-    rejects("services:\n  echo:\n    resolver:\n      consul: {}\n", 4, "unknown variant `consul`");
-    rejects("services:\n  echo:\n    listen: 127.0.0.1:1\n", 3, "services.echo: missing field `resolver`");
+    rejects(
+        "services:\n  Echo:\n    resolver: {file: {}}\n",
+        2,
+        "invalid service name",
+    );
+    rejects(
+        "services:\n  echo:\n    resolver:\n      consul: {}\n",
+        4,
+        "unknown variant `consul`",
+    );
+    rejects(
+        "services:\n  echo:\n    listen: 127.0.0.1:1\n",
+        3,
+        "services.echo: missing field `resolver`",
+    );
 }
 
 #[test]
 fn rejects_unset_variables() {
-    rejects("listen: 127.0.0.1:1\nadmin:\n  listen: ${NOT_SET}:80\n", 3, "NOT_SET");
+    rejects(
+        "listen: 127.0.0.1:1\nadmin:\n  listen: ${NOT_SET}:80\n",
+        3,
+        "NOT_SET",
+    );
 }
 
 #[test]
@@ -157,11 +223,31 @@ fn dns_and_on_demand_rules() {
     let c = parse(ok).unwrap();
     assert!(c.on_demand_rule("echo.default.svc.cluster.local").is_some());
     assert!(c.on_demand_rule("example.com").is_none());
-    rejects("services:\n  a:\n    resolver:\n      dns: {}\n", 4, "needs `port`");
-    rejects("services:\n  a:\n    resolver:\n      dns:\n        srv: _x._tcp.a\n        port: 80\n", 6, "not both");
-    rejects("services:\n  a:\n    resolver:\n      dns:\n        srv: a.b\n", 5, "not an SRV name");
-    rejects("services:\n  a:\n    resolver:\n      dns:\n        port: 0\n", 5, "between 1 and 65535");
-    rejects("discovery:\n  on_demand:\n    - suffix: svc.local\n      resolver: {dns: {port: 80}}\n", 3, "starting with a dot");
+    rejects(
+        "services:\n  a:\n    resolver:\n      dns: {}\n",
+        4,
+        "needs `port`",
+    );
+    rejects(
+        "services:\n  a:\n    resolver:\n      dns:\n        srv: _x._tcp.a\n        port: 80\n",
+        6,
+        "not both",
+    );
+    rejects(
+        "services:\n  a:\n    resolver:\n      dns:\n        srv: a.b\n",
+        5,
+        "not an SRV name",
+    );
+    rejects(
+        "services:\n  a:\n    resolver:\n      dns:\n        port: 0\n",
+        5,
+        "between 1 and 65535",
+    );
+    rejects(
+        "discovery:\n  on_demand:\n    - suffix: svc.local\n      resolver: {dns: {port: 80}}\n",
+        3,
+        "starting with a dot",
+    );
     rejects(
         "discovery:\n  on_demand:\n    - suffix: .local\n      resolver:\n        static: {instances: [{address: 127.0.0.1:1}]}\n",
         4,

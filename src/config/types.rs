@@ -29,9 +29,13 @@ impl Dur {
         let mut total = Duration::ZERO;
         let mut rest = t;
         while !rest.is_empty() {
-            let num_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+            let num_end = rest
+                .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+                .unwrap_or(rest.len());
             let (num, tail) = rest.split_at(num_end);
-            let unit_end = tail.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(tail.len());
+            let unit_end = tail
+                .find(|c: char| c.is_ascii_digit() || c == '.')
+                .unwrap_or(tail.len());
             let (unit, tail) = tail.split_at(unit_end);
             let value: f64 = num.parse().map_err(|_| bad_duration(text))?;
             let scale = match unit {
@@ -76,13 +80,19 @@ impl<'de> Deserialize<'de> for Dur {
                 Dur::parse(v).map_err(E::custom)
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Dur, E> {
-                Err(E::custom(format!("duration {v} has no unit: write \"{v}s\" or \"{v}ms\"")))
+                Err(E::custom(format!(
+                    "duration {v} has no unit: write \"{v}s\" or \"{v}ms\""
+                )))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Dur, E> {
-                Err(E::custom(format!("duration {v} has no unit: write \"{v}s\" or \"{v}ms\"")))
+                Err(E::custom(format!(
+                    "duration {v} has no unit: write \"{v}s\" or \"{v}ms\""
+                )))
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Dur, E> {
-                Err(E::custom(format!("duration {v} has no unit: write \"{v}s\"")))
+                Err(E::custom(format!(
+                    "duration {v} has no unit: write \"{v}s\""
+                )))
             }
         }
         d.deserialize_any(V)
@@ -110,7 +120,10 @@ impl fmt::Display for Addr {
 
 impl<'de> Deserialize<'de> for Addr {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(ParseVisitor { parse: Addr::parse, expecting: "an address such as \"127.0.0.1:8080\"" })
+        d.deserialize_any(ParseVisitor {
+            parse: Addr::parse,
+            expecting: "an address such as \"127.0.0.1:8080\"",
+        })
     }
 }
 
@@ -122,10 +135,13 @@ pub struct ServiceName(String);
 impl ServiceName {
     /// Checks and wraps `name`.
     pub fn parse(name: &str) -> Result<Self, String> {
-        let ok_chars = name
+        let ok_chars = name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')
+        });
+        let first_ok = name
             .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.'));
-        let first_ok = name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_');
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_');
         if name.is_empty() || name.len() > 253 || !ok_chars || !first_ok {
             return Err(format!(
                 "invalid service name {name:?}: use lowercase letters, digits, '-', '_' and '.' (as in a host name)"
@@ -148,7 +164,10 @@ impl fmt::Display for ServiceName {
 
 impl<'de> Deserialize<'de> for ServiceName {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(ParseVisitor { parse: ServiceName::parse, expecting: "a service name" })
+        d.deserialize_any(ParseVisitor {
+            parse: ServiceName::parse,
+            expecting: "a service name",
+        })
     }
 }
 

@@ -37,8 +37,9 @@ impl DnsClient {
     /// A client for `dns:`: the configured name servers, or the system's when none are given.
     pub fn from_config(cfg: &DnsConfig) -> Result<Arc<Self>, DiscoverError> {
         let mut builder = if cfg.nameservers.is_empty() {
-            TokioResolver::builder_tokio()
-                .map_err(|e| DiscoverError::Unavailable(format!("cannot read the system DNS configuration: {e}")))?
+            TokioResolver::builder_tokio().map_err(|e| {
+                DiscoverError::Unavailable(format!("cannot read the system DNS configuration: {e}"))
+            })?
         } else {
             let servers = cfg
                 .nameservers
@@ -64,16 +65,26 @@ impl DnsClient {
         opts.attempts = cfg.attempts.saturating_sub(1);
         // Our cache owns freshness; a second cache underneath would only delay changes.
         opts.cache_size = 0;
-        let resolver = builder.build().map_err(|e| DiscoverError::Unavailable(format!("cannot build the DNS client: {e}")))?;
-        Ok(Arc::new(Self { resolver, min_ttl: cfg.min_ttl.0, max_ttl: cfg.max_ttl.0 }))
+        let resolver = builder
+            .build()
+            .map_err(|e| DiscoverError::Unavailable(format!("cannot build the DNS client: {e}")))?;
+        Ok(Arc::new(Self {
+            resolver,
+            min_ttl: cfg.min_ttl.0,
+            max_ttl: cfg.max_ttl.0,
+        }))
     }
 
     fn clamp_ttl(&self, ttl: Option<u32>) -> Duration {
-        ttl.map_or(self.min_ttl, |t| Duration::from_secs(u64::from(t))).clamp(self.min_ttl, self.max_ttl)
+        ttl.map_or(self.min_ttl, |t| Duration::from_secs(u64::from(t)))
+            .clamp(self.min_ttl, self.max_ttl)
     }
 
     /// Addresses of `host` (A and AAAA) and their lowest TTL; `Ok(None)` when the name does not exist.
-    async fn addresses(&self, host: &str) -> Result<Option<(Vec<IpAddr>, Option<u32>)>, DiscoverError> {
+    async fn addresses(
+        &self,
+        host: &str,
+    ) -> Result<Option<(Vec<IpAddr>, Option<u32>)>, DiscoverError> {
         match self.resolver.lookup_ip(fqdn(host).as_str()).await {
             Ok(lookup) => {
                 let ttl = lookup.as_lookup().answers().iter().map(|r| r.ttl).min();
@@ -103,7 +114,11 @@ fn unavailable(name: &str, e: &NetError) -> DiscoverError {
 #[derive(Debug, Clone)]
 enum Query {
     /// A/AAAA of `name` (or of the service's own name), every address on `port`.
-    Host { name: Option<String>, port: u16, weight: u32 },
+    Host {
+        name: Option<String>,
+        port: u16,
+        weight: u32,
+    },
     /// SRV records of `name`.
     Srv { name: String },
 }
@@ -119,22 +134,40 @@ impl DnsResolver {
     pub fn from_config(client: Arc<DnsClient>, cfg: &DnsResolverConfig) -> Self {
         let query = match (&cfg.srv, cfg.port) {
             (Some(srv), _) => Query::Srv { name: srv.clone() },
-            (None, port) => Query::Host { name: cfg.name.clone(), port: port.unwrap_or(80), weight: cfg.weight },
+            (None, port) => Query::Host {
+                name: cfg.name.clone(),
+                port: port.unwrap_or(80),
+                weight: cfg.weight,
+            },
         };
         Self { client, query }
     }
 
-    async fn resolve_host(&self, name: &str, port: u16, weight: u32) -> Result<Resolution, DiscoverError> {
+    async fn resolve_host(
+        &self,
+        name: &str,
+        port: u16,
+        weight: u32,
+    ) -> Result<Resolution, DiscoverError> {
         let Some((ips, ttl)) = self.client.addresses(name).await? else {
             return Ok(self.empty());
         };
-        let mut res = Resolution::new(ips.into_iter().map(|ip| Instance::new(SocketAddr::new(ip, port), weight)).collect());
+        let mut res = Resolution::new(
+            ips.into_iter()
+                .map(|ip| Instance::new(SocketAddr::new(ip, port), weight))
+                .collect(),
+        );
         res.ttl = Some(self.client.clamp_ttl(ttl));
         Ok(res)
     }
 
     async fn resolve_srv(&self, name: &str) -> Result<Resolution, DiscoverError> {
-        let lookup = match self.client.resolver.lookup(fqdn(name).as_str(), RecordType::SRV).await {
+        let lookup = match self
+            .client
+            .resolver
+            .lookup(fqdn(name).as_str(), RecordType::SRV)
+            .await
+        {
             Ok(l) => l,
             Err(e) if e.is_no_records_found() => return Ok(self.empty()),
             Err(e) => return Err(unavailable(name, &e)),
@@ -164,7 +197,10 @@ impl DnsResolver {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
                 };
-                instances.extend(ips.into_iter().map(|ip| Instance::new(SocketAddr::new(ip, srv.port), weight)));
+                instances.extend(
+                    ips.into_iter()
+                        .map(|ip| Instance::new(SocketAddr::new(ip, srv.port), weight)),
+                );
             }
         }
         let mut res = Resolution::new(instances);
@@ -207,8 +243,14 @@ mod tests {
 
     #[test]
     fn dotted_names_become_fully_qualified() {
-        assert_eq!(fqdn("echo.default.svc.cluster.local"), "echo.default.svc.cluster.local.");
-        assert_eq!(fqdn("echo.default.svc.cluster.local."), "echo.default.svc.cluster.local.");
+        assert_eq!(
+            fqdn("echo.default.svc.cluster.local"),
+            "echo.default.svc.cluster.local."
+        );
+        assert_eq!(
+            fqdn("echo.default.svc.cluster.local."),
+            "echo.default.svc.cluster.local."
+        );
         assert_eq!(fqdn("echo"), "echo");
     }
 }

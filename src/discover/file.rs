@@ -28,7 +28,10 @@ pub struct FileResolver {
 impl FileResolver {
     /// A resolver reading under `root` (`registry.file.dir`).
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into(), name: None }
+        Self {
+            root: root.into(),
+            name: None,
+        }
     }
 
     /// Reads the registry entries of `name` instead of the service's own name.
@@ -81,7 +84,9 @@ pub fn read_dir_blocking(dir: &Path) -> Result<Resolution, DiscoverError> {
                 tags: Tags::new(entry.tags),
             }),
             Ok(_) => {} // heartbeat older than its TTL: its writer is gone
-            Err(e) => tracing::warn!(file = %path.display(), error = %e, "skipping unreadable registry entry"),
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "skipping unreadable registry entry")
+            }
         }
     }
     let mut res = Resolution::new(instances);
@@ -103,7 +108,11 @@ impl Resolver for FileResolver {
         Box::pin(async move {
             tokio::task::spawn_blocking(move || read_dir_blocking(&dir))
                 .await
-                .unwrap_or_else(|e| Err(DiscoverError::Unavailable(format!("registry read task failed: {e}"))))
+                .unwrap_or_else(|e| {
+                    Err(DiscoverError::Unavailable(format!(
+                        "registry read task failed: {e}"
+                    )))
+                })
         })
     }
 

@@ -21,7 +21,11 @@ impl StaticResolver {
         Self::new(
             cfg.instances
                 .iter()
-                .map(|i| Instance { address: i.address.0, weight: i.weight, tags: Tags::new(i.tags.clone()) })
+                .map(|i| Instance {
+                    address: i.address.0,
+                    weight: i.weight,
+                    tags: Tags::new(i.tags.clone()),
+                })
                 .collect(),
         )
     }

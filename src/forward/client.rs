@@ -36,7 +36,11 @@ impl Client {
     }
 
     /// Sends `req` (already prepared with [`prepare`]) to `addr`; resolves to the response head.
-    pub async fn send(&self, addr: SocketAddr, req: Request<Incoming>) -> Result<Response<Incoming>, SendError> {
+    pub async fn send(
+        &self,
+        addr: SocketAddr,
+        req: Request<Incoming>,
+    ) -> Result<Response<Incoming>, SendError> {
         self.pool.send(addr, req).await
     }
 
@@ -83,7 +87,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
-        .filter(|t| !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("close") && !t.is_empty())
+        .filter(|t| {
+            !t.eq_ignore_ascii_case("keep-alive")
+                && !t.eq_ignore_ascii_case("close")
+                && !t.is_empty()
+        })
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
     for name in named {
@@ -110,7 +118,11 @@ pub fn prepare(parts: &mut http::request::Parts, service: &str) {
     }
     strip_hop_by_hop(&mut parts.headers);
     if parts.uri.authority().is_some() || parts.uri.scheme().is_some() {
-        let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let path = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
         parts.uri = Uri::from(path);
     }
     parts.version = Version::HTTP_11;
@@ -136,14 +148,22 @@ mod tests {
 
     #[test]
     fn prepares_origin_form_keeping_host() {
-        let req = http::Request::builder().uri("http://echo:80/a?b=1").version(Version::HTTP_2).body(()).unwrap();
+        let req = http::Request::builder()
+            .uri("http://echo:80/a?b=1")
+            .version(Version::HTTP_2)
+            .body(())
+            .unwrap();
         let (mut parts, ()) = req.into_parts();
         prepare(&mut parts, "echo");
         assert_eq!(parts.uri, "/a?b=1");
         assert_eq!(parts.headers["host"], "echo:80");
         assert_eq!(parts.version, Version::HTTP_11);
         // HTTP/1.0 without Host on a per-service port: the service name stands in.
-        let (mut parts, ()) = http::Request::builder().uri("/x").body(()).unwrap().into_parts();
+        let (mut parts, ()) = http::Request::builder()
+            .uri("/x")
+            .body(())
+            .unwrap()
+            .into_parts();
         prepare(&mut parts, "users");
         assert_eq!(parts.uri, "/x");
         assert_eq!(parts.headers["host"], "users");

@@ -56,7 +56,10 @@ pub enum SendError {
 impl SendError {
     /// Whether the failure happened while connecting (nothing was sent).
     pub fn is_connect(&self) -> bool {
-        matches!(self, SendError::Connect(_) | SendError::ConnectTimeout(_) | SendError::Handshake(_))
+        matches!(
+            self,
+            SendError::Connect(_) | SendError::ConnectTimeout(_) | SendError::Handshake(_)
+        )
     }
 }
 
@@ -97,11 +100,18 @@ pub struct Pool {
 impl Pool {
     /// An empty pool.
     pub fn new(config: PoolConfig) -> Self {
-        Self { conns: Arc::default(), config }
+        Self {
+            conns: Arc::default(),
+            config,
+        }
     }
 
     /// Sends `req` (origin-form URI, `Host` set) to `addr` and resolves to the response head.
-    pub async fn send(&self, addr: SocketAddr, req: Request<Incoming>) -> Result<Response<Incoming>, SendError> {
+    pub async fn send(
+        &self,
+        addr: SocketAddr,
+        req: Request<Incoming>,
+    ) -> Result<Response<Incoming>, SendError> {
         // A copy of the head, to replay a bodiless idempotent request once if a reused
         // connection turns out to be closing under us.
         let replay = replayable(&req).then(|| {
@@ -163,7 +173,10 @@ impl Pool {
         let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
         let list = conns.entry(addr).or_default();
         if list.len() < self.config.max_per_instance {
-            list.push(Pooled { tx, used: Instant::now() });
+            list.push(Pooled {
+                tx,
+                used: Instant::now(),
+            });
         }
     }
 
@@ -173,7 +186,10 @@ impl Pool {
             .map_err(|_| SendError::ConnectTimeout(self.config.connect_timeout))?
             .map_err(SendError::Connect)?;
         let _ = stream.set_nodelay(true);
-        let (tx, conn) = http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(SendError::Handshake)?;
+        let (tx, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(SendError::Handshake)?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(upstream = %addr, error = %e, "upstream connection ended with an error");
@@ -187,14 +203,21 @@ impl Pool {
         let now = Instant::now();
         let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
         conns.retain(|_, list| {
-            list.retain(|c| !c.tx.is_closed() && !(c.tx.is_ready() && now - c.used > self.config.idle_timeout));
+            list.retain(|c| {
+                !c.tx.is_closed() && !(c.tx.is_ready() && now - c.used > self.config.idle_timeout)
+            });
             !list.is_empty()
         });
     }
 
     /// Connections held now (busy and idle), for tests and debugging.
     pub fn len(&self) -> usize {
-        self.conns.lock().unwrap_or_else(|p| p.into_inner()).values().map(Vec::len).sum()
+        self.conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(Vec::len)
+            .sum()
     }
 
     /// Whether the pool holds no connection.
@@ -217,23 +240,28 @@ impl Pool {
 
 /// Whether `req` may be sent a second time: an idempotent method and no body at all.
 fn replayable(req: &Request<Incoming>) -> bool {
-    matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::DELETE | Method::PUT)
-        && req.body().is_end_stream()
+    matches!(
+        *req.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::DELETE | Method::PUT
+    ) && req.body().is_end_stream()
 }
 
 /// Whether a send failed because the connection closed before a response began: closed,
 /// reset or a broken pipe (the upstream dropped it with our request unread).
 fn closed_early(e: &hyper::Error) -> bool {
     use std::error::Error as _;
-    let io_closed = e.source().and_then(|s| s.downcast_ref::<std::io::Error>()).is_some_and(|io| {
-        matches!(
-            io.kind(),
-            std::io::ErrorKind::ConnectionReset
-                | std::io::ErrorKind::BrokenPipe
-                | std::io::ErrorKind::ConnectionAborted
-                | std::io::ErrorKind::UnexpectedEof
-        )
-    });
+    let io_closed = e
+        .source()
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .is_some_and(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::UnexpectedEof
+            )
+        });
     io_closed || e.is_incomplete_message() || e.is_closed() || e.is_canceled()
 }
 

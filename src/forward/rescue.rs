@@ -102,8 +102,12 @@ impl ForwardError {
             ForwardError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ForwardError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ForwardError::UnknownService(_) => StatusCode::NOT_FOUND,
-            ForwardError::NoInstances(_) | ForwardError::DiscoveryFailed { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            ForwardError::UpstreamConnect { .. } | ForwardError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            ForwardError::NoInstances(_) | ForwardError::DiscoveryFailed { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ForwardError::UpstreamConnect { .. } | ForwardError::Upstream { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
             ForwardError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -115,7 +119,10 @@ impl ForwardError {
         let mut resp = Response::new(Full::new(Bytes::from(body)));
         *resp.status_mut() = status;
         let h = resp.headers_mut();
-        h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        h.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
         h.insert(ERROR_HEADER, HeaderValue::from_static(self.kind()));
         if matches!(status, StatusCode::SERVICE_UNAVAILABLE) {
             // Tell well-behaved clients not to hammer a service that has nothing to offer.
@@ -136,7 +143,13 @@ mod tests {
             (ForwardError::MethodNotAllowed(http::Method::CONNECT), 405),
             (ForwardError::UnknownService("x".into()), 404),
             (ForwardError::NoInstances("x".into()), 503),
-            (ForwardError::DiscoveryFailed { service: "x".into(), reason: "dns".into() }, 503),
+            (
+                ForwardError::DiscoveryFailed {
+                    service: "x".into(),
+                    reason: "dns".into(),
+                },
+                503,
+            ),
             (
                 ForwardError::UpstreamTimeout {
                     service: "x".into(),

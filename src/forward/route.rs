@@ -26,7 +26,10 @@ pub enum Listener {
 }
 
 /// The service named by the request `parts` arriving on `listener`.
-pub fn service_name<'a>(parts: &'a Parts, listener: &'a Listener) -> Result<Cow<'a, str>, ForwardError> {
+pub fn service_name<'a>(
+    parts: &'a Parts,
+    listener: &'a Listener,
+) -> Result<Cow<'a, str>, ForwardError> {
     if parts.method == http::Method::CONNECT {
         return Err(ForwardError::MethodNotAllowed(http::Method::CONNECT));
     }
@@ -37,7 +40,11 @@ pub fn service_name<'a>(parts: &'a Parts, listener: &'a Listener) -> Result<Cow<
         Some(auth) => {
             match parts.uri.scheme_str() {
                 Some("http") | None => {}
-                Some(_) => return Err(ForwardError::BadRequest("only http:// absolute-form URIs can be forwarded")),
+                Some(_) => {
+                    return Err(ForwardError::BadRequest(
+                        "only http:// absolute-form URIs can be forwarded",
+                    ))
+                }
             }
             auth.host()
         }
@@ -45,7 +52,9 @@ pub fn service_name<'a>(parts: &'a Parts, listener: &'a Listener) -> Result<Cow<
             let value = parts.headers.get(http::header::HOST).ok_or(ForwardError::BadRequest(
                 "no Host header: name the service in Host, use an absolute-form URI, or a per-service listener",
             ))?;
-            let text = value.to_str().map_err(|_| ForwardError::BadRequest("Host header is not valid text"))?;
+            let text = value
+                .to_str()
+                .map_err(|_| ForwardError::BadRequest("Host header is not valid text"))?;
             strip_port(text).ok_or(ForwardError::BadRequest("malformed Host header"))?
         }
     };
@@ -93,19 +102,42 @@ mod tests {
     #[test]
     fn names_the_service_three_ways() {
         let out = Listener::Outbound;
-        assert_eq!(service_name(&parts("/x", Some("echo")), &out).unwrap(), "echo");
-        assert_eq!(service_name(&parts("/x", Some("echo:80")), &out).unwrap(), "echo");
-        assert_eq!(service_name(&parts("/x", Some("ECHO")), &out).unwrap(), "echo");
-        assert_eq!(service_name(&parts("http://echo/x", Some("other")), &out).unwrap(), "echo");
-        assert_eq!(service_name(&parts("http://echo:8080/x", None), &out).unwrap(), "echo");
+        assert_eq!(
+            service_name(&parts("/x", Some("echo")), &out).unwrap(),
+            "echo"
+        );
+        assert_eq!(
+            service_name(&parts("/x", Some("echo:80")), &out).unwrap(),
+            "echo"
+        );
+        assert_eq!(
+            service_name(&parts("/x", Some("ECHO")), &out).unwrap(),
+            "echo"
+        );
+        assert_eq!(
+            service_name(&parts("http://echo/x", Some("other")), &out).unwrap(),
+            "echo"
+        );
+        assert_eq!(
+            service_name(&parts("http://echo:8080/x", None), &out).unwrap(),
+            "echo"
+        );
         let svc = Listener::Service("users".into());
-        assert_eq!(service_name(&parts("/x", Some("anything")), &svc).unwrap(), "users");
+        assert_eq!(
+            service_name(&parts("/x", Some("anything")), &svc).unwrap(),
+            "users"
+        );
     }
 
     #[test]
     fn rejects_what_cannot_be_routed() {
         let out = Listener::Outbound;
-        for (uri, host) in [("/x", None), ("/x", Some("echo:")), ("/x", Some("a:b:c")), ("https://echo/x", None)] {
+        for (uri, host) in [
+            ("/x", None),
+            ("/x", Some("echo:")),
+            ("/x", Some("a:b:c")),
+            ("https://echo/x", None),
+        ] {
             let e = service_name(&parts(uri, host), &out).unwrap_err();
             assert_eq!(e.kind(), "bad_request", "{uri} {host:?}");
         }

@@ -47,7 +47,9 @@ impl FileEntry {
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The directory holding `service`'s entries.
@@ -73,7 +75,11 @@ pub fn write_entry(dir: &Path, entry: &FileEntry) -> Result<(), RegisterError> {
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let target = dir.join(entry_file(&entry.address));
     let seq = TMP_SEQ.fetch_add(1, Ordering::Relaxed);
-    let tmp = dir.join(format!(".{}.{}.{seq}.tmp", entry_file(&entry.address), std::process::id()));
+    let tmp = dir.join(format!(
+        ".{}.{}.{seq}.tmp",
+        entry_file(&entry.address),
+        std::process::id()
+    ));
     let body = serde_json::to_vec(entry).map_err(|e| RegisterError::Io {
         path: tmp.display().to_string(),
         source: std::io::Error::other(e),
@@ -124,7 +130,10 @@ impl FileRegistrar {
         match std::fs::remove_file(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(RegisterError::Io { path: path.display().to_string(), source }),
+            Err(source) => Err(RegisterError::Io {
+                path: path.display().to_string(),
+                source,
+            }),
         }
     }
 
@@ -132,15 +141,21 @@ impl FileRegistrar {
     /// writers are gone. Best effort; readers ignore such entries anyway.
     pub fn sweep_blocking(&self, service: &str, grace: Duration) {
         let dir = service_dir(&self.root, service);
-        let Ok(read) = std::fs::read_dir(&dir) else { return };
+        let Ok(read) = std::fs::read_dir(&dir) else {
+            return;
+        };
         let now = now_ms();
         for item in read.flatten() {
             let path = item.path();
             if path.extension().is_none_or(|e| e != "json") {
                 continue;
             }
-            let Ok(bytes) = std::fs::read(&path) else { continue };
-            let Ok(entry) = serde_json::from_slice::<FileEntry>(&bytes) else { continue };
+            let Ok(bytes) = std::fs::read(&path) else {
+                continue;
+            };
+            let Ok(entry) = serde_json::from_slice::<FileEntry>(&bytes) else {
+                continue;
+            };
             if now.saturating_sub(entry.heartbeat_ms) > entry.ttl_ms + grace.as_millis() as u64 {
                 let _ = std::fs::remove_file(&path); // another sweeper may have won the race
             }
@@ -181,9 +196,11 @@ impl Registrar for FileRegistrar {
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, RegisterError> + Send + 'static,
 ) -> Result<T, RegisterError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or_else(|e| Err(RegisterError::Unavailable(format!("registry task failed: {e}"))))
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(RegisterError::Unavailable(format!(
+            "registry task failed: {e}"
+        )))
+    })
 }
 
 #[cfg(test)]
@@ -208,7 +225,10 @@ mod tests {
         assert!(entry.is_alive(now_ms()));
         assert!(!entry.is_alive(entry.heartbeat_ms + 5_001));
         // No temporary files are left behind.
-        assert_eq!(std::fs::read_dir(dir.path().join("echo")).unwrap().count(), 1);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("echo")).unwrap().count(),
+            1
+        );
         r.remove_blocking(&reg).unwrap();
         assert!(!path.exists());
         r.remove_blocking(&reg).unwrap();

@@ -42,7 +42,13 @@ pub struct Srv {
 impl Srv {
     /// An SRV record.
     pub fn new(name: &str, target: &str, port: u16, priority: u16, weight: u16) -> Srv {
-        Srv { name: name.into(), target: target.into(), port, priority, weight }
+        Srv {
+            name: name.into(),
+            target: target.into(),
+            port,
+            priority,
+            weight,
+        }
     }
 }
 
@@ -64,7 +70,14 @@ impl Dnsmasq {
     pub fn start(hosts: &[(&str, &str)], srv: &[Srv]) -> Dnsmasq {
         let bin = require("dnsmasq", "apt-get install -y dnsmasq-base");
         let dir = tempfile::tempdir().unwrap();
-        let mut dns = Dnsmasq { addr: SocketAddr::from(([127, 0, 0, 1], 0)), dir, bin, srv: srv.to_vec(), proc: None, loads: 0 };
+        let mut dns = Dnsmasq {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            dir,
+            bin,
+            srv: srv.to_vec(),
+            proc: None,
+            loads: 0,
+        };
         dns.write_hosts(hosts);
         // The port comes from a TCP probe; its UDP twin may be taken, in which case dnsmasq
         // exits at once and another port is tried.
@@ -74,7 +87,10 @@ impl Dnsmasq {
                 return dns;
             }
         }
-        panic!("dnsmasq did not start on any port; last log:\n{}", dns.log());
+        panic!(
+            "dnsmasq did not start on any port; last log:\n{}",
+            dns.log()
+        );
     }
 
     /// Replaces every A record with `hosts` and waits until dnsmasq has re-read them.
@@ -99,7 +115,12 @@ impl Dnsmasq {
         // The port was ours a moment ago; another process taking it in between is unlikely.
         let deadline = Instant::now() + Duration::from_secs(5);
         while !self.spawn() {
-            assert!(Instant::now() < deadline, "dnsmasq cannot restart on {}:\n{}", self.addr, self.log());
+            assert!(
+                Instant::now() < deadline,
+                "dnsmasq cannot restart on {}:\n{}",
+                self.addr,
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -134,7 +155,8 @@ impl Dnsmasq {
                 let rest = &l[l.find("query[")? + "query[".len()..];
                 let (qtype, rest) = rest.split_once("] ")?;
                 let (qname, _) = rest.split_once(" from ")?;
-                (qname.trim_end_matches('.').to_ascii_lowercase() == name).then(|| qtype.to_string())
+                (qname.trim_end_matches('.').to_ascii_lowercase() == name)
+                    .then(|| qtype.to_string())
             })
             .collect()
     }
@@ -142,7 +164,9 @@ impl Dnsmasq {
     /// Whether `name` appears anywhere in the log (as a query, answer or anything else).
     /// Call [`Dnsmasq::sync`] first.
     pub fn mentions(&self, name: &str) -> bool {
-        self.log().to_ascii_lowercase().contains(&name.to_ascii_lowercase())
+        self.log()
+            .to_ascii_lowercase()
+            .contains(&name.to_ascii_lowercase())
     }
 
     /// Waits until every query dnsmasq received before this call is in the log: asks for a
@@ -150,11 +174,24 @@ impl Dnsmasq {
     /// in order, and logs each as it handles it).
     pub fn sync(&self) {
         static N: AtomicU32 = AtomicU32::new(0);
-        let marker = format!("sync-{}-{}.marker.{DOMAIN}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
-        assert!(self.query(&marker, A).is_some(), "dnsmasq on {} does not answer:\n{}", self.addr, self.log());
+        let marker = format!(
+            "sync-{}-{}.marker.{DOMAIN}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        assert!(
+            self.query(&marker, A).is_some(),
+            "dnsmasq on {} does not answer:\n{}",
+            self.addr,
+            self.log()
+        );
         let deadline = Instant::now() + Duration::from_secs(5);
         while self.queries(&marker).is_empty() {
-            assert!(Instant::now() < deadline, "marker query {marker} never logged:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "marker query {marker} never logged:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -174,7 +211,10 @@ impl Dnsmasq {
     }
 
     fn write_hosts(&self, hosts: &[(&str, &str)]) {
-        let text: String = hosts.iter().map(|(name, ip)| format!("{ip} {name}\n")).collect();
+        let text: String = hosts
+            .iter()
+            .map(|(name, ip)| format!("{ip} {name}\n"))
+            .collect();
         // Write then rename, so dnsmasq never reads a half-written file.
         let tmp = self.dir.path().join("hosts.tmp");
         std::fs::write(&tmp, text).unwrap();
@@ -195,9 +235,15 @@ impl Dnsmasq {
             .arg("--local-ttl=1")
             .arg("--log-queries")
             .arg(format!("--log-facility={}", self.log_path().display()))
-            .arg(format!("--pid-file={}", self.dir.path().join("dnsmasq.pid").display()));
+            .arg(format!(
+                "--pid-file={}",
+                self.dir.path().join("dnsmasq.pid").display()
+            ));
         for s in &self.srv {
-            cmd.arg(format!("--srv-host={},{},{},{},{}", s.name, s.target, s.port, s.priority, s.weight));
+            cmd.arg(format!(
+                "--srv-host={},{},{},{},{}",
+                s.name, s.target, s.port, s.priority, s.weight
+            ));
         }
         if running_as_root() {
             // As root dnsmasq drops to `nobody`, who cannot read our 0700 temp dir when SIGHUP
@@ -213,7 +259,12 @@ impl Dnsmasq {
             if query(self.addr, &format!("ready.{DOMAIN}"), A).is_some() {
                 break;
             }
-            assert!(Instant::now() < deadline, "dnsmasq on {} does not answer:\n{}", self.addr, self.log());
+            assert!(
+                Instant::now() < deadline,
+                "dnsmasq on {} does not answer:\n{}",
+                self.addr,
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         self.proc = Some(proc);
@@ -227,13 +278,20 @@ impl Dnsmasq {
         let needle = format!("read {}", self.hosts_path().display());
         let deadline = Instant::now() + Duration::from_secs(5);
         while self.log().matches(&needle).count() < self.loads + self.starts() {
-            assert!(Instant::now() < deadline, "dnsmasq did not (re)load its hosts file:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "dnsmasq did not (re)load its hosts file:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
 
     fn starts(&self) -> usize {
-        self.log().lines().filter(|l| l.contains(": started, version")).count()
+        self.log()
+            .lines()
+            .filter(|l| l.contains(": started, version"))
+            .count()
     }
 }
 
@@ -246,7 +304,12 @@ impl Drop for Dnsmasq {
 fn running_as_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Uid:").map(|r| r.split_whitespace().next() == Some("0"))))
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("Uid:")
+                    .map(|r| r.split_whitespace().next() == Some("0"))
+            })
+        })
         .unwrap_or(false)
 }
 
@@ -267,7 +330,9 @@ pub fn query(server: SocketAddr, name: &str, qtype: u16) -> Option<(u8, u16)> {
     packet.extend_from_slice(&qtype.to_be_bytes());
     packet.extend_from_slice(&1u16.to_be_bytes()); // class IN
     let socket = UdpSocket::bind("127.0.0.1:0").ok()?;
-    socket.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
+    socket
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .ok()?;
     socket.send_to(&packet, server).ok()?;
     let mut buf = [0u8; 1500];
     loop {

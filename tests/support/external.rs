@@ -17,14 +17,20 @@ pub fn upstream_bin() -> PathBuf {
     let bin = waypost_bin();
     let dir = bin.parent().expect("binary has a directory");
     let path = dir.join("examples").join("upstream");
-    assert!(path.exists(), "{} is missing: run `cargo build --examples` (make test does)", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --examples` (make test does)",
+        path.display()
+    );
     path
 }
 
 /// Finds `tool` on PATH, or fails naming the package that provides it.
 pub fn require(tool: &str, install: &str) -> PathBuf {
     let path = std::env::var_os("PATH").unwrap_or_default();
-    for dir in std::env::split_paths(&path).chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")]) {
+    for dir in
+        std::env::split_paths(&path).chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+    {
         let candidate = dir.join(tool);
         if candidate.is_file() {
             return candidate;
@@ -50,7 +56,10 @@ impl Proc {
             .stderr(Stdio::from(err))
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        Proc { child, name: name.to_string() }
+        Proc {
+            child,
+            name: name.to_string(),
+        }
     }
 
     /// The process id.
@@ -60,7 +69,11 @@ impl Proc {
 
     /// Sends `signal` (e.g. libc-free: "TERM", "KILL") with the `kill` command.
     pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill").arg(format!("-{signal}")).arg(self.pid().to_string()).status().unwrap();
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
         assert!(status.success(), "kill -{signal} {} failed", self.pid());
     }
 
@@ -80,7 +93,10 @@ impl Proc {
     pub fn status_kib(&self, field: &str) -> u64 {
         let text = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
         text.lines()
-            .find_map(|l| l.strip_prefix(field).and_then(|r| r.trim_start_matches(':').split_whitespace().next()))
+            .find_map(|l| {
+                l.strip_prefix(field)
+                    .and_then(|r| r.trim_start_matches(':').split_whitespace().next())
+            })
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("no {field} in /proc status"))
     }
@@ -95,21 +111,35 @@ impl Drop for Proc {
 
 /// A free loopback port (bound, then released; the tiny race is acceptable in tests).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Starts the waypost binary with the config text `yaml` written under `dir`.
 pub fn spawn_waypost(name: &str, yaml: &str, dir: &Path) -> Proc {
     let cfg = dir.join(format!("{name}.yaml"));
     std::fs::write(&cfg, yaml).unwrap();
-    Proc::spawn(name, Command::new(waypost_bin()).args(["run", "--config"]).arg(&cfg).env("RUST_LOG", "info"), dir)
+    Proc::spawn(
+        name,
+        Command::new(waypost_bin())
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .env("RUST_LOG", "info"),
+        dir,
+    )
 }
 
 /// Blocks until `addr` accepts TCP connections (or fails after `timeout`).
 pub fn wait_listening(addr: SocketAddr, timeout: Duration) {
     let deadline = std::time::Instant::now() + timeout;
     while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
-        assert!(std::time::Instant::now() < deadline, "{addr} is not listening after {timeout:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{addr} is not listening after {timeout:?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -44,7 +44,9 @@ impl Upstream {
     /// 127.0.0.0/8 to loopback (DNS tests point records at 127.0.0.2, 127.0.0.3…). Port 0
     /// picks a free one.
     pub async fn start_on(addr: SocketAddr, name: &str) -> Upstream {
-        Self::try_start_on(addr, name).await.unwrap_or_else(|e| panic!("cannot bind upstream {name} on {addr}: {e}"))
+        Self::try_start_on(addr, name)
+            .await
+            .unwrap_or_else(|e| panic!("cannot bind upstream {name} on {addr}: {e}"))
     }
 
     /// [`Upstream::start_on`], returning the bind error (the port may be taken).
@@ -56,7 +58,9 @@ impl Upstream {
         let (tx, mut rx) = oneshot::channel();
         let (n, h, c) = (Arc::<str>::from(name), hits.clone(), conns.clone());
         tokio::spawn(async move {
-            let builder = Arc::new(hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()));
+            let builder = Arc::new(hyper_util::server::conn::auto::Builder::new(
+                TokioExecutor::new(),
+            ));
             loop {
                 let stream = tokio::select! {
                     _ = &mut rx => break,
@@ -69,13 +73,30 @@ impl Upstream {
                         let (n, h) = (n.clone(), h.clone());
                         async move {
                             h.fetch_add(1, Ordering::Relaxed);
-                            let body: BoxBody<Bytes, hyper::Error> = if req.uri().path() == "/slow" {
-                                let ms = req.uri().query().and_then(|q| q.strip_prefix("ms=")).and_then(|v| v.parse().ok()).unwrap_or(1000);
+                            let body: BoxBody<Bytes, hyper::Error> = if req.uri().path() == "/slow"
+                            {
+                                let ms = req
+                                    .uri()
+                                    .query()
+                                    .and_then(|q| q.strip_prefix("ms="))
+                                    .and_then(|v| v.parse().ok())
+                                    .unwrap_or(1000);
                                 tokio::time::sleep(Duration::from_millis(ms)).await;
-                                Full::new(Bytes::from_static(b"slow\n")).map_err(|n| match n {}).boxed()
+                                Full::new(Bytes::from_static(b"slow\n"))
+                                    .map_err(|n| match n {})
+                                    .boxed()
                             } else if req.uri().path() == "/bytes" {
-                                let n: usize = req.uri().query().and_then(|q| q.strip_prefix("n=")).and_then(|v| v.parse().ok()).unwrap_or(0);
-                                streamed_body(n).map_err(|_| -> hyper::Error { unreachable!("in-memory chunks never fail") }).boxed()
+                                let n: usize = req
+                                    .uri()
+                                    .query()
+                                    .and_then(|q| q.strip_prefix("n="))
+                                    .and_then(|v| v.parse().ok())
+                                    .unwrap_or(0);
+                                streamed_body(n)
+                                    .map_err(|_| -> hyper::Error {
+                                        unreachable!("in-memory chunks never fail")
+                                    })
+                                    .boxed()
                             } else if req.uri().path() == "/headers" {
                                 let mut text = String::new();
                                 for (k, v) in req.headers() {
@@ -94,7 +115,13 @@ impl Upstream {
                 });
             }
         });
-        Ok(Upstream { addr, name: name.to_string(), hits, conns, _stop: tx })
+        Ok(Upstream {
+            addr,
+            name: name.to_string(),
+            hits,
+            conns,
+            _stop: tx,
+        })
     }
 
     /// One upstream per `(ip, name)`, all on the same port (DNS A records carry no port, so a
@@ -107,7 +134,8 @@ impl Upstream {
             let port = first.addr.port();
             let mut ups = vec![first];
             for (ip, name) in &instances[1..] {
-                match Upstream::try_start_on(SocketAddr::new(ip.parse().unwrap(), port), name).await {
+                match Upstream::try_start_on(SocketAddr::new(ip.parse().unwrap(), port), name).await
+                {
                     Ok(u) => ups.push(u),
                     Err(_) => break,
                 }
@@ -158,21 +186,29 @@ impl TestProxy {
             text.push_str("admin: {listen: 127.0.0.1:0}\n");
         }
         text.push_str(yaml);
-        let config = waypost::config::load_str("test.yaml", &text, &|_| None).unwrap_or_else(|e| panic!("{e}"));
+        let config = waypost::config::load_str("test.yaml", &text, &|_| None)
+            .unwrap_or_else(|e| panic!("{e}"));
         let app = waypost::App::build(config).await.unwrap();
         let addrs = app.addrs().clone();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(app.run(async move {
             let _ = rx.await;
         }));
-        TestProxy { addrs, stop: Some(tx), task: Some(task) }
+        TestProxy {
+            addrs,
+            stop: Some(tx),
+            task: Some(task),
+        }
     }
 
     /// Waits until `/ready` answers 200.
     pub async fn wait_ready(&self) {
         let admin = self.addrs.admin;
         eventually(Duration::from_secs(10), || async move {
-            get(&format!("http://{admin}/ready"), &[]).await.map(|r| r.status == 200).unwrap_or(false)
+            get(&format!("http://{admin}/ready"), &[])
+                .await
+                .map(|r| r.status == 200)
+                .unwrap_or(false)
         })
         .await;
     }
@@ -217,7 +253,10 @@ pub struct Got {
 impl Got {
     /// A header as text ("" when absent).
     pub fn header(&self, name: &str) -> &str {
-        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
     }
 
     /// The body as text.
@@ -233,7 +272,9 @@ pub fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Te
 
 /// An h2c (prior knowledge) client.
 pub fn h2c_client() -> Client<hyper_util::client::legacy::connect::HttpConnector, TestBody> {
-    Client::builder(TokioExecutor::new()).http2_only(true).build_http()
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
 }
 
 /// An empty request body.
@@ -249,7 +290,11 @@ pub async fn send(
     let resp = client.request(req).await?;
     let (head, body) = resp.into_parts();
     let body = body.collect().await?.to_bytes();
-    Ok(Got { status: head.status.as_u16(), headers: head.headers, body })
+    Ok(Got {
+        status: head.status.as_u16(),
+        headers: head.headers,
+        body,
+    })
 }
 
 /// GET `url` with extra `headers` on a fresh client.
@@ -272,7 +317,10 @@ where
         if check().await {
             return;
         }
-        assert!(start.elapsed() < deadline, "condition not met within {deadline:?}");
+        assert!(
+            start.elapsed() < deadline,
+            "condition not met within {deadline:?}"
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
@@ -280,22 +328,29 @@ where
 /// The value of the sample of metric `name` whose labels include every `labels` pair, in the
 /// Prometheus text exposition `text`; `None` when there is no such sample.
 pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
-        let (series, value) = line.rsplit_once(' ')?;
-        let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
-        if metric != name {
-            return None;
-        }
-        let has_all = labels.iter().all(|(k, v)| rest.split(',').any(|p| p.trim_end_matches('}') == format!("{k}=\"{v}\"")));
-        has_all.then(|| value.parse().ok()).flatten()
-    })
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+            if metric != name {
+                return None;
+            }
+            let has_all = labels.iter().all(|(k, v)| {
+                rest.split(',')
+                    .any(|p| p.trim_end_matches('}') == format!("{k}=\"{v}\""))
+            });
+            has_all.then(|| value.parse().ok()).flatten()
+        })
 }
 
 /// YAML for a static service `name` over `(addr, weight)` pairs.
 pub fn static_service(name: &str, instances: &[(SocketAddr, u32)]) -> String {
     let mut s = format!("  {name}:\n    resolver:\n      static:\n        instances:\n");
     for (addr, w) in instances {
-        s.push_str(&format!("          - {{address: \"{addr}\", weight: {w}}}\n"));
+        s.push_str(&format!(
+            "          - {{address: \"{addr}\", weight: {w}}}\n"
+        ));
     }
     s
 }
@@ -311,7 +366,11 @@ pub fn streamed_body(len: usize) -> TestBody {
     let chunk = Bytes::from(vec![b'z'; CHUNK]);
     let chunks = len.div_ceil(CHUNK);
     let stream = futures_util::stream::iter((0..chunks).map(move |i| {
-        let n = if i + 1 == chunks { len - i * CHUNK } else { CHUNK };
+        let n = if i + 1 == chunks {
+            len - i * CHUNK
+        } else {
+            CHUNK
+        };
         Ok::<_, Box<dyn std::error::Error + Send + Sync>>(http_body::Frame::data(chunk.slice(..n)))
     }));
     http_body_util::StreamBody::new(stream).boxed()
@@ -335,4 +394,50 @@ pub async fn post_count(url: &str, host: &str, body: TestBody) -> anyhow::Result
 /// Full-body helper for small requests.
 pub fn full(b: impl Into<Bytes>) -> TestBody {
     Full::new(b.into()).map_err(|n| match n {}).boxed()
+}
+
+/// Sends `n` GETs for `host` through `proxy` on one keep-alive client and counts the answers
+/// by `x-instance`; every one must be a 200.
+pub async fn spread(
+    proxy: &TestProxy,
+    host: &str,
+    n: usize,
+) -> std::collections::HashMap<String, usize> {
+    let client = client();
+    let mut counts = std::collections::HashMap::new();
+    for _ in 0..n {
+        let req = Request::get(format!("{}/", proxy.url()))
+            .header("host", host)
+            .body(empty())
+            .unwrap();
+        let got = send(&client, req).await.unwrap();
+        assert_eq!(
+            got.status,
+            200,
+            "{host}: {} {}",
+            got.header("x-waypost-error"),
+            got.text()
+        );
+        *counts
+            .entry(got.header("x-instance").to_string())
+            .or_default() += 1;
+    }
+    counts
+}
+
+/// Asserts each instance's share of `counts` is within ±`tolerance` (relative) of the wanted one.
+pub fn assert_shares(
+    counts: &std::collections::HashMap<String, usize>,
+    wanted: &[(&str, f64)],
+    tolerance: f64,
+) {
+    let total: usize = counts.values().sum();
+    for (name, want) in wanted {
+        let share = counts.get(*name).copied().unwrap_or(0) as f64 / total as f64;
+        assert!(
+            (share - want).abs() <= want * tolerance,
+            "{name}: share {share:.3}, expected {want:.3} ±{:.0} %: {counts:?}",
+            tolerance * 100.0
+        );
+    }
 }
