@@ -36,11 +36,7 @@ pub struct App {
     config: Config,
     metrics: Metrics,
     cache: Cache<ServiceHandle>,
-    declared: Vec<(
-        Arc<crate::cache::Target<ServiceHandle>>,
-        Arc<dyn Resolver>,
-        Option<std::time::Duration>,
-    )>,
+    declared: crate::cache::Unstarted<ServiceHandle>,
     listeners: Vec<(TcpListener, Listener)>,
     admin_listener: TcpListener,
     addrs: Addrs,

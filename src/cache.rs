@@ -118,6 +118,10 @@ type Map<P> = HashMap<Box<str>, Arc<Target<P>>>;
 /// Builds the per-service publisher for a new target.
 pub type MakePublisher<P> = Box<dyn Fn(&str) -> P + Send + Sync>;
 
+/// Declared targets built by [`Cache::new`], waiting for [`Cache::start`] to spawn their
+/// refreshers: each with its resolver and refresh-interval override.
+pub type Unstarted<P> = Vec<(Arc<Target<P>>, Arc<dyn Resolver>, Option<Duration>)>;
+
 struct Inner<P> {
     declared: Map<P>,
     /// Published whole on every insert or removal; read lock-free by [`Cache::get`].
@@ -175,10 +179,7 @@ impl<P: Publish> Cache<P> {
         make: MakePublisher<P>,
         metrics: DiscoveryMetrics,
         shutdown: Shutdown,
-    ) -> (
-        Self,
-        Vec<(Arc<Target<P>>, Arc<dyn Resolver>, Option<Duration>)>,
-    ) {
+    ) -> (Self, Unstarted<P>) {
         let epoch = Instant::now();
         let mut map = Map::new();
         let mut pending = Vec::new();
@@ -207,7 +208,7 @@ impl<P: Publish> Cache<P> {
     }
 
     /// Spawns the refreshers of the declared services returned by [`Cache::new`].
-    pub fn start(&self, declared: Vec<(Arc<Target<P>>, Arc<dyn Resolver>, Option<Duration>)>) {
+    pub fn start(&self, declared: Unstarted<P>) {
         self.inner
             .metrics
             .targets

@@ -19,6 +19,8 @@
 //! [`app`] wires them together and owns the shutdown order; [`shutdown`] is the one
 //! fan-out primitive every background loop listens to.
 
+#![warn(missing_docs)]
+
 pub mod admin;
 pub mod app;
 pub mod balance;

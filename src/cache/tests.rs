@@ -114,9 +114,11 @@ fn policy() -> Policy {
     super::policy::test_policy()
 }
 
+type Recorders = Arc<Mutex<Vec<(String, Arc<Recorder>)>>>;
+
 struct Harness {
     cache: Cache<Arc<Recorder>>,
-    recorders: Arc<Mutex<Vec<(String, Arc<Recorder>)>>>,
+    recorders: Recorders,
     _trigger: shutdown::Trigger,
 }
 
@@ -137,7 +139,7 @@ fn harness(
     declared: Vec<(&str, Arc<Scripted>)>,
     rule: Option<Arc<Scripted>>,
 ) -> Harness {
-    let recorders: Arc<Mutex<Vec<(String, Arc<Recorder>)>>> = Arc::default();
+    let recorders: Recorders = Arc::default();
     let r2 = recorders.clone();
     let make: MakePublisher<Arc<Recorder>> = Box::new(move |name: &str| {
         let r = Arc::new(Recorder::default());

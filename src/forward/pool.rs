@@ -204,7 +204,8 @@ impl Pool {
         let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
         conns.retain(|_, list| {
             list.retain(|c| {
-                !c.tx.is_closed() && !(c.tx.is_ready() && now - c.used > self.config.idle_timeout)
+                let idle_too_long = c.tx.is_ready() && now - c.used > self.config.idle_timeout;
+                !(c.tx.is_closed() || idle_too_long)
             });
             !list.is_empty()
         });
