@@ -7,9 +7,11 @@
 //! offending key in the text ([`locate`]). Runtime code receives only these typed values and
 //! never parses a string again.
 
+mod discovery;
 pub mod env;
 pub mod locate;
 mod types;
+mod validate;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -17,6 +19,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use discovery::{BackoffConfig, DiscoveryConfig, DnsConfig, GuardConfig, OnDemandRule};
 pub use types::{Addr, Dur, ServiceName};
 
 /// Where the outbound listener binds when the config does not say (linkerd's outbound port).
@@ -168,6 +171,11 @@ pub struct UpstreamConfig {
     /// Idle connections kept per instance (default 256).
     #[serde(default = "default_max_idle")]
     pub max_idle_per_instance: usize,
+    /// Largest read buffer per HTTP/1 connection, downstream and upstream (default 32 KiB,
+    /// at least 8 KiB). Bodies stream through in chunks of at most this size, so it bounds
+    /// memory per connection; larger values save syscalls on large bodies.
+    #[serde(default = "default_buffer_size")]
+    pub buffer_size: usize,
 }
 
 fn default_connect_timeout() -> Dur {
@@ -182,6 +190,14 @@ fn default_idle_timeout() -> Dur {
 fn default_max_idle() -> usize {
     256
 }
+/// 32 KiB: two such buffers per proxied exchange in flight keep 64 connections streaming
+/// 64 KiB bodies within a few MiB (hyper's own default lets each grow to ~400 KiB).
+fn default_buffer_size() -> usize {
+    32 * 1024
+}
+
+/// The smallest `upstream.buffer_size` hyper accepts.
+pub const MIN_BUFFER_SIZE: usize = 8 * 1024;
 
 impl Default for UpstreamConfig {
     fn default() -> Self {
@@ -190,184 +206,7 @@ impl Default for UpstreamConfig {
             timeout: default_timeout(),
             idle_timeout: default_idle_timeout(),
             max_idle_per_instance: default_max_idle(),
-        }
-    }
-}
-
-/// `discovery:` — cache behaviour shared by every target.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DiscoveryConfig {
-    /// How often each target is re-resolved (default 5s).
-    #[serde(default = "default_refresh")]
-    pub refresh_interval: Dur,
-    /// Random spread applied to every refresh delay, as a share of it (default 0.2 = ±20 %).
-    #[serde(default = "default_jitter")]
-    pub jitter: f64,
-    /// A target resolved on demand and unused for this long is dropped (default 60s).
-    /// Declared services never expire.
-    #[serde(default = "default_expire")]
-    pub expire_interval: Dur,
-    /// How long the last good table is served while refreshes fail (default: no limit —
-    /// stale beats empty).
-    #[serde(default)]
-    pub max_stale: Option<Dur>,
-    /// Time allowed for one resolve (default 5s).
-    #[serde(default = "default_resolve_timeout")]
-    pub resolve_timeout: Dur,
-    /// Retry delays after failed resolves.
-    #[serde(default)]
-    pub backoff: BackoffConfig,
-    /// Protection against answers that empty a table or remove most of it.
-    #[serde(default)]
-    pub guard: GuardConfig,
-    /// Rules for names that are not declared under `services:` but may be resolved on first
-    /// use. Any other name is refused: waypost is never an open proxy.
-    #[serde(default)]
-    pub on_demand: Vec<OnDemandRule>,
-}
-
-/// `discovery.on_demand[]` — names ending in `suffix` are resolved on first use by `resolver`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OnDemandRule {
-    /// A DNS suffix such as `.svc.cluster.local` (must start with a dot).
-    pub suffix: String,
-    /// The resolver for matching names: `dns` (the name is the requested host; `port` is
-    /// required) or `file` (the name is the registry service name).
-    #[serde(with = "serde_yaml::with::singleton_map")]
-    pub resolver: ResolverConfig,
-    /// Refresh interval for targets created by this rule (default `discovery.refresh_interval`).
-    pub refresh_interval: Option<Dur>,
-}
-
-/// `dns:` — the DNS client shared by every `dns` resolver.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DnsConfig {
-    /// Name servers as `IP:port`; empty (the default) uses the system's `/etc/resolv.conf`.
-    #[serde(default)]
-    pub nameservers: Vec<Addr>,
-    /// Time allowed for one query (default 2s).
-    #[serde(default = "default_dns_timeout")]
-    pub timeout: Dur,
-    /// Queries tried per lookup before it fails (default 2).
-    #[serde(default = "default_dns_attempts")]
-    pub attempts: usize,
-    /// Shortest refresh interval a record TTL may ask for (default 1s).
-    #[serde(default = "default_min_ttl")]
-    pub min_ttl: Dur,
-    /// Longest refresh interval a record TTL may ask for (default 30s).
-    #[serde(default = "default_max_ttl")]
-    pub max_ttl: Dur,
-}
-
-fn default_dns_timeout() -> Dur {
-    Dur::from_secs(2)
-}
-fn default_dns_attempts() -> usize {
-    2
-}
-fn default_min_ttl() -> Dur {
-    Dur::from_secs(1)
-}
-fn default_max_ttl() -> Dur {
-    Dur::from_secs(30)
-}
-
-impl Default for DnsConfig {
-    fn default() -> Self {
-        Self {
-            nameservers: Vec::new(),
-            timeout: default_dns_timeout(),
-            attempts: default_dns_attempts(),
-            min_ttl: default_min_ttl(),
-            max_ttl: default_max_ttl(),
-        }
-    }
-}
-
-fn default_refresh() -> Dur {
-    Dur::from_secs(5)
-}
-fn default_jitter() -> f64 {
-    0.2
-}
-fn default_expire() -> Dur {
-    Dur::from_secs(60)
-}
-fn default_resolve_timeout() -> Dur {
-    Dur::from_secs(5)
-}
-
-impl Default for DiscoveryConfig {
-    fn default() -> Self {
-        Self {
-            refresh_interval: default_refresh(),
-            jitter: default_jitter(),
-            expire_interval: default_expire(),
-            max_stale: None,
-            resolve_timeout: default_resolve_timeout(),
-            backoff: BackoffConfig::default(),
-            guard: GuardConfig::default(),
-            on_demand: Vec::new(),
-        }
-    }
-}
-
-/// `discovery.backoff:` — jittered exponential backoff after failed resolves.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BackoffConfig {
-    /// First retry delay (default 1s); doubles on each further failure.
-    #[serde(default = "default_backoff_initial")]
-    pub initial: Dur,
-    /// Longest retry delay (default 30s).
-    #[serde(default = "default_backoff_max")]
-    pub max: Dur,
-}
-
-fn default_backoff_initial() -> Dur {
-    Dur::from_secs(1)
-}
-fn default_backoff_max() -> Dur {
-    Dur::from_secs(30)
-}
-
-impl Default for BackoffConfig {
-    fn default() -> Self {
-        Self {
-            initial: default_backoff_initial(),
-            max: default_backoff_max(),
-        }
-    }
-}
-
-/// `discovery.guard:` — an answer that empties a table, or removes more than `max_removal` of
-/// its instances at once, is applied only after `confirm` consecutive answers agree.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GuardConfig {
-    /// Consecutive confirming answers needed (default 3; 1 disables the guard).
-    #[serde(default = "default_confirm")]
-    pub confirm: u32,
-    /// Share of instances one answer may remove unconfirmed (default 0.5).
-    #[serde(default = "default_max_removal")]
-    pub max_removal: f64,
-}
-
-fn default_confirm() -> u32 {
-    3
-}
-fn default_max_removal() -> f64 {
-    0.5
-}
-
-impl Default for GuardConfig {
-    fn default() -> Self {
-        Self {
-            confirm: default_confirm(),
-            max_removal: default_max_removal(),
+            buffer_size: default_buffer_size(),
         }
     }
 }
@@ -608,141 +447,6 @@ fn yaml_error(file: &str, e: &serde_yaml::Error) -> ConfigError {
 }
 
 impl Config {
-    /// Checks the rules that span several keys. On failure returns the dotted key path of the
-    /// offending value and the reason.
-    pub fn validate(&self) -> Result<(), (String, String)> {
-        let mut listeners: Vec<(String, std::net::SocketAddr)> = vec![
-            ("listen".into(), self.listen.0),
-            ("admin.listen".into(), self.admin.listen.0),
-        ];
-        if !(0.0..=0.9).contains(&self.discovery.jitter) {
-            return Err((
-                "discovery.jitter".into(),
-                "must be between 0 and 0.9".into(),
-            ));
-        }
-        let d = &self.discovery;
-        for (key, value) in [
-            ("discovery.refresh_interval", d.refresh_interval),
-            ("discovery.expire_interval", d.expire_interval),
-            ("discovery.resolve_timeout", d.resolve_timeout),
-            ("discovery.backoff.initial", d.backoff.initial),
-        ] {
-            if value.0.is_zero() {
-                return Err((key.into(), "must be greater than 0".into()));
-            }
-        }
-        if d.backoff.max < d.backoff.initial {
-            return Err((
-                "discovery.backoff.max".into(),
-                "must be at least discovery.backoff.initial".into(),
-            ));
-        }
-        if d.guard.confirm == 0 {
-            return Err((
-                "discovery.guard.confirm".into(),
-                "must be at least 1".into(),
-            ));
-        }
-        if !(0.0..=1.0).contains(&d.guard.max_removal) {
-            return Err((
-                "discovery.guard.max_removal".into(),
-                "must be between 0 and 1".into(),
-            ));
-        }
-        let dns = &self.dns;
-        if dns.timeout.0.is_zero() {
-            return Err(("dns.timeout".into(), "must be greater than 0".into()));
-        }
-        if dns.attempts == 0 {
-            return Err(("dns.attempts".into(), "must be at least 1".into()));
-        }
-        if dns.max_ttl < dns.min_ttl {
-            return Err(("dns.max_ttl".into(), "must be at least dns.min_ttl".into()));
-        }
-        for (i, rule) in d.on_demand.iter().enumerate() {
-            let base = format!("discovery.on_demand.{i}");
-            let suffix_ok = rule.suffix.len() > 1
-                && rule.suffix.starts_with('.')
-                && ServiceName::parse(&rule.suffix[1..]).is_ok();
-            if !suffix_ok {
-                return Err((format!("{base}.suffix"), format!("{:?} must be a DNS suffix starting with a dot, such as \".svc.cluster.local\"", rule.suffix)));
-            }
-            match &rule.resolver {
-                ResolverConfig::Static(_) => {
-                    return Err((
-                        format!("{base}.resolver"),
-                        "static lists cannot resolve names on demand: use dns or file".into(),
-                    ))
-                }
-                ResolverConfig::File(f) if f.name.is_some() => {
-                    return Err((
-                        format!("{base}.resolver.file.name"),
-                        "an on-demand rule resolves the requested name; remove `name`".into(),
-                    ))
-                }
-                ResolverConfig::Dns(cfg) => {
-                    if cfg.name.is_some() || cfg.srv.is_some() {
-                        return Err((format!("{base}.resolver.dns"), "an on-demand rule resolves the requested name: give only `port` (and `weight`)".into()));
-                    }
-                    validate_dns(cfg, &format!("{base}.resolver.dns"))?;
-                }
-                ResolverConfig::File(_) => {}
-            }
-        }
-        for (name, svc) in &self.services {
-            let base = format!("services.{name}");
-            if let ResolverConfig::Dns(cfg) = &svc.resolver {
-                validate_dns(cfg, &format!("{base}.resolver.dns"))?;
-            }
-            if let Some(addr) = &svc.listen {
-                listeners.push((format!("{base}.listen"), addr.0));
-            }
-            if let Some(r) = svc.refresh_interval {
-                if r.0.is_zero() {
-                    return Err((
-                        format!("{base}.refresh_interval"),
-                        "must be greater than 0".into(),
-                    ));
-                }
-            }
-            if let ResolverConfig::Static(s) = &svc.resolver {
-                if s.instances.is_empty() {
-                    return Err((
-                        format!("{base}.resolver.static.instances"),
-                        "needs at least one instance".into(),
-                    ));
-                }
-                for (i, inst) in s.instances.iter().enumerate() {
-                    if inst.weight > MAX_WEIGHT {
-                        return Err((
-                            format!("{base}.resolver.static.instances.{i}.weight"),
-                            format!("must be at most {MAX_WEIGHT}"),
-                        ));
-                    }
-                    if inst.address.0.port() == 0 {
-                        return Err((
-                            format!("{base}.resolver.static.instances.{i}.address"),
-                            "port 0 is not a valid upstream port".into(),
-                        ));
-                    }
-                }
-            }
-        }
-        for (i, (key, addr)) in listeners.iter().enumerate() {
-            if addr.port() == 0 {
-                continue; // ephemeral: never conflicts
-            }
-            if let Some((other, _)) = listeners[..i].iter().find(|(_, a)| a == addr) {
-                return Err((
-                    key.clone(),
-                    format!("address {addr} is already used by `{other}`"),
-                ));
-            }
-        }
-        Ok(())
-    }
-
     /// The on-demand rule covering `name`, if any (the first that matches).
     pub fn on_demand_rule(&self, name: &str) -> Option<&OnDemandRule> {
         self.discovery
@@ -756,45 +460,6 @@ impl Config {
         svc.refresh_interval
             .unwrap_or(self.discovery.refresh_interval)
             .0
-    }
-}
-
-fn validate_dns(cfg: &DnsResolverConfig, base: &str) -> Result<(), (String, String)> {
-    match (&cfg.srv, cfg.port) {
-        (Some(_), Some(_)) => Err((
-            format!("{base}.port"),
-            "SRV records carry their own ports: give `srv` or `port`, not both".into(),
-        )),
-        (Some(srv), None) => {
-            if cfg.name.is_some() {
-                return Err((
-                    format!("{base}.name"),
-                    "give `srv` or `name` + `port`, not both".into(),
-                ));
-            }
-            if !srv.starts_with('_') || ServiceName::parse(&srv.replace('_', "x")).is_err() {
-                return Err((format!("{base}.srv"), format!("{srv:?} is not an SRV name such as \"_http._tcp.echo.default.svc.cluster.local\"")));
-            }
-            Ok(())
-        }
-        (None, Some(0)) => Err((format!("{base}.port"), "must be between 1 and 65535".into())),
-        (None, Some(_)) => {
-            if let Some(name) = &cfg.name {
-                ServiceName::parse(name.trim_end_matches('.'))
-                    .map_err(|e| (format!("{base}.name"), e))?;
-            }
-            if cfg.weight > MAX_WEIGHT {
-                return Err((
-                    format!("{base}.weight"),
-                    format!("must be at most {MAX_WEIGHT}"),
-                ));
-            }
-            Ok(())
-        }
-        (None, None) => Err((
-            base.to_string(),
-            "needs `port` (A/AAAA lookup) or `srv` (SRV lookup)".into(),
-        )),
     }
 }
 

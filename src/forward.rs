@@ -83,13 +83,16 @@ pub struct Proxy {
     unrouted: ServiceMetrics,
     /// How long a first request waits for its service's first resolution.
     first_resolve_wait: Duration,
+    /// Largest read buffer per downstream HTTP/1 connection (`upstream.buffer_size`).
+    buffer_size: usize,
 }
 
 impl Proxy {
-    /// A proxy over `cache`.
-    pub fn new(cache: Cache<ServiceHandle>, metrics: ForwardMetrics) -> Self {
+    /// A proxy over `cache`; `buffer_size` caps each downstream connection's read buffer.
+    pub fn new(cache: Cache<ServiceHandle>, metrics: ForwardMetrics, buffer_size: usize) -> Self {
         let first_resolve_wait = cache.policy().resolve_timeout;
         Self {
+            buffer_size,
             unrouted: metrics.service("_unknown"),
             cache,
             metrics,
@@ -248,7 +251,8 @@ pub async fn serve(
         .http1()
         .timer(TokioTimer::new())
         .keep_alive(true)
-        .header_read_timeout(Duration::from_secs(30));
+        .header_read_timeout(Duration::from_secs(30))
+        .max_buf_size(proxy.buffer_size);
     builder.http2().timer(TokioTimer::new());
     let builder = Arc::new(builder);
     loop {

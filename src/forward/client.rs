@@ -31,6 +31,7 @@ impl Client {
                 connect_timeout,
                 idle_timeout: cfg.idle_timeout.0,
                 max_per_instance: cfg.max_idle_per_instance,
+                buffer_size: cfg.buffer_size,
             }),
         }
     }

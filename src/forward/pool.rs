@@ -84,6 +84,8 @@ pub struct PoolConfig {
     pub idle_timeout: Duration,
     /// Connections kept per instance.
     pub max_per_instance: usize,
+    /// Largest read buffer per connection.
+    pub buffer_size: usize,
 }
 
 type Map = HashMap<SocketAddr, Vec<Pooled>, BuildHasherDefault<AddrHasher>>;
@@ -187,6 +189,7 @@ impl Pool {
             .map_err(SendError::Connect)?;
         let _ = stream.set_nodelay(true);
         let (tx, conn) = http1::Builder::new()
+            .max_buf_size(self.config.buffer_size)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(SendError::Handshake)?;

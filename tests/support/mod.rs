@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod dnsmasq;
+pub mod dnstest;
 pub mod external;
 
 use std::future::Future;

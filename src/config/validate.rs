@@ -1,0 +1,184 @@
+//! The rules that span several keys, checked once after parsing. Each failure names the dotted
+//! key path; [`super::load_str`] turns it into a line and column with [`super::locate`].
+
+use super::{Config, DnsResolverConfig, ResolverConfig, ServiceName, MAX_WEIGHT};
+
+impl Config {
+    /// Checks the rules that span several keys. On failure returns the dotted key path of the
+    /// offending value and the reason.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let mut listeners: Vec<(String, std::net::SocketAddr)> = vec![
+            ("listen".into(), self.listen.0),
+            ("admin.listen".into(), self.admin.listen.0),
+        ];
+        if !(0.0..=0.9).contains(&self.discovery.jitter) {
+            return Err((
+                "discovery.jitter".into(),
+                "must be between 0 and 0.9".into(),
+            ));
+        }
+        if self.upstream.buffer_size < super::MIN_BUFFER_SIZE {
+            return Err(("upstream.buffer_size".into(), format!("must be at least {}", super::MIN_BUFFER_SIZE)));
+        }
+        let d = &self.discovery;
+        for (key, value) in [
+            ("discovery.refresh_interval", d.refresh_interval),
+            ("discovery.expire_interval", d.expire_interval),
+            ("discovery.resolve_timeout", d.resolve_timeout),
+            ("discovery.backoff.initial", d.backoff.initial),
+        ] {
+            if value.0.is_zero() {
+                return Err((key.into(), "must be greater than 0".into()));
+            }
+        }
+        if d.backoff.max < d.backoff.initial {
+            return Err((
+                "discovery.backoff.max".into(),
+                "must be at least discovery.backoff.initial".into(),
+            ));
+        }
+        if d.guard.confirm == 0 {
+            return Err((
+                "discovery.guard.confirm".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        if !(0.0..=1.0).contains(&d.guard.max_removal) {
+            return Err((
+                "discovery.guard.max_removal".into(),
+                "must be between 0 and 1".into(),
+            ));
+        }
+        let dns = &self.dns;
+        if dns.timeout.0.is_zero() {
+            return Err(("dns.timeout".into(), "must be greater than 0".into()));
+        }
+        if dns.attempts == 0 {
+            return Err(("dns.attempts".into(), "must be at least 1".into()));
+        }
+        if dns.max_ttl < dns.min_ttl {
+            return Err(("dns.max_ttl".into(), "must be at least dns.min_ttl".into()));
+        }
+        for (i, rule) in d.on_demand.iter().enumerate() {
+            let base = format!("discovery.on_demand.{i}");
+            let suffix_ok = rule.suffix.len() > 1
+                && rule.suffix.starts_with('.')
+                && ServiceName::parse(&rule.suffix[1..]).is_ok();
+            if !suffix_ok {
+                return Err((format!("{base}.suffix"), format!("{:?} must be a DNS suffix starting with a dot, such as \".svc.cluster.local\"", rule.suffix)));
+            }
+            match &rule.resolver {
+                ResolverConfig::Static(_) => {
+                    return Err((
+                        format!("{base}.resolver"),
+                        "static lists cannot resolve names on demand: use dns or file".into(),
+                    ))
+                }
+                ResolverConfig::File(f) if f.name.is_some() => {
+                    return Err((
+                        format!("{base}.resolver.file.name"),
+                        "an on-demand rule resolves the requested name; remove `name`".into(),
+                    ))
+                }
+                ResolverConfig::Dns(cfg) => {
+                    if cfg.name.is_some() || cfg.srv.is_some() {
+                        return Err((format!("{base}.resolver.dns"), "an on-demand rule resolves the requested name: give only `port` (and `weight`)".into()));
+                    }
+                    validate_dns(cfg, &format!("{base}.resolver.dns"))?;
+                }
+                ResolverConfig::File(_) => {}
+            }
+        }
+        for (name, svc) in &self.services {
+            let base = format!("services.{name}");
+            if let ResolverConfig::Dns(cfg) = &svc.resolver {
+                validate_dns(cfg, &format!("{base}.resolver.dns"))?;
+            }
+            if let Some(addr) = &svc.listen {
+                listeners.push((format!("{base}.listen"), addr.0));
+            }
+            if let Some(r) = svc.refresh_interval {
+                if r.0.is_zero() {
+                    return Err((
+                        format!("{base}.refresh_interval"),
+                        "must be greater than 0".into(),
+                    ));
+                }
+            }
+            if let ResolverConfig::Static(s) = &svc.resolver {
+                if s.instances.is_empty() {
+                    return Err((
+                        format!("{base}.resolver.static.instances"),
+                        "needs at least one instance".into(),
+                    ));
+                }
+                for (i, inst) in s.instances.iter().enumerate() {
+                    if inst.weight > MAX_WEIGHT {
+                        return Err((
+                            format!("{base}.resolver.static.instances.{i}.weight"),
+                            format!("must be at most {MAX_WEIGHT}"),
+                        ));
+                    }
+                    if inst.address.0.port() == 0 {
+                        return Err((
+                            format!("{base}.resolver.static.instances.{i}.address"),
+                            "port 0 is not a valid upstream port".into(),
+                        ));
+                    }
+                }
+            }
+        }
+        for (i, (key, addr)) in listeners.iter().enumerate() {
+            if addr.port() == 0 {
+                continue; // ephemeral: never conflicts
+            }
+            if let Some((other, _)) = listeners[..i].iter().find(|(_, a)| a == addr) {
+                return Err((
+                    key.clone(),
+                    format!("address {addr} is already used by `{other}`"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn validate_dns(cfg: &DnsResolverConfig, base: &str) -> Result<(), (String, String)> {
+    match (&cfg.srv, cfg.port) {
+        (Some(_), Some(_)) => Err((
+            format!("{base}.port"),
+            "SRV records carry their own ports: give `srv` or `port`, not both".into(),
+        )),
+        (Some(srv), None) => {
+            if cfg.name.is_some() {
+                return Err((
+                    format!("{base}.name"),
+                    "give `srv` or `name` + `port`, not both".into(),
+                ));
+            }
+            if !srv.starts_with('_') || ServiceName::parse(&srv.replace('_', "x")).is_err() {
+                return Err((format!("{base}.srv"), format!("{srv:?} is not an SRV name such as \"_http._tcp.echo.default.svc.cluster.local\"")));
+            }
+            Ok(())
+        }
+        (None, Some(0)) => Err((format!("{base}.port"), "must be between 1 and 65535".into())),
+        (None, Some(_)) => {
+            if let Some(name) = &cfg.name {
+                ServiceName::parse(name.trim_end_matches('.'))
+                    .map_err(|e| (format!("{base}.name"), e))?;
+            }
+            if cfg.weight > MAX_WEIGHT {
+                return Err((
+                    format!("{base}.weight"),
+                    format!("must be at most {MAX_WEIGHT}"),
+                ));
+            }
+            Ok(())
+        }
+        (None, None) => Err((
+            base.to_string(),
+            "needs `port` (A/AAAA lookup) or `srv` (SRV lookup)".into(),
+        )),
+    }
+}
+
