@@ -1,7 +1,7 @@
 # waypost — the two commands: `make run` and `make test`.
 CARGO ?= cargo
 
-.PHONY: run test test-rust test-helm deps build release bench bench-micro check-configs clean
+.PHONY: run test test-rust test-helm deps build release bench bench-micro callgrind check-configs clean
 
 ## run: build, start three example upstreams in the file registry and waypost in front of them
 run: release
@@ -30,13 +30,17 @@ test-helm:
 check-configs: build
 	for f in configs/*.yaml; do target/debug/waypost check --config $$f || exit 1; done
 
-## bench: micro benches and the load harness against HAProxy, nginx and Envoy
-bench: bench-micro
-	$(CARGO) build --release --bin waypost --example upstream
+## bench: the load harness against HAProxy, nginx and Envoy (it builds, installs its peers
+## when missing and runs the balance micro benches itself); results in bench/RESULTS.md
+bench:
 	python3 bench/load/run.py
 
 bench-micro:
-	$(CARGO) bench --bench balance
+	$(CARGO) bench --bench balance --bench refresh
+
+## callgrind: instructions per proxied request (noise-free; needs valgrind and apache2-utils)
+callgrind:
+	bench/callgrind.sh
 
 clean:
 	$(CARGO) clean

@@ -47,13 +47,19 @@ struct Fleet {
 
 fn fleet() -> Fleet {
     let policy = Policy::default();
-    let mut states: Vec<TargetState> = (0..TARGETS).map(|_| TargetState::new("bench", "t")).collect();
+    let mut states: Vec<TargetState> = (0..TARGETS)
+        .map(|_| TargetState::new("bench", "t"))
+        .collect();
     let balancers: Vec<Balancer> = (0..TARGETS).map(|_| Balancer::new()).collect();
     for (t, (st, b)) in states.iter_mut().zip(&balancers).enumerate() {
         st.on_success(answer(t, 0), SystemTime::now(), &policy);
         b.publish(&st.current, &st.status, true);
     }
-    Fleet { states, balancers, policy }
+    Fleet {
+        states,
+        balancers,
+        policy,
+    }
 }
 
 /// One refresh of every target; answers come pre-built (as the resolver would hand them over).
@@ -62,7 +68,11 @@ fn cycle(f: &mut Fleet, answers: Vec<Resolution>) {
     for ((st, b), res) in f.states.iter_mut().zip(&f.balancers).zip(answers) {
         let outcome = st.on_success(res, now, &f.policy);
         let changed = outcome == waypost::cache::state::Outcome::Changed;
-        assert_ne!(outcome, waypost::cache::state::Outcome::Held, "the bench must not trip the guard");
+        assert_ne!(
+            outcome,
+            waypost::cache::state::Outcome::Held,
+            "the bench must not trip the guard"
+        );
         b.publish(&st.current, &st.status, changed);
     }
 }
@@ -75,7 +85,9 @@ fn changed_cycle(bencher: Bencher) {
     bencher
         .with_inputs(|| {
             generation = generation.wrapping_add(1);
-            (0..TARGETS).map(|t| answer(t, generation)).collect::<Vec<_>>()
+            (0..TARGETS)
+                .map(|t| answer(t, generation))
+                .collect::<Vec<_>>()
         })
         .bench_local_values(|answers| cycle(&mut f, answers));
 }
@@ -94,4 +106,3 @@ fn unchanged_cycle(bencher: Bencher) {
 fn build_answers() -> Vec<Resolution> {
     (0..TARGETS).map(|t| answer(t, 1)).collect()
 }
-
