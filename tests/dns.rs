@@ -273,28 +273,12 @@ async fn on_demand_names_resolve_on_first_use_and_others_are_refused_without_a_q
         assert_eq!(svc["status"]["state"], "ready", "{svc}");
 
         // Under the suffix but without records: resolved (NXDOMAIN) to no instances.
-        let got = get(&format!("{}/", proxy.url()), &[("host", "nope.svc.test")])
-            .await
-            .unwrap();
-        assert_eq!(
-            (got.status, got.header("x-waypost-error")),
-            (503, "no_instances"),
-            "{}",
-            got.text()
-        );
+        expect_error(&proxy, "nope.svc.test", 503, "no_instances").await;
 
         // Outside every rule: refused, and never looked up.
         let refused = ["other.example", "svc.test", "echo.svc.test.evil.example"];
         for host in refused {
-            let got = get(&format!("{}/", proxy.url()), &[("host", host)])
-                .await
-                .unwrap();
-            assert_eq!(
-                (got.status, got.header("x-waypost-error")),
-                (404, "unknown_service"),
-                "{host}: {}",
-                got.text()
-            );
+            expect_error(&proxy, host, 404, "unknown_service").await;
         }
         dns.sync();
         assert!(
@@ -358,4 +342,3 @@ async fn concurrent_first_requests_cause_one_dns_query() {
     })
     .await
 }
-

@@ -41,15 +41,7 @@ async fn nxdomain_is_a_definite_answer_with_no_instances() {
         assert_eq!(svc["status"]["stale"], false, "{svc}");
         assert_eq!(svc["instances"].as_array().map(Vec::len), Some(0), "{svc}");
 
-        let got = get(&format!("{}/", proxy.url()), &[("host", "ghost")])
-            .await
-            .unwrap();
-        assert_eq!(
-            (got.status, got.header("x-waypost-error")),
-            (503, "no_instances"),
-            "{}",
-            got.text()
-        );
+        expect_error(&proxy, "ghost", 503, "no_instances").await;
 
         dns.sync();
         assert!(
@@ -97,15 +89,7 @@ async fn a_refused_answer_is_an_error_not_nxdomain() {
                 .is_some_and(|s| s["status"]["state"] == "failed")
         })
         .await;
-        let got = get(&format!("{}/", proxy.url()), &[("host", "echo")])
-            .await
-            .unwrap();
-        assert_eq!(
-            (got.status, got.header("x-waypost-error")),
-            (503, "discovery_failed"),
-            "{}",
-            got.text()
-        );
+        expect_error(&proxy, "echo", 503, "discovery_failed").await;
         assert!(refresh_errors(&proxy, "echo").await >= 1.0);
     })
     .await
@@ -404,4 +388,3 @@ async fn dns_attempts_is_the_number_of_queries_sent() {
     })
     .await
 }
-

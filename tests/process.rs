@@ -110,17 +110,14 @@ fn proxy_yaml(listen: u16, admin: u16, services: &str) -> String {
     format!("listen: 127.0.0.1:{listen}\nadmin: {{listen: 127.0.0.1:{admin}}}\nshutdown: {{grace: 10s}}\nservices:\n{services}")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn streams_50_mb_both_ways_without_buffering() {
-    let up = Upstream::start("big").await;
-    let dir = tempfile::tempdir().unwrap();
+/// The waypost binary in front of `up` as service `echo`, ready: the process, its URL and port.
+async fn start_binary(up: &Upstream, dir: &std::path::Path) -> (Proc, String, u16) {
     let (port, admin) = (free_port(), free_port());
     let proc = spawn_waypost(
         "waypost",
         &proxy_yaml(port, admin, &static_service("echo", &[(up.addr, 1)])),
-        dir.path(),
+        dir,
     );
-    let url = format!("http://127.0.0.1:{port}");
     eventually(Duration::from_secs(10), || async {
         get(&format!("http://127.0.0.1:{admin}/ready"), &[])
             .await
@@ -128,6 +125,14 @@ async fn streams_50_mb_both_ways_without_buffering() {
             .unwrap_or(false)
     })
     .await;
+    (proc, format!("http://127.0.0.1:{port}"), port)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_50_mb_both_ways_without_buffering() {
+    let up = Upstream::start("big").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (proc, url, _port) = start_binary(&up, dir.path()).await;
     // Warm up so allocator arenas and the connection pool exist before the baseline.
     for _ in 0..20 {
         assert_eq!(
@@ -169,20 +174,7 @@ async fn streams_50_mb_both_ways_without_buffering() {
 async fn sigterm_drains_in_flight_requests_and_refuses_new_connections() {
     let up = Upstream::start("slow").await;
     let dir = tempfile::tempdir().unwrap();
-    let (port, admin) = (free_port(), free_port());
-    let mut proc = spawn_waypost(
-        "waypost",
-        &proxy_yaml(port, admin, &static_service("echo", &[(up.addr, 1)])),
-        dir.path(),
-    );
-    let url = format!("http://127.0.0.1:{port}");
-    eventually(Duration::from_secs(10), || async {
-        get(&format!("http://127.0.0.1:{admin}/ready"), &[])
-            .await
-            .map(|r| r.status == 200)
-            .unwrap_or(false)
-    })
-    .await;
+    let (mut proc, url, port) = start_binary(&up, dir.path()).await;
     let in_flight = tokio::spawn({
         let url = url.clone();
         async move { get(&format!("{url}/slow?ms=1500"), &[("host", "echo")]).await }

@@ -74,4 +74,3 @@ pub async fn metrics(proxy: &TestProxy) -> String {
 pub fn addr(ip: &str, port: u16) -> String {
     SocketAddr::new(ip.parse().unwrap(), port).to_string()
 }
-

@@ -442,3 +442,18 @@ pub fn assert_shares(
         );
     }
 }
+
+/// GETs `/` for `host` through `proxy` and asserts waypost answered it with `status` and the
+/// `x-waypost-error` marker `kind`; returns the response.
+pub async fn expect_error(proxy: &TestProxy, host: &str, status: u16, kind: &str) -> Got {
+    let got = get(&format!("{}/", proxy.url()), &[("host", host)])
+        .await
+        .unwrap();
+    assert_eq!(
+        (got.status, got.header("x-waypost-error")),
+        (status, kind),
+        "{host}: {}",
+        got.text()
+    );
+    got
+}
