@@ -244,7 +244,11 @@ impl App {
         ));
         let admin_task = tokio::spawn(admin.serve(admin_listener, admin_stop));
 
-        let proxy = Arc::new(Proxy::new(cache.clone(), metrics.forward.clone(), config.upstream.buffer_size));
+        let proxy = Arc::new(Proxy::new(
+            cache.clone(),
+            metrics.forward.clone(),
+            config.upstream.buffer_size,
+        ));
         let (accept_trigger, accept_stop) = shutdown::channel();
         let (drain_trigger, drain) = shutdown::channel();
         let (drained_tx, mut drained_rx) = mpsc::channel::<()>(1);

@@ -18,7 +18,10 @@ impl Config {
             ));
         }
         if self.upstream.buffer_size < super::MIN_BUFFER_SIZE {
-            return Err(("upstream.buffer_size".into(), format!("must be at least {}", super::MIN_BUFFER_SIZE)));
+            return Err((
+                "upstream.buffer_size".into(),
+                format!("must be at least {}", super::MIN_BUFFER_SIZE),
+            ));
         }
         let d = &self.discovery;
         for (key, value) in [
@@ -181,4 +184,3 @@ fn validate_dns(cfg: &DnsResolverConfig, base: &str) -> Result<(), (String, Stri
         )),
     }
 }
-
