@@ -53,7 +53,7 @@ fn fleet() -> Fleet {
     let balancers: Vec<Balancer> = (0..TARGETS).map(|_| Balancer::new()).collect();
     for (t, (st, b)) in states.iter_mut().zip(&balancers).enumerate() {
         st.on_success(answer(t, 0), SystemTime::now(), &policy);
-        b.publish(&st.current, &st.status, true);
+        b.publish(&st.current, &st.status);
     }
     Fleet {
         states,
@@ -67,13 +67,12 @@ fn cycle(f: &mut Fleet, answers: Vec<Resolution>) {
     let now = SystemTime::now();
     for ((st, b), res) in f.states.iter_mut().zip(&f.balancers).zip(answers) {
         let outcome = st.on_success(res, now, &f.policy);
-        let changed = outcome == waypost::cache::state::Outcome::Changed;
         assert_ne!(
             outcome,
             waypost::cache::state::Outcome::Held,
             "the bench must not trip the guard"
         );
-        b.publish(&st.current, &st.status, changed);
+        b.publish(&st.current, &st.status);
     }
 }
 

@@ -16,7 +16,7 @@ use crate::admin::Admin;
 use crate::cache::{Cache, Declared, Policy, Rule};
 use crate::config::{Config, ResolverConfig};
 use crate::discover::{DnsClient, DnsResolver, FileResolver, Resolver, StaticResolver};
-use crate::forward::{self, Client, Listener, Proxy, ServiceHandle};
+use crate::forward::{self, Listener, Pool, Proxy, ServiceHandle};
 use crate::metrics::Metrics;
 use crate::shutdown;
 
@@ -41,8 +41,8 @@ pub struct App {
     admin_listener: TcpListener,
     addrs: Addrs,
     refresh_trigger: shutdown::Trigger,
-    /// Every distinct upstream client, each with its own pool to sweep.
-    clients: Vec<Client>,
+    /// Every distinct upstream pool, each to be swept.
+    pools: Vec<Pool>,
 }
 
 /// Builds resolvers from config, sharing one DNS client (created on first use) between them.
@@ -57,21 +57,14 @@ impl<'a> ResolverFactory<'a> {
         Self { config, dns: None }
     }
 
-    /// The resolver `resolver` describes; `name` is the service (or on-demand host) it serves.
-    pub fn build(
-        &mut self,
-        name: &str,
-        resolver: &ResolverConfig,
-    ) -> anyhow::Result<Arc<dyn Resolver>> {
+    /// The resolver `resolver` describes. A file resolver without `name` reads the registry
+    /// entries of whatever service (or on-demand host) it resolves.
+    pub fn build(&mut self, resolver: &ResolverConfig) -> anyhow::Result<Arc<dyn Resolver>> {
         Ok(match resolver {
             ResolverConfig::Static(s) => Arc::new(StaticResolver::from_config(s)),
             ResolverConfig::File(f) => Arc::new(
-                FileResolver::new(&self.config.registry.file.dir).named(
-                    f.name
-                        .as_ref()
-                        .map(|n| n.as_str())
-                        .or(Some(name).filter(|n| !n.is_empty())),
-                ),
+                FileResolver::new(&self.config.registry.file.dir)
+                    .named(f.name.as_ref().map(|n| n.as_str())),
             ),
             ResolverConfig::Dns(d) => {
                 let client = match &self.dns {
@@ -96,29 +89,16 @@ impl<'a> ResolverFactory<'a> {
             .on_demand
             .iter()
             .map(|r| {
-                let suffix = r.suffix.clone();
+                let resolver = self.build(&r.resolver)?;
+                let rule = r.clone();
                 Ok(Rule {
-                    description: format!("suffix {} via {}", r.suffix, resolver_kind(&r.resolver)),
-                    // The suffix alone is not a name: `.svc.cluster.local` must not match itself.
-                    // Only well-formed host names are looked up: nothing odd reaches the registry.
-                    matches: Box::new(move |name: &str| {
-                        name.len() > suffix.len()
-                            && name.ends_with(suffix.as_str())
-                            && crate::config::ServiceName::parse(name).is_ok()
-                    }),
-                    resolver: self.build("", &r.resolver)?,
+                    description: format!("suffix {} via {}", r.suffix, resolver.name()),
+                    matches: Box::new(move |name: &str| rule.covers(name)),
+                    resolver,
                     refresh_interval: r.refresh_interval.map(|d| d.0),
                 })
             })
             .collect()
-    }
-}
-
-fn resolver_kind(r: &ResolverConfig) -> &'static str {
-    match r {
-        ResolverConfig::Static(_) => "static",
-        ResolverConfig::File(_) => "file",
-        ResolverConfig::Dns(_) => "dns",
     }
 }
 
@@ -133,8 +113,8 @@ impl App {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let metrics = Metrics::new();
         let policy = Policy::from_config(&config.discovery);
-        let default_client = Client::new(&config.upstream, config.upstream.connect_timeout.0);
-        let mut clients = vec![default_client.clone()];
+        let default_pool = Pool::from_config(&config.upstream, config.upstream.connect_timeout.0);
+        let mut pools = vec![default_pool.clone()];
         let mut declared = Vec::new();
         let mut per_service = BTreeMap::new();
         let mut factory = ResolverFactory::new(&config);
@@ -142,29 +122,29 @@ impl App {
         for (name, svc) in &config.services {
             declared.push(Declared {
                 name: name.to_string(),
-                resolver: factory.build(name.as_str(), &svc.resolver)?,
+                resolver: factory.build(&svc.resolver)?,
                 refresh_interval: svc.refresh_interval.map(|d| d.0),
             });
-            let client = match svc.upstream.connect_timeout {
+            let pool = match svc.upstream.connect_timeout {
                 Some(t) => {
-                    let c = Client::new(&config.upstream, t.0);
-                    clients.push(c.clone());
+                    let c = Pool::from_config(&config.upstream, t.0);
+                    pools.push(c.clone());
                     c
                 }
-                None => default_client.clone(),
+                None => default_pool.clone(),
             };
             let timeout = svc.upstream.timeout.unwrap_or(config.upstream.timeout).0;
-            per_service.insert(name.to_string(), (timeout, client));
+            per_service.insert(name.to_string(), (timeout, pool));
         }
         let (refresh_trigger, refresh_stop) = shutdown::channel();
         let family = metrics.forward.clone();
         let default_timeout = config.upstream.timeout.0;
         let make = Box::new(move |name: &str| {
-            let (timeout, client) = per_service
+            let (timeout, pool) = per_service
                 .get(name)
                 .cloned()
-                .unwrap_or_else(|| (default_timeout, default_client.clone()));
-            ServiceHandle::new(name, &family, timeout, client)
+                .unwrap_or_else(|| (default_timeout, default_pool.clone()));
+            ServiceHandle::new(name, &family, timeout, pool)
         });
         let (cache, declared) = Cache::new(
             policy,
@@ -199,18 +179,13 @@ impl App {
             admin_listener,
             addrs,
             refresh_trigger,
-            clients,
+            pools,
         })
     }
 
     /// The bound addresses.
     pub fn addrs(&self) -> &Addrs {
         &self.addrs
-    }
-
-    /// The metrics registry (for embedders and tests).
-    pub fn metrics(&self) -> &Metrics {
-        &self.metrics
     }
 
     /// Runs until `signal` completes, then shuts down in order.
@@ -224,16 +199,11 @@ impl App {
             admin_listener,
             addrs,
             refresh_trigger,
-            clients,
+            pools,
         } = self;
         cache.start(declared);
-        for client in clients {
-            tokio::spawn(
-                client
-                    .pool()
-                    .clone()
-                    .run_sweeper(refresh_trigger.subscribe()),
-            );
+        for pool in pools {
+            tokio::spawn(pool.run_sweeper(refresh_trigger.subscribe()));
         }
         let accepting = Arc::new(AtomicBool::new(true));
         let (admin_trigger, admin_stop) = shutdown::channel();

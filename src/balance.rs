@@ -112,12 +112,6 @@ impl Table {
     pub fn pickable(&self) -> usize {
         self.slots.len()
     }
-
-    /// Whether `addr` is one of the table's instances (the forwarding path's guard against ever
-    /// contacting an address discovery did not produce).
-    pub fn contains(&self, addr: &std::net::SocketAddr) -> bool {
-        self.instances.iter().any(|i| i.address == *addr)
-    }
 }
 
 /// What a service's forwarding reads: the table and the cache status, swapped in together.
@@ -165,12 +159,10 @@ impl Balancer {
 }
 
 impl Publish for Balancer {
-    fn publish(&self, resolution: &Arc<Resolution>, status: &Status, changed: bool) {
+    fn publish(&self, resolution: &Arc<Resolution>, status: &Status) {
         let old = self.current.load();
         let table = match &**old {
-            Some(prev) if !changed && Arc::ptr_eq(&prev.resolution, resolution) => {
-                prev.table.clone()
-            }
+            Some(prev) if Arc::ptr_eq(&prev.resolution, resolution) => prev.table.clone(),
             _ => Arc::new(Table::build(&resolution.instances)),
         };
         self.current.store(Arc::new(Some(Snapshot {
@@ -241,9 +233,9 @@ mod tests {
         let b = Balancer::new();
         let st = TargetState::new("static", "x");
         let res = Arc::new(Resolution::new(instances(&[1, 1])));
-        b.publish(&res, &st.status, true);
+        b.publish(&res, &st.status);
         let first = b.snapshot();
-        b.publish(&res, &st.status, false);
+        b.publish(&res, &st.status);
         let second = b.snapshot();
         let (Some(a), Some(c)) = (&*first, &*second) else {
             panic!("published")

@@ -37,9 +37,10 @@ use crate::shutdown::Shutdown;
 
 /// The downstream side of the cache: receives every state a target goes through.
 pub trait Publish: Send + Sync + 'static {
-    /// Called by the target's refresher after every resolve. `changed` is true when the
-    /// instances differ from the previous call's (only then is a table worth rebuilding).
-    fn publish(&self, resolution: &Arc<Resolution>, status: &Status, changed: bool);
+    /// Called by the target's refresher after every resolve. The instances changed exactly when
+    /// `resolution` is a different `Arc` from the previous call's: the refresher replaces it only
+    /// then, so a publisher rebuilds its table on pointer inequality alone.
+    fn publish(&self, resolution: &Arc<Resolution>, status: &Status);
 
     /// Called once when an on-demand target expires and is dropped.
     fn retire(&self) {}

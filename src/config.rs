@@ -449,10 +449,7 @@ fn yaml_error(file: &str, e: &serde_yaml::Error) -> ConfigError {
 impl Config {
     /// The on-demand rule covering `name`, if any (the first that matches).
     pub fn on_demand_rule(&self, name: &str) -> Option<&OnDemandRule> {
-        self.discovery
-            .on_demand
-            .iter()
-            .find(|r| name.ends_with(&r.suffix))
+        self.discovery.on_demand.iter().find(|r| r.covers(name))
     }
 
     /// The refresh interval for `svc`: its own, else the global one.

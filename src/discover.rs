@@ -101,23 +101,9 @@ pub enum DiscoverError {
     /// The registry could not be reached or did not answer in time.
     #[error("registry unavailable: {0}")]
     Unavailable(String),
-    /// The registry answered with data we cannot use.
-    #[error("invalid registry data: {0}")]
-    Invalid(String),
     /// Local I/O failed (file registry).
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
-}
-
-impl DiscoverError {
-    /// A short, bounded label for metrics.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            DiscoverError::Unavailable(_) => "unavailable",
-            DiscoverError::Invalid(_) => "invalid",
-            DiscoverError::Io(_) => "io",
-        }
-    }
 }
 
 /// A source of instances for services.

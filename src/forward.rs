@@ -6,7 +6,7 @@
 //! responses in one place ([`rescue`]). Connections are served by hyper-util's auto builder
 //! (HTTP/1.1 with keep-alive, or h2c with prior knowledge) and drained gracefully on shutdown.
 
-pub mod client;
+pub mod headers;
 pub mod pool;
 pub mod rescue;
 pub mod route;
@@ -24,7 +24,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-pub use client::Client;
+pub use pool::Pool;
 pub use rescue::ForwardError;
 pub use route::Listener;
 
@@ -47,27 +47,27 @@ pub struct ServiceHandle {
     name: Arc<str>,
     /// Time allowed from request sent to response headers.
     pub timeout: Duration,
-    /// The client for this service (its own when it overrides the connect timeout).
-    client: Client,
+    /// The upstream pool for this service (its own when it overrides the connect timeout).
+    pool: Pool,
 }
 
 impl ServiceHandle {
     /// A handle for `name` with nothing published yet.
-    pub fn new(name: &str, family: &ForwardMetrics, timeout: Duration, client: Client) -> Self {
+    pub fn new(name: &str, family: &ForwardMetrics, timeout: Duration, pool: Pool) -> Self {
         Self {
             balancer: Balancer::new(),
             metrics: family.service(name),
             family: family.clone(),
             name: name.into(),
             timeout,
-            client,
+            pool,
         }
     }
 }
 
 impl Publish for ServiceHandle {
-    fn publish(&self, resolution: &Arc<Resolution>, status: &Status, changed: bool) {
-        self.balancer.publish(resolution, status, changed);
+    fn publish(&self, resolution: &Arc<Resolution>, status: &Status) {
+        self.balancer.publish(resolution, status);
     }
 
     fn retire(&self) {
@@ -81,8 +81,6 @@ pub struct Proxy {
     metrics: ForwardMetrics,
     /// Series for requests that name no known service (one bounded label value).
     unrouted: ServiceMetrics,
-    /// How long a first request waits for its service's first resolution.
-    first_resolve_wait: Duration,
     /// Largest read buffer per downstream HTTP/1 connection (`upstream.buffer_size`).
     buffer_size: usize,
 }
@@ -90,13 +88,11 @@ pub struct Proxy {
 impl Proxy {
     /// A proxy over `cache`; `buffer_size` caps each downstream connection's read buffer.
     pub fn new(cache: Cache<ServiceHandle>, metrics: ForwardMetrics, buffer_size: usize) -> Self {
-        let first_resolve_wait = cache.policy().resolve_timeout;
         Self {
             buffer_size,
             unrouted: metrics.service("_unknown"),
             cache,
             metrics,
-            first_resolve_wait,
         }
     }
 
@@ -110,31 +106,27 @@ impl Proxy {
         let (mut parts, body) = req.into_parts();
         let target = match route::service_name(&parts, listener) {
             Err(e) => return self.reject(None, e, started),
-            Ok(name) => match self.cache.get(&name) {
-                Lookup::Found(t) => t,
-                Lookup::OnDemand => match self.cache.resolve_on_demand(&name) {
+            Ok(name) => {
+                let found = match self.cache.get(&name) {
+                    Lookup::Found(t) => Some(t),
+                    Lookup::OnDemand => self.cache.resolve_on_demand(&name),
+                    Lookup::Unknown => None,
+                };
+                match found {
                     Some(t) => t,
                     None => {
-                        return self.reject(
-                            None,
-                            ForwardError::UnknownService(name.into_owned()),
-                            started,
-                        )
+                        let err = ForwardError::UnknownService(name.into_owned());
+                        return self.reject(None, err, started);
                     }
-                },
-                Lookup::Unknown => {
-                    return self.reject(
-                        None,
-                        ForwardError::UnknownService(name.into_owned()),
-                        started,
-                    )
                 }
-            },
+            }
         };
         target.touch();
         if !target.is_resolved() {
-            // Concurrent first requests all wait on the one resolution in flight.
-            let _ = tokio::time::timeout(self.first_resolve_wait, target.first_resolve()).await;
+            // Concurrent first requests all wait on the one resolution in flight, which the
+            // refresher bounds by `resolve_timeout`; the same bound here covers a stuck one.
+            let wait = self.cache.policy().resolve_timeout;
+            let _ = tokio::time::timeout(wait, target.first_resolve()).await;
         }
         let svc = target.publisher();
         let addr = {
@@ -152,10 +144,10 @@ impl Proxy {
                 Err(e) => return self.reject(Some(svc), e, started),
             }
         };
-        client::prepare(&mut parts, target.name());
+        headers::prepare(&mut parts, target.name());
         let sent = tokio::time::timeout(
             svc.timeout,
-            svc.client.send(addr, Request::from_parts(parts, body)),
+            svc.pool.send(addr, Request::from_parts(parts, body)),
         )
         .await;
         let result = match sent {
@@ -182,7 +174,7 @@ impl Proxy {
         match result {
             Ok(resp) => {
                 let (mut head, body) = resp.into_parts();
-                client::strip_hop_by_hop(&mut head.headers);
+                headers::strip_hop_by_hop(&mut head.headers);
                 svc.metrics.count(head.status.as_u16());
                 svc.metrics
                     .duration

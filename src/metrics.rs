@@ -279,11 +279,6 @@ impl Metrics {
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         buf
     }
-
-    /// The registry, for tests and embedders that add families.
-    pub fn registry(&self) -> &Registry {
-        &self.registry
-    }
 }
 
 impl Default for Metrics {

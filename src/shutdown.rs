@@ -45,11 +45,6 @@ impl Shutdown {
         // An error means the trigger was dropped, which also means shut down.
         let _ = self.rx.wait_for(|fired| *fired).await;
     }
-
-    /// Whether shutdown has fired.
-    pub fn is_fired(&self) -> bool {
-        *self.rx.borrow()
-    }
 }
 
 /// Completes on SIGINT or SIGTERM (Ctrl-C on other platforms).

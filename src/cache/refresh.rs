@@ -14,6 +14,14 @@ use crate::discover::{DiscoverError, Resolver};
 use crate::metrics::DiscoveryMetrics;
 use crate::shutdown::Shutdown;
 
+/// Sleeps for `d`, or for ever when there is nothing to wait for.
+async fn sleep_for(d: Option<std::time::Duration>) {
+    match d {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The cache side a refresher reports to (only to remove its expired target).
 pub(super) trait Owner<P>: Send + Sync {
     /// Removes `target` from the on-demand map.
@@ -60,16 +68,13 @@ impl<P: Publish> Refresher<P> {
             if let Ok(r) = &answer {
                 seen_revision = r.revision;
             }
-            let (outcome, changed) = match answer {
-                Ok(res) => {
-                    let outcome = state.on_success(res, now, &self.policy);
-                    (outcome, outcome == Outcome::Changed)
-                }
+            let outcome = match answer {
+                Ok(res) => state.on_success(res, now, &self.policy),
                 Err(e) => {
                     tracing::warn!(service = %name, resolver = self.resolver.name(), error = %e,
                         failures = state.status.consecutive_failures + 1, "resolve failed; keeping the last good instances");
-                    let dropped = state.on_failure(e.to_string(), now, &self.policy);
-                    (Outcome::Error, dropped)
+                    state.on_failure(e.to_string(), now, &self.policy);
+                    Outcome::Error
                 }
             };
             if outcome == Outcome::Held {
@@ -77,22 +82,19 @@ impl<P: Publish> Refresher<P> {
                     "answer would remove most instances; holding it until confirmed");
             }
             series.record(outcome, &state);
-            self.target
-                .publisher
-                .publish(&state.current, &state.status, changed);
+            self.target.publisher.publish(&state.current, &state.status);
             self.target.resolved.send_replace(true);
 
+            // `None`: static answers never change; only expiry or shutdown wakes the loop.
             let delay = if outcome == Outcome::Error {
-                self.policy
-                    .next_retry(state.status.consecutive_failures, fastrand::f64())
-            } else if !self.resolver.refreshes() {
-                // Static answers never change; wake only for expiry or shutdown.
-                self.policy
-                    .expire_interval
-                    .max(self.policy.refresh_interval)
-                    * 1000
+                Some(
+                    self.policy
+                        .next_retry(state.status.consecutive_failures, fastrand::f64()),
+                )
+            } else if self.resolver.refreshes() {
+                Some(self.policy.next_refresh(ttl, fastrand::f64()))
             } else {
-                self.policy.next_refresh(ttl, fastrand::f64())
+                None
             };
             let watch = if state.status.state == State::Ready {
                 self.resolver.watch(&key, seen_revision)
@@ -107,9 +109,9 @@ impl<P: Publish> Refresher<P> {
             tokio::select! {
                 biased;
                 _ = self.shutdown.recv() => break,
-                _ = tokio::time::sleep(delay) => {}
+                _ = sleep_for(delay) => {}
                 _ = async { match watch { Some(w) => w.await, None => std::future::pending().await } } => {}
-                _ = async { match expires_in { Some(d) => tokio::time::sleep(d).await, None => std::future::pending().await } } => {}
+                _ = sleep_for(expires_in) => {}
             }
             if !self.target.is_declared() && self.target.idle() >= self.policy.expire_interval {
                 tracing::info!(service = %name, idle = ?self.target.idle(), "dropping idle on-demand target");

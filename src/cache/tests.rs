@@ -75,7 +75,9 @@ impl Resolver for Scripted {
 /// Records everything published to it.
 #[derive(Default)]
 struct Recorder {
+    /// (instances, status, whether the resolution changed) per publish.
     published: Mutex<Vec<(usize, Status, bool)>>,
+    last_resolution: Mutex<Option<Arc<Resolution>>>,
     retired: AtomicUsize,
 }
 
@@ -99,7 +101,10 @@ impl Recorder {
 }
 
 impl Publish for Arc<Recorder> {
-    fn publish(&self, resolution: &Arc<Resolution>, status: &Status, changed: bool) {
+    fn publish(&self, resolution: &Arc<Resolution>, status: &Status) {
+        let mut last = self.last_resolution.lock().unwrap();
+        let changed = !last.as_ref().is_some_and(|l| Arc::ptr_eq(l, resolution));
+        *last = Some(resolution.clone());
         self.published
             .lock()
             .unwrap()

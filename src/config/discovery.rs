@@ -3,7 +3,7 @@
 
 use serde::Deserialize;
 
-use super::{Addr, Dur, ResolverConfig};
+use super::{Addr, Dur, ResolverConfig, ServiceName};
 
 /// `discovery:` — cache behaviour shared by every target.
 #[derive(Debug, Clone, Deserialize)]
@@ -50,6 +50,17 @@ pub struct OnDemandRule {
     pub resolver: ResolverConfig,
     /// Refresh interval for targets created by this rule (default `discovery.refresh_interval`).
     pub refresh_interval: Option<Dur>,
+}
+
+impl OnDemandRule {
+    /// Whether `name` (a lowercase host without port) falls under this rule: it ends with the
+    /// suffix and is more than the suffix (`.svc.cluster.local` does not cover itself), and is
+    /// a well-formed host name, so nothing odd ever reaches the registry.
+    pub fn covers(&self, name: &str) -> bool {
+        name.len() > self.suffix.len()
+            && name.ends_with(self.suffix.as_str())
+            && ServiceName::parse(name).is_ok()
+    }
 }
 
 /// `dns:` — the DNS client shared by every `dns` resolver.

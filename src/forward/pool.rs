@@ -34,6 +34,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::config::UpstreamConfig;
 use crate::shutdown::Shutdown;
 
 /// Why a request got no response from the upstream.
@@ -108,6 +109,16 @@ impl Pool {
         }
     }
 
+    /// A pool with `upstream:`'s settings and `connect_timeout` (global or a service's own).
+    pub fn from_config(cfg: &UpstreamConfig, connect_timeout: Duration) -> Self {
+        Self::new(PoolConfig {
+            connect_timeout,
+            idle_timeout: cfg.idle_timeout.0,
+            max_per_instance: cfg.max_idle_per_instance,
+            buffer_size: cfg.buffer_size,
+        })
+    }
+
     /// Sends `req` (origin-form URI, `Host` set) to `addr` and resolves to the response head.
     pub async fn send(
         &self,
@@ -155,7 +166,8 @@ impl Pool {
     fn checkout(&self, addr: SocketAddr) -> Option<Sender> {
         let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
         let list = conns.get_mut(&addr)?;
-        // Newest first: the warmest connection, and the one least likely to have timed out.
+        // From the back, where check-ins go: recently used connections first, the ones least
+        // likely to have been closed by the upstream's idle timeout.
         let mut i = list.len();
         while i > 0 {
             i -= 1;
@@ -212,21 +224,6 @@ impl Pool {
             });
             !list.is_empty()
         });
-    }
-
-    /// Connections held now (busy and idle), for tests and debugging.
-    pub fn len(&self) -> usize {
-        self.conns
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .map(Vec::len)
-            .sum()
-    }
-
-    /// Whether the pool holds no connection.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// Sweeps every half idle timeout until `shutdown` fires.

@@ -1,55 +1,10 @@
-//! The upstream side: the pooled client shared by every request (keep-alive to each instance,
-//! see [`super::pool`]), and the header surgery a proxy owes both directions — hop-by-hop headers (RFC 9110
-//! §7.6.1, plus the ones `Connection` names) are dropped, everything else passes untouched and
-//! bodies stream through without buffering.
-
-use std::net::SocketAddr;
-use std::time::Duration;
+//! The header surgery a proxy owes both directions: hop-by-hop headers (RFC 9110 §7.6.1, plus
+//! the ones `Connection` names) are dropped, the request is turned into origin form for the
+//! upstream, everything else passes untouched.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
-use http::{Request, Response, Uri, Version};
-use hyper::body::Incoming;
-
-use super::pool::{Pool, PoolConfig, SendError};
-
-use crate::config::UpstreamConfig;
-
-/// The client every request to an upstream goes through: a keep-alive [`Pool`] per
-/// connect-timeout setting.
-#[derive(Clone)]
-pub struct Client {
-    pool: Pool,
-}
-
-impl Client {
-    /// A client with its own pool: the connect timeout, and `max_idle_per_instance`
-    /// connections per instance, closed after `idle_timeout` idle.
-    pub fn new(cfg: &UpstreamConfig, connect_timeout: Duration) -> Self {
-        Self {
-            pool: Pool::new(PoolConfig {
-                connect_timeout,
-                idle_timeout: cfg.idle_timeout.0,
-                max_per_instance: cfg.max_idle_per_instance,
-                buffer_size: cfg.buffer_size,
-            }),
-        }
-    }
-
-    /// Sends `req` (already prepared with [`prepare`]) to `addr`; resolves to the response head.
-    pub async fn send(
-        &self,
-        addr: SocketAddr,
-        req: Request<Incoming>,
-    ) -> Result<Response<Incoming>, SendError> {
-        self.pool.send(addr, req).await
-    }
-
-    /// The pool (for its sweeper).
-    pub fn pool(&self) -> &Pool {
-        &self.pool
-    }
-}
+use http::{Uri, Version};
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1 and the de-facto
 /// `Proxy-Connection`/`Keep-Alive`).
