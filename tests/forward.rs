@@ -222,6 +222,13 @@ async fn every_failure_has_its_status_and_marker() {
         metrics.contains(r#"waypost_forward_upstream_connect_errors_total{service="dead"} 1"#),
         "{metrics}"
     );
+    // Requests that name no known service share one bounded series.
+    assert!(
+        metrics.contains(
+            r#"waypost_forward_errors_total{kind="unknown_service",service="_unknown"} 1"#
+        ),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -401,4 +408,64 @@ async fn a_pooled_connection_closed_by_the_upstream_is_replaced_transparently() 
         }
     }
     assert_eq!(served.load(std::sync::atomic::Ordering::Relaxed), 20);
+}
+
+#[tokio::test]
+async fn a_file_registration_is_applied_by_the_watch_not_the_next_refresh() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Upstream::start("watched").await;
+    // Refresh once an hour: only the registry watch can bring the new instance in quickly.
+    let yaml = format!(
+        "registry: {{file: {{dir: {}}}}}\ndiscovery: {{refresh_interval: 1h}}\nservices:\n  echo:\n    resolver: {{file: {{}}}}\n",
+        dir.path().display()
+    );
+    let proxy = TestProxy::start(&yaml).await;
+    expect_error(&proxy, "echo", 503, "no_instances").await;
+    let registration = waypost::register::Registration {
+        service: "echo".into(),
+        address: up.addr,
+        weight: 1,
+        tags: Default::default(),
+        ttl: std::time::Duration::from_secs(30),
+    };
+    waypost::register::FileRegistrar::new(dir.path())
+        .write_blocking(&registration)
+        .unwrap();
+    eventually(std::time::Duration::from_secs(5), || async {
+        get(&format!("{}/", proxy.url()), &[("host", "echo")])
+            .await
+            .is_ok_and(|r| r.status == 200 && r.header("x-instance") == "watched")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn idle_upstream_connections_are_closed_after_the_idle_timeout() {
+    let up = Upstream::start("idle").await;
+    let yaml = format!(
+        "upstream: {{idle_timeout: 200ms}}\nservices:\n{}",
+        static_service("echo", &[(up.addr, 1)])
+    );
+    let proxy = TestProxy::start(&yaml).await;
+    let client = client();
+    let once = || {
+        let req = Request::get(format!("{}/", proxy.url()))
+            .header("host", "echo")
+            .body(empty())
+            .unwrap();
+        send(&client, req)
+    };
+    assert_eq!(once().await.unwrap().status, 200);
+    assert_eq!(once().await.unwrap().status, 200);
+    let conns = || up.conns.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        conns(),
+        1,
+        "back-to-back requests share the pooled connection"
+    );
+    // Idle well past the timeout (the sweeper runs every half timeout): the next request
+    // needs a new connection.
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    assert_eq!(once().await.unwrap().status, 200);
+    assert_eq!(conns(), 2, "the idle connection was closed by the pool");
 }

@@ -110,8 +110,9 @@ fn proxy_yaml(listen: u16, admin: u16, services: &str) -> String {
     format!("listen: 127.0.0.1:{listen}\nadmin: {{listen: 127.0.0.1:{admin}}}\nshutdown: {{grace: 10s}}\nservices:\n{services}")
 }
 
-/// The waypost binary in front of `up` as service `echo`, ready: the process, its URL and port.
-async fn start_binary(up: &Upstream, dir: &std::path::Path) -> (Proc, String, u16) {
+/// The waypost binary in front of `up` as service `echo`, ready: the process, its URL, its
+/// outbound port and its admin port.
+async fn start_binary(up: &Upstream, dir: &std::path::Path) -> (Proc, String, u16, u16) {
     let (port, admin) = (free_port(), free_port());
     let proc = spawn_waypost(
         "waypost",
@@ -125,14 +126,14 @@ async fn start_binary(up: &Upstream, dir: &std::path::Path) -> (Proc, String, u1
             .unwrap_or(false)
     })
     .await;
-    (proc, format!("http://127.0.0.1:{port}"), port)
+    (proc, format!("http://127.0.0.1:{port}"), port, admin)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_50_mb_both_ways_without_buffering() {
     let up = Upstream::start("big").await;
     let dir = tempfile::tempdir().unwrap();
-    let (proc, url, _port) = start_binary(&up, dir.path()).await;
+    let (proc, url, _port, _admin) = start_binary(&up, dir.path()).await;
     // Warm up so allocator arenas and the connection pool exist before the baseline.
     for _ in 0..20 {
         assert_eq!(
@@ -174,7 +175,7 @@ async fn streams_50_mb_both_ways_without_buffering() {
 async fn sigterm_drains_in_flight_requests_and_refuses_new_connections() {
     let up = Upstream::start("slow").await;
     let dir = tempfile::tempdir().unwrap();
-    let (mut proc, url, port) = start_binary(&up, dir.path()).await;
+    let (mut proc, url, port, admin) = start_binary(&up, dir.path()).await;
     let in_flight = tokio::spawn({
         let url = url.clone();
         async move { get(&format!("{url}/slow?ms=1500"), &[("host", "echo")]).await }
@@ -185,6 +186,13 @@ async fn sigterm_drains_in_flight_requests_and_refuses_new_connections() {
     })
     .await;
     proc.signal("TERM");
+    // Readiness fails first, while the admin listener still answers.
+    eventually(Duration::from_secs(2), || async {
+        get(&format!("http://127.0.0.1:{admin}/ready"), &[])
+            .await
+            .is_ok_and(|r| r.status == 503 && r.text().contains("shutting down"))
+    })
+    .await;
     // New connections are refused while the slow request is still being served.
     eventually(Duration::from_secs(2), || async {
         tokio::net::TcpStream::connect(("127.0.0.1", port))

@@ -124,6 +124,7 @@ type Recorders = Arc<Mutex<Vec<(String, Arc<Recorder>)>>>;
 struct Harness {
     cache: Cache<Arc<Recorder>>,
     recorders: Recorders,
+    metrics: Metrics,
     _trigger: shutdown::Trigger,
 }
 
@@ -169,18 +170,20 @@ fn harness(
         })
         .collect();
     let (trigger, stop) = shutdown::channel();
+    let metrics = Metrics::new();
     let (cache, pending) = Cache::new(
         policy,
         declared,
         rules,
         make,
-        Metrics::new().discovery,
+        metrics.discovery.clone(),
         stop,
     );
     cache.start(pending);
     Harness {
         cache,
         recorders,
+        metrics,
         _trigger: trigger,
     }
 }
@@ -232,6 +235,11 @@ async fn unused_on_demand_target_expires_even_though_refreshes_succeed() {
     let h = harness(policy(), vec![], Some(r.clone()));
     let t = h.cache.resolve_on_demand("a.svc").unwrap();
     t.first_resolve().await;
+    let exported = String::from_utf8(h.metrics.encode()).unwrap();
+    assert!(
+        exported.contains(r#"waypost_discovery_instances{service="a.svc"} 1"#),
+        "{exported}"
+    );
     assert!(matches!(h.cache.get("a.svc"), Lookup::Found(_)));
     tokio::time::sleep(Duration::from_secs(50)).await;
     assert!(
@@ -243,6 +251,11 @@ async fn unused_on_demand_target_expires_even_though_refreshes_succeed() {
     assert!(
         matches!(h.cache.get("a.svc"), Lookup::OnDemand),
         "expired and dropped"
+    );
+    let exported = String::from_utf8(h.metrics.encode()).unwrap();
+    assert!(
+        !exported.contains("a.svc"),
+        "its metric series are removed:\n{exported}"
     );
     assert_eq!(h.recorder("a.svc").retired.load(Ordering::Relaxed), 1);
     let calls = r.calls();

@@ -223,8 +223,14 @@ fn dns_and_on_demand_rules() {
     let c = parse(ok).unwrap();
     assert!(c.on_demand_rule("echo.default.svc.cluster.local").is_some());
     assert!(c.on_demand_rule("example.com").is_none());
-    assert!(c.on_demand_rule(".svc.cluster.local").is_none(), "a suffix does not cover itself");
-    assert!(c.on_demand_rule("a b.svc.cluster.local").is_none(), "only well-formed host names");
+    assert!(
+        c.on_demand_rule(".svc.cluster.local").is_none(),
+        "a suffix does not cover itself"
+    );
+    assert!(
+        c.on_demand_rule("a b.svc.cluster.local").is_none(),
+        "only well-formed host names"
+    );
     rejects(
         "services:\n  a:\n    resolver:\n      dns: {}\n",
         4,

@@ -76,8 +76,7 @@ impl DnsClient {
     }
 
     fn clamp_ttl(&self, ttl: Option<u32>) -> Duration {
-        ttl.map_or(self.min_ttl, |t| Duration::from_secs(u64::from(t)))
-            .clamp(self.min_ttl, self.max_ttl)
+        clamp_ttl(ttl, self.min_ttl, self.max_ttl)
     }
 
     /// Addresses of `host` (A and AAAA) and their lowest TTL; `Ok(None)` when the name does not exist.
@@ -94,6 +93,13 @@ impl DnsClient {
             Err(e) => Err(unavailable(host, &e)),
         }
     }
+}
+
+/// The refresh delay for an answer whose lowest record TTL is `ttl` seconds (`None`: no
+/// records), kept within `min..=max`.
+fn clamp_ttl(ttl: Option<u32>, min: Duration, max: Duration) -> Duration {
+    ttl.map_or(min, |t| Duration::from_secs(u64::from(t)))
+        .clamp(min, max)
 }
 
 /// `name.` for a dotted name, so the system's search list (Kubernetes sets `ndots:5`) is not
@@ -240,6 +246,15 @@ impl Resolver for DnsResolver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn record_ttl_is_clamped_to_the_configured_bounds() {
+        let (min, max) = (Duration::from_secs(1), Duration::from_secs(30));
+        assert_eq!(clamp_ttl(Some(0), min, max), min);
+        assert_eq!(clamp_ttl(Some(7), min, max), Duration::from_secs(7));
+        assert_eq!(clamp_ttl(Some(86_400), min, max), max);
+        assert_eq!(clamp_ttl(None, min, max), min);
+    }
 
     #[test]
     fn dotted_names_become_fully_qualified() {

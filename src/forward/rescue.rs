@@ -165,6 +165,9 @@ mod tests {
             let resp = err.into_response();
             assert_eq!(resp.status().as_u16(), status);
             assert_eq!(resp.headers()[ERROR_HEADER], kind);
+            // 503s tell clients when to try again; other statuses do not.
+            let retry_after = resp.headers().get(http::header::RETRY_AFTER);
+            assert_eq!(retry_after.is_some(), status == 503, "{kind}");
         }
     }
 }
