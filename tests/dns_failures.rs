@@ -83,12 +83,7 @@ async fn a_refused_answer_is_an_error_not_nxdomain() {
             "services:\n  echo:\n    resolver: {dns: {name: echo.elsewhere, port: 8080}}\n",
         );
         let proxy = TestProxy::start_unready(&yaml).await;
-        eventually(SETTLE, || async {
-            debug_service(&proxy, "echo")
-                .await
-                .is_some_and(|s| s["status"]["state"] == "failed")
-        })
-        .await;
+        await_status(&proxy, "echo", "state", Value::from("failed")).await;
         expect_error(&proxy, "echo", 503, "discovery_failed").await;
         assert!(refresh_errors(&proxy, "echo").await >= 1.0);
     })
@@ -107,12 +102,7 @@ async fn a_dead_nameserver_fails_fast_with_discovery_failed() {
             "services:\n  echo:\n    resolver: {dns: {name: echo.test, port: 8080}}\n",
         );
         let proxy = TestProxy::start_unready(&yaml).await;
-        eventually(SETTLE, || async {
-            debug_service(&proxy, "echo")
-                .await
-                .is_some_and(|s| s["status"]["state"] == "failed")
-        })
-        .await;
+        await_status(&proxy, "echo", "state", Value::from("failed")).await;
         let svc = debug_service(&proxy, "echo").await.unwrap();
         assert!(
             svc["status"]["consecutive_failures"].as_u64().unwrap_or(0) >= 1,
@@ -205,12 +195,7 @@ async fn a_nameserver_that_dies_leaves_the_stale_table_serving() {
         assert_eq!(spread(&proxy, "echo", 10).await.get("a"), Some(&10));
 
         dns.stop();
-        eventually(SETTLE, || async {
-            debug_service(&proxy, "echo")
-                .await
-                .is_some_and(|s| s["status"]["stale"] == true)
-        })
-        .await;
+        await_status(&proxy, "echo", "stale", Value::from(true)).await;
         let svc = debug_service(&proxy, "echo").await.unwrap();
         assert_eq!(
             svc["status"]["state"], "ready",
@@ -249,12 +234,7 @@ async fn a_nameserver_that_dies_leaves_the_stale_table_serving() {
 
         // The name server comes back: the next refresh clears the stale mark.
         dns.restart();
-        eventually(SETTLE, || async {
-            debug_service(&proxy, "echo")
-                .await
-                .is_some_and(|s| s["status"]["stale"] == false)
-        })
-        .await;
+        await_status(&proxy, "echo", "stale", Value::from(false)).await;
         let text = metrics(&proxy).await;
         assert_eq!(
             metric(&text, "waypost_discovery_stale", &[("service", "echo")]),
@@ -371,12 +351,7 @@ async fn dns_attempts_is_the_number_of_queries_sent() {
             "services:\n  echo:\n    resolver: {dns: {name: echo.test, port: 8080}}\n",
         );
         let proxy = TestProxy::start_unready(&yaml).await;
-        eventually(SETTLE, || async {
-            debug_service(&proxy, "echo")
-                .await
-                .is_some_and(|s| s["status"]["state"] == "failed")
-        })
-        .await;
+        await_status(&proxy, "echo", "state", Value::from("failed")).await;
         let a = hole.queries("echo.test", support::dnsmasq::A);
         // `dns.attempts: 1` — "queries tried per lookup before it fails" — means one query.
         assert_eq!(

@@ -74,3 +74,13 @@ pub async fn metrics(proxy: &TestProxy) -> String {
 pub fn addr(ip: &str, port: u16) -> String {
     SocketAddr::new(ip.parse().unwrap(), port).to_string()
 }
+
+/// Waits (up to [`SETTLE`]) until `/debug/services` shows `status.<field> == value` for `name`.
+pub async fn await_status(proxy: &TestProxy, name: &str, field: &str, value: Value) {
+    super::eventually(SETTLE, || async {
+        debug_service(proxy, name)
+            .await
+            .is_some_and(|s| s["status"][field] == value)
+    })
+    .await;
+}
