@@ -121,11 +121,7 @@ async fn three_addressing_modes_and_h2c() {
 #[tokio::test]
 async fn hop_by_hop_headers_are_dropped_and_host_kept() {
     let up = Upstream::start("h").await;
-    let proxy = TestProxy::start(&format!(
-        "services:\n{}",
-        static_service("echo", &[(up.addr, 1)])
-    ))
-    .await;
+    let proxy = TestProxy::in_front_of(&up).await;
     let got = get(
         &format!("{}/headers", proxy.url()),
         &[
@@ -237,11 +233,7 @@ async fn never_an_open_proxy() {
     // request names: a raw address, an absolute-form URI to it, or a Host header with its port.
     let bystander = Upstream::start("bystander").await;
     let up = Upstream::start("echo").await;
-    let proxy = TestProxy::start(&format!(
-        "services:\n{}",
-        static_service("echo", &[(up.addr, 1)])
-    ))
-    .await;
+    let proxy = TestProxy::in_front_of(&up).await;
     let b = bystander.addr;
     for host in [
         b.to_string(),
@@ -330,11 +322,7 @@ async fn not_ready_until_every_declared_service_resolved() {
 #[tokio::test]
 async fn upstream_connections_are_kept_alive_and_reused() {
     let up = Upstream::start("ka").await;
-    let proxy = TestProxy::start(&format!(
-        "services:\n{}",
-        static_service("echo", &[(up.addr, 1)])
-    ))
-    .await;
+    let proxy = TestProxy::in_front_of(&up).await;
     let client = client();
     for _ in 0..200 {
         let req = Request::get(format!("{}/", proxy.url()))
@@ -447,14 +435,8 @@ async fn idle_upstream_connections_are_closed_after_the_idle_timeout() {
         static_service("echo", &[(up.addr, 1)])
     );
     let proxy = TestProxy::start(&yaml).await;
-    let client = client();
-    let once = || {
-        let req = Request::get(format!("{}/", proxy.url()))
-            .header("host", "echo")
-            .body(empty())
-            .unwrap();
-        send(&client, req)
-    };
+    let url = format!("{}/", proxy.url());
+    let once = || get(&url, &[("host", "echo")]);
     assert_eq!(once().await.unwrap().status, 200);
     assert_eq!(once().await.unwrap().status, 200);
     let conns = || up.conns.load(std::sync::atomic::Ordering::Relaxed);

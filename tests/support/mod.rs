@@ -202,6 +202,15 @@ impl TestProxy {
         }
     }
 
+    /// waypost with one static service `echo` whose single instance is `up`.
+    pub async fn in_front_of(up: &Upstream) -> TestProxy {
+        TestProxy::start(&format!(
+            "services:\n{}",
+            static_service("echo", &[(up.addr, 1)])
+        ))
+        .await
+    }
+
     /// Waits until `/ready` answers 200.
     pub async fn wait_ready(&self) {
         let admin = self.addrs.admin;
