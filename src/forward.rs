@@ -6,6 +6,7 @@
 //! responses in one place ([`rescue`]). Connections are served by hyper-util's auto builder
 //! (HTTP/1.1 with keep-alive, or h2c with prior knowledge) and drained gracefully on shutdown.
 
+pub mod h1;
 pub mod headers;
 pub mod pool;
 pub mod rescue;
@@ -35,7 +36,7 @@ use crate::metrics::{ForwardMetrics, ServiceMetrics};
 use crate::shutdown::Shutdown;
 
 /// The body of a response to the app: the upstream's, streamed, or one waypost wrote.
-pub type ResponseBody = Either<Incoming, Full<Bytes>>;
+pub type ResponseBody = Either<h1::Body, Full<Bytes>>;
 
 /// Everything forwarding keeps per service: its balancer and the handles a request needs.
 /// The cache creates one per target and publishes into it.

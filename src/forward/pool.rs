@@ -1,22 +1,16 @@
-//! The upstream connection pool: keep-alive HTTP/1.1 connections per instance address, over
-//! hyper's low-level `client::conn::http1`.
+//! The upstream connection pool: idle keep-alive HTTP/1.1 connections per instance address,
+//! and the exchange of one request for one response head over them ([`h1`](super::h1)).
 //!
-//! Why not hyper-util's pooled client: it keys its pool by URI authority (so every request
-//! formats and parses an `ip:port` string and SipHashes it), wraps each checkout in several
-//! futures and moves them around — together about a fifth of waypost's per-request
-//! instructions (see bench/RESULTS.md). Here a checkout is one short, uncontended mutex section
-//! over a map keyed by `SocketAddr` with a cheap hash, and the request goes out in origin form
-//! with no URI rewriting.
+//! A checkout is one short, uncontended mutex section over a map keyed by `SocketAddr` with a
+//! cheap hash. A connection is in the pool only while idle: the request that took it owns it,
+//! and its response body puts it back the moment the body ends.
 //!
-//! A sender is put back into the pool as soon as the request is handed to its connection; it
-//! reports itself not ready until that response's body has been read to the end, and checkout
-//! skips it until then.
-//!
-//! Reused connections race with the upstream's own idle timeout. A request a pooled connection
-//! did not accept is retried once on a fresh connection: it was never sent. A request that was
-//! sent but whose connection closed before any response is retried once only when it is
-//! idempotent and has no body (RFC 9110 §9.2.2 allows automatic retries of idempotent
-//! requests), which is the common case of a GET on a connection the upstream just closed.
+//! Reused connections race with the upstream's own idle timeout. A request whose head could not
+//! be written to a pooled connection is retried once on a fresh connection: it was never sent.
+//! A request that was sent but whose connection closed before any response byte is retried once
+//! only when it is idempotent and has no body (RFC 9110 §9.2.2 allows automatic retries of
+//! idempotent requests), which is the common case of a GET on a connection the upstream just
+//! closed.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -26,14 +20,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response};
-use http_body::Body as _;
-use http_body_util::{Either, Empty};
-use hyper::body::Incoming;
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::h1::{self, body::Recycle, Conn, Framing, Outgoing, ProtoError};
 use crate::config::UpstreamConfig;
 use crate::shutdown::Shutdown;
 
@@ -46,34 +36,23 @@ pub enum SendError {
     /// TCP connect did not finish in time.
     #[error("connect timed out after {0:?}")]
     ConnectTimeout(Duration),
-    /// The HTTP/1.1 handshake on a new connection failed.
-    #[error("handshake failed: {0}")]
-    Handshake(#[source] hyper::Error),
-    /// The connection broke while the request was being sent or before the response head.
+    /// The request could not be sent, or no valid response head came back.
     #[error("{0}")]
-    Upstream(#[source] hyper::Error),
+    Upstream(#[source] ProtoError),
 }
 
 impl SendError {
     /// Whether the failure happened while connecting (nothing was sent).
     pub fn is_connect(&self) -> bool {
-        matches!(
-            self,
-            SendError::Connect(_) | SendError::ConnectTimeout(_) | SendError::Handshake(_)
-        )
+        matches!(self, SendError::Connect(_) | SendError::ConnectTimeout(_))
     }
 }
 
-/// The body of a request sent upstream: the app's, streamed, or empty for a replay.
-pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
-
-type Sender = http1::SendRequest<UpstreamBody>;
-
-/// One pooled connection's sending half.
-struct Pooled {
-    tx: Sender,
-    /// When it was last handed a request (for the idle timeout).
-    used: Instant,
+/// One idle connection.
+struct Idle {
+    conn: Conn,
+    /// When it came back (for the idle timeout).
+    since: Instant,
 }
 
 /// Settings of a [`Pool`].
@@ -83,30 +62,44 @@ pub struct PoolConfig {
     pub connect_timeout: Duration,
     /// Idle connections older than this are closed.
     pub idle_timeout: Duration,
-    /// Connections kept per instance.
+    /// Idle connections kept per instance.
     pub max_per_instance: usize,
     /// Largest read buffer per connection.
     pub buffer_size: usize,
 }
 
-type Map = HashMap<SocketAddr, Vec<Pooled>, BuildHasherDefault<AddrHasher>>;
+type Map = HashMap<SocketAddr, Vec<Idle>, BuildHasherDefault<AddrHasher>>;
+
+struct Inner {
+    /// Written at checkout and check-in by request tasks, and by [`Pool::sweep`]; held for a
+    /// few instructions only, never across an await.
+    idle: Mutex<Map>,
+    config: PoolConfig,
+}
 
 /// Keep-alive connections to upstream instances. Cheap to clone; clones share connections.
 #[derive(Clone)]
-pub struct Pool {
-    /// Written at checkout and check-in by request tasks, and by [`Pool::sweep`]; held for a
-    /// few instructions only, never across an await.
-    conns: Arc<Mutex<Map>>,
-    config: PoolConfig,
+pub struct Pool(Arc<Inner>);
+
+/// Takes a connection back into its pool once its response body has ended.
+struct Home {
+    pool: Pool,
+    addr: SocketAddr,
+}
+
+impl Recycle for Home {
+    fn recycle(self: Box<Self>, conn: Conn) {
+        self.pool.checkin(self.addr, conn);
+    }
 }
 
 impl Pool {
     /// An empty pool.
     pub fn new(config: PoolConfig) -> Self {
-        Self {
-            conns: Arc::default(),
+        Self(Arc::new(Inner {
+            idle: Mutex::default(),
             config,
-        }
+        }))
     }
 
     /// A pool with `upstream:`'s settings and `connect_timeout` (global or a service's own).
@@ -119,116 +112,102 @@ impl Pool {
         })
     }
 
-    /// Sends `req` (origin-form URI, `Host` set) to `addr` and resolves to the response head.
-    pub async fn send(
+    /// Sends `req` (origin-form URI, `Host` set) to `addr` and resolves to the response head;
+    /// its body streams from the connection.
+    pub async fn send<B>(
         &self,
         addr: SocketAddr,
-        req: Request<Incoming>,
-    ) -> Result<Response<Incoming>, SendError> {
-        // A copy of the head, to replay a bodiless idempotent request once if a reused
-        // connection turns out to be closing under us.
-        let replay = replayable(&req).then(|| {
-            let mut head = Request::new(());
-            *head.method_mut() = req.method().clone();
-            *head.uri_mut() = req.uri().clone();
-            *head.version_mut() = req.version();
-            *head.headers_mut() = req.headers().clone();
-            head
-        });
-        let req = req.map(Either::Left);
-        let req = match self.checkout(addr) {
-            Some(mut tx) => {
-                let sent = tx.try_send_request(req);
-                self.checkin(addr, tx);
-                match sent.await {
-                    Ok(resp) => return Ok(resp),
-                    Err(mut e) => match (e.take_message(), replay) {
-                        // Not sent (the connection closed meanwhile): safe to send again.
-                        (Some(req), _) => req,
-                        // Sent, but the connection closed before any response.
-                        (None, Some(head)) if closed_early(e.error()) => {
-                            tracing::debug!(upstream = %addr, error = %e.error(), "reused connection closed; replaying once");
-                            head.map(|()| Either::Right(Empty::new()))
-                        }
-                        (None, _) => return Err(SendError::Upstream(e.into_error())),
-                    },
+        req: Request<B>,
+    ) -> Result<Response<h1::Body>, SendError>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let (mut parts, body) = req.into_parts();
+        let out = h1::encode_request(&mut parts, &body);
+        let head_request = parts.method == Method::HEAD;
+        let replayable = out.framing == Framing::Empty && idempotent(&parts.method);
+        let mut body = Some(body);
+        if let Some(mut conn) = self.checkout(addr) {
+            match exchange(&mut conn, &out, &mut body, head_request).await {
+                Ok(head) => return Ok(self.respond(addr, conn, head)),
+                // The head never went out (the connection had closed): safe to send again.
+                Err(Failed::NotSent(e)) => {
+                    tracing::debug!(upstream = %addr, error = %e, "reused connection refused the request; retrying");
                 }
+                Err(Failed::Exchange(e)) if replayable && e.closed_early() => {
+                    tracing::debug!(upstream = %addr, error = %e, "reused connection closed; replaying once");
+                }
+                Err(Failed::Exchange(e)) => return Err(SendError::Upstream(e)),
             }
-            None => req,
-        };
-        let mut tx = self.connect(addr).await?;
-        let sent = tx.send_request(req);
-        self.checkin(addr, tx);
-        sent.await.map_err(SendError::Upstream)
+        }
+        let mut conn = self.connect(addr).await?;
+        match exchange(&mut conn, &out, &mut body, head_request).await {
+            Ok(head) => Ok(self.respond(addr, conn, head)),
+            Err(Failed::NotSent(e)) => Err(SendError::Upstream(e.into())),
+            Err(Failed::Exchange(e)) => Err(SendError::Upstream(e)),
+        }
     }
 
-    /// A ready connection to `addr`, dropping closed ones on the way.
-    fn checkout(&self, addr: SocketAddr) -> Option<Sender> {
-        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-        let list = conns.get_mut(&addr)?;
-        // From the back, where check-ins go: recently used connections first, the ones least
-        // likely to have been closed by the upstream's idle timeout.
-        let mut i = list.len();
-        while i > 0 {
-            i -= 1;
-            if list[i].tx.is_closed() {
-                list.swap_remove(i);
-            } else if list[i].tx.is_ready() {
-                return Some(list.swap_remove(i).tx);
+    fn respond(&self, addr: SocketAddr, conn: Conn, head: h1::Head) -> Response<h1::Body> {
+        let home = Box::new(Home {
+            pool: self.clone(),
+            addr,
+        });
+        let body = h1::Body::new(conn, head.framing, head.reusable, home);
+        Response::from_parts(head.parts, body)
+    }
+
+    /// An idle connection to `addr` that still looks usable, dropping stale ones on the way.
+    fn checkout(&self, addr: SocketAddr) -> Option<Conn> {
+        let mut idle = self.0.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.get_mut(&addr)?;
+        // From the back, where check-ins go: the most recently used first, the least likely
+        // to have been closed by the upstream's idle timeout.
+        while let Some(c) = list.pop() {
+            if c.since.elapsed() < self.0.config.idle_timeout && c.conn.is_usable() {
+                return Some(c.conn);
             }
         }
         None
     }
 
-    /// Returns `tx` to the pool (it may still be busy with a response), unless the instance
-    /// already has `max_per_instance` connections, in which case it closes once its response
-    /// is done.
-    fn checkin(&self, addr: SocketAddr, tx: Sender) {
-        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-        let list = conns.entry(addr).or_default();
-        if list.len() < self.config.max_per_instance {
-            list.push(Pooled {
-                tx,
-                used: Instant::now(),
+    /// Returns an idle `conn` to the pool, unless the instance already has `max_per_instance`
+    /// idle connections (then it closes).
+    fn checkin(&self, addr: SocketAddr, conn: Conn) {
+        let mut idle = self.0.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.entry(addr).or_default();
+        if list.len() < self.0.config.max_per_instance {
+            list.push(Idle {
+                conn,
+                since: Instant::now(),
             });
         }
     }
 
-    async fn connect(&self, addr: SocketAddr) -> Result<Sender, SendError> {
-        let stream = tokio::time::timeout(self.config.connect_timeout, TcpStream::connect(addr))
+    async fn connect(&self, addr: SocketAddr) -> Result<Conn, SendError> {
+        let timeout = self.0.config.connect_timeout;
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
             .await
-            .map_err(|_| SendError::ConnectTimeout(self.config.connect_timeout))?
+            .map_err(|_| SendError::ConnectTimeout(timeout))?
             .map_err(SendError::Connect)?;
         let _ = stream.set_nodelay(true);
-        let (tx, conn) = http1::Builder::new()
-            .max_buf_size(self.config.buffer_size)
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(SendError::Handshake)?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(upstream = %addr, error = %e, "upstream connection ended with an error");
-            }
-        });
-        Ok(tx)
+        Ok(Conn::new(stream, self.0.config.buffer_size))
     }
 
-    /// Drops closed connections and idle ones older than the idle timeout.
+    /// Closes idle connections older than the idle timeout, or closed by the upstream.
     pub fn sweep(&self) {
-        let now = Instant::now();
-        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-        conns.retain(|_, list| {
-            list.retain(|c| {
-                let idle_too_long = c.tx.is_ready() && now - c.used > self.config.idle_timeout;
-                !(c.tx.is_closed() || idle_too_long)
-            });
+        let timeout = self.0.config.idle_timeout;
+        let mut idle = self.0.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.retain(|_, list| {
+            list.retain(|c| c.since.elapsed() < timeout && c.conn.is_usable());
             !list.is_empty()
         });
     }
 
     /// Sweeps every half idle timeout until `shutdown` fires.
     pub async fn run_sweeper(self, mut shutdown: Shutdown) {
-        let every = (self.config.idle_timeout / 2).max(Duration::from_millis(100));
+        let every = (self.0.config.idle_timeout / 2).max(Duration::from_millis(100));
         loop {
             tokio::select! {
                 biased;
@@ -239,31 +218,41 @@ impl Pool {
     }
 }
 
-/// Whether `req` may be sent a second time: an idempotent method and no body at all.
-fn replayable(req: &Request<Incoming>) -> bool {
-    matches!(
-        *req.method(),
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::DELETE | Method::PUT
-    ) && req.body().is_end_stream()
+/// How an exchange failed.
+enum Failed {
+    /// Writing the request head failed: nothing of the request reached the upstream.
+    NotSent(std::io::Error),
+    /// The request went out (or its body is streaming) but no valid response head came back.
+    Exchange(ProtoError),
 }
 
-/// Whether a send failed because the connection closed before a response began: closed,
-/// reset or a broken pipe (the upstream dropped it with our request unread).
-fn closed_early(e: &hyper::Error) -> bool {
-    use std::error::Error as _;
-    let io_closed = e
-        .source()
-        .and_then(|s| s.downcast_ref::<std::io::Error>())
-        .is_some_and(|io| {
-            matches!(
-                io.kind(),
-                std::io::ErrorKind::ConnectionReset
-                    | std::io::ErrorKind::BrokenPipe
-                    | std::io::ErrorKind::ConnectionAborted
-                    | std::io::ErrorKind::UnexpectedEof
-            )
-        });
-    io_closed || e.is_incomplete_message() || e.is_closed() || e.is_canceled()
+/// Writes the request head, starts the body upload if there is one, and reads the response
+/// head. `body` stays untouched when the head could not be written.
+async fn exchange<B>(
+    conn: &mut Conn,
+    out: &Outgoing,
+    body: &mut Option<B>,
+    head_request: bool,
+) -> Result<h1::Head, Failed>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    conn.write_head(&out.head).await.map_err(Failed::NotSent)?;
+    if out.framing != Framing::Empty {
+        if let Some(body) = body.take() {
+            conn.upload(body, out.framing);
+        }
+    }
+    conn.read_head(head_request).await.map_err(Failed::Exchange)
+}
+
+/// Methods whose requests may be sent a second time (RFC 9110 §9.2.2).
+fn idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::DELETE | Method::PUT
+    )
 }
 
 /// FxHash (rustc's hasher): a multiply and a rotate per word. Keys are socket addresses from

@@ -1,0 +1,437 @@
+//! Our side of HTTP/1.1 towards upstreams (RFC 9112): one connection, the request head we write,
+//! the response head we read and how its body is framed. [`body`] streams the response body
+//! and hands the connection back to the pool when the body has ended cleanly; [`upload`]
+//! streams a request body beside it.
+//!
+//! Why not hyper's `client::conn::http1`: it runs every connection as a task of its own and
+//! passes each request and response through channels to it (an mpsc send, a oneshot, a body
+//! channel and a task wake-up per request), and its connection becomes reusable only once that
+//! task has finished the previous body. Here the request's own task writes the head, parses the
+//! response head and reads the body; a connection is back in the pool the moment its body ends.
+//! Callgrind put hyper's client half at about a third of waypost's instructions per request
+//! (bench/FINDINGS.md).
+
+pub mod body;
+pub mod upload;
+
+use std::future::Future as _;
+use std::io;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+
+use bytes::BytesMut;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{request, response, Method, Response, StatusCode, Version};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+pub use body::Body;
+use upload::Upload;
+
+/// Most headers accepted in a response head (hyper's limit too).
+const MAX_HEADERS: usize = 100;
+/// Bytes a read asks for while a head is expected; the body reads ask for the buffer limit.
+const HEAD_READ: usize = 8 * 1024;
+
+/// What went wrong on an upstream connection.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtoError {
+    /// Reading or writing the socket failed.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// The upstream closed the connection before sending a byte of a response.
+    #[error("connection closed before a response")]
+    Closed,
+    /// The upstream closed the connection in the middle of a response.
+    #[error("connection closed in the middle of the response")]
+    Truncated,
+    /// The response head is not valid HTTP/1.x.
+    #[error("invalid response head: {0}")]
+    Parse(httparse::Error),
+    /// The response head did not fit in the read buffer (`upstream.buffer_size`).
+    #[error("response head larger than {0} bytes")]
+    HeadTooLarge(usize),
+    /// A response that parses but that HTTP/1.1 does not allow, or that we cannot forward.
+    #[error("invalid response: {0}")]
+    Invalid(&'static str),
+}
+
+impl ProtoError {
+    /// Whether the connection closed (or was reset) before any byte of a response arrived: on
+    /// a reused connection, the upstream's idle timeout raced our request.
+    pub fn closed_early(&self) -> bool {
+        match self {
+            ProtoError::Closed => true,
+            ProtoError::Io(e) => matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::BrokenPipe
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// How a message's body is delimited on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body at all.
+    Empty,
+    /// `Content-Length` bytes.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+    /// Everything until the upstream closes (responses only).
+    Close,
+}
+
+/// A parsed final response head.
+pub struct Head {
+    /// Status, version and headers, ready for the app.
+    pub parts: response::Parts,
+    /// How its body is delimited.
+    pub framing: Framing,
+    /// Whether the connection may carry another request once the body has been read.
+    pub reusable: bool,
+}
+
+/// The socket of an upstream connection: whole, or split while a request body is uploaded.
+enum Io {
+    Whole(TcpStream),
+    Split(tokio::net::tcp::OwnedReadHalf, Upload),
+    /// Only while switching between the two.
+    Gone,
+}
+
+/// One HTTP/1.1 connection to an upstream instance, with its read buffer.
+pub struct Conn {
+    io: Io,
+    buf: BytesMut,
+    /// Largest read buffer (and response head): `upstream.buffer_size`.
+    limit: usize,
+}
+
+impl Conn {
+    /// A connection over `io` whose read buffer never grows past `limit` bytes.
+    pub fn new(io: TcpStream, limit: usize) -> Self {
+        Self {
+            io: Io::Whole(io),
+            buf: BytesMut::new(),
+            limit,
+        }
+    }
+
+    /// Whether an idle connection can take a request: nothing buffered, and no readiness
+    /// reported since its last response (an EOF, or bytes nobody asked for). Costs no system
+    /// call unless the last read filled the buffer exactly, which leaves the readiness set.
+    pub fn is_usable(&self) -> bool {
+        let Io::Whole(io) = &self.io else {
+            return false;
+        };
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        match io.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => {
+                let mut probe = [0u8; 1];
+                matches!(io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+        }
+    }
+
+    /// Writes a request head (and nothing else).
+    pub async fn write_head(&mut self, head: &[u8]) -> io::Result<()> {
+        match &mut self.io {
+            Io::Whole(io) => io.write_all(head).await,
+            _ => Err(io::Error::other("a request is already in flight")),
+        }
+    }
+
+    /// Starts streaming `body` to the upstream beside the response, framed as `framing`.
+    pub fn upload<B>(&mut self, body: B, framing: Framing)
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        self.io = match std::mem::replace(&mut self.io, Io::Gone) {
+            Io::Whole(io) => {
+                let (rd, wr) = io.into_split();
+                Io::Split(rd, Upload::spawn(wr, body, framing))
+            }
+            other => other,
+        };
+    }
+
+    /// Reads the final response head, skipping interim (1xx) ones. `head_request`: the request
+    /// was HEAD, so the response has no body whatever its headers say.
+    pub async fn read_head(&mut self, head_request: bool) -> Result<Head, ProtoError> {
+        let mut received = false;
+        loop {
+            if !self.buf.is_empty() {
+                received = true;
+                match parse_head(&mut self.buf, head_request)? {
+                    Parsed::Final(head) => return Ok(head),
+                    Parsed::Interim => continue,
+                    Parsed::Partial if self.buf.len() >= self.limit => {
+                        return Err(ProtoError::HeadTooLarge(self.limit))
+                    }
+                    Parsed::Partial => {}
+                }
+            }
+            if self.fill(HEAD_READ).await? == 0 {
+                return Err(if received {
+                    ProtoError::Truncated
+                } else {
+                    ProtoError::Closed
+                });
+            }
+        }
+    }
+
+    /// Reads once into the buffer, asking for about `want` bytes; `Ok(0)` at end of stream.
+    async fn fill(&mut self, want: usize) -> io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_fill(cx, want)).await
+    }
+
+    /// [`Conn::fill`] as a poll function, for the body.
+    fn poll_fill(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
+        let want = want.min(self.limit).max(1024);
+        if self.buf.capacity() - self.buf.len() < want / 4 {
+            self.buf.reserve(want);
+        }
+        // `read_buf` keeps no state between polls: a fresh one per poll is the same future.
+        match &mut self.io {
+            Io::Whole(io) => pin!(io.read_buf(&mut self.buf)).poll(cx),
+            Io::Split(rd, _) => pin!(rd.read_buf(&mut self.buf)).poll(cx),
+            Io::Gone => Poll::Ready(Err(io::Error::other("connection gone"))),
+        }
+    }
+
+    /// This connection whole again once a response has ended, or `None` while its request body
+    /// is still being uploaded (the upstream answered early): such a connection is not reused.
+    fn reclaim(self, cx: &mut Context<'_>) -> Option<Conn> {
+        let io = match self.io {
+            Io::Whole(io) => io,
+            Io::Split(rd, upload) => rd.reunite(upload.finished(cx)?).ok()?,
+            Io::Gone => return None,
+        };
+        Some(Conn {
+            io: Io::Whole(io),
+            buf: self.buf,
+            limit: self.limit,
+        })
+    }
+}
+
+/// The request head to write upstream, and how its body follows.
+pub struct Outgoing {
+    /// The encoded head, kept to write it again on a fresh connection if a reused one fails.
+    pub head: Vec<u8>,
+    /// How the body is framed ([`Framing::Empty`]: nothing follows the head).
+    pub framing: Framing,
+}
+
+/// Encodes the request head (origin-form target, HTTP/1.1) and settles its body framing:
+/// `Content-Length` when the body's length is known, `Transfer-Encoding: chunked` when it is
+/// not, nothing for no body — except `Content-Length: 0` for methods that define a body, which
+/// some servers require (RFC 9110 §8.6). Framing headers from the app are replaced, as the app's
+/// framing belonged to its own hop.
+pub fn encode_request<B: http_body::Body>(parts: &mut request::Parts, body: &B) -> Outgoing {
+    let framing = if body.is_end_stream() {
+        Framing::Empty
+    } else {
+        match body.size_hint().exact() {
+            Some(n) => Framing::Length(n),
+            None => Framing::Chunked,
+        }
+    };
+    let headers = &mut parts.headers;
+    if headers.contains_key(header::TRANSFER_ENCODING) && framing != Framing::Chunked {
+        headers.remove(header::TRANSFER_ENCODING);
+    }
+    match framing {
+        Framing::Length(n) => {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        }
+        Framing::Chunked => {
+            headers.remove(header::CONTENT_LENGTH);
+            if !headers.contains_key(header::TRANSFER_ENCODING) {
+                headers.insert(
+                    header::TRANSFER_ENCODING,
+                    HeaderValue::from_static("chunked"),
+                );
+            }
+        }
+        Framing::Empty | Framing::Close => {
+            let defines_body = matches!(parts.method, Method::POST | Method::PUT | Method::PATCH);
+            if defines_body && !headers.contains_key(header::CONTENT_LENGTH) {
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+            }
+        }
+    }
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut head = Vec::with_capacity(256);
+    head.extend_from_slice(parts.method.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(target.as_bytes());
+    head.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in parts.headers.iter() {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    Outgoing { head, framing }
+}
+
+/// What [`parse_head`] found at the front of the buffer.
+enum Parsed {
+    /// Not a whole head yet.
+    Partial,
+    /// An interim (1xx) head, consumed.
+    Interim,
+    /// The final head, consumed; the body (if any) starts at the front of the buffer.
+    Final(Head),
+}
+
+/// Parses (and consumes) one response head from the front of `buf`. Header values are slices of
+/// the buffer's memory, not copies.
+fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, ProtoError> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut slots);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
+        Err(e) => return Err(ProtoError::Parse(e)),
+    };
+    let code = resp.code.unwrap_or(0);
+    let version = match resp.version {
+        Some(1) => Version::HTTP_11,
+        _ => Version::HTTP_10,
+    };
+    // Offsets of names and values, so they can be sliced out of the frozen head below.
+    let base = buf.as_ptr() as usize;
+    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+    let count = resp.headers.len();
+    for (span, h) in spans.iter_mut().zip(resp.headers.iter()) {
+        let name = h.name.as_ptr() as usize - base;
+        let value = h.value.as_ptr() as usize - base;
+        *span = (
+            name as u32,
+            (name + h.name.len()) as u32,
+            value as u32,
+            (value + h.value.len()) as u32,
+        );
+    }
+    let status = StatusCode::from_u16(code).map_err(|_| ProtoError::Invalid("status code"))?;
+    let head = buf.split_to(len).freeze();
+    if status.is_informational() {
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            return Err(ProtoError::Invalid(
+                "101 Switching Protocols: upgrades are not forwarded",
+            ));
+        }
+        return Ok(Parsed::Interim);
+    }
+    let mut headers = HeaderMap::with_capacity(count);
+    for &(ns, ne, vs, ve) in &spans[..count] {
+        let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
+            .map_err(|_| ProtoError::Invalid("header name"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
+            .map_err(|_| ProtoError::Invalid("header value"))?;
+        headers.append(name, value);
+    }
+    let mut reusable =
+        version == Version::HTTP_11 && !has_token(&headers, header::CONNECTION, "close");
+    let no_body =
+        head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+    let framing = if no_body {
+        Framing::Empty
+    } else if headers.contains_key(header::TRANSFER_ENCODING) {
+        // Both framings at once may be a smuggling attempt: decode by Transfer-Encoding (RFC
+        // 9112 §6.3), forward no Content-Length, and never reuse the connection.
+        if headers.remove(header::CONTENT_LENGTH).is_some() {
+            reusable = false;
+        }
+        if last_coding_is_chunked(&headers) {
+            Framing::Chunked
+        } else {
+            reusable = false;
+            Framing::Close
+        }
+    } else if headers.contains_key(header::CONTENT_LENGTH) {
+        Framing::Length(content_length(&mut headers)?)
+    } else {
+        reusable = false;
+        Framing::Close
+    };
+    let mut resp = Response::new(());
+    *resp.status_mut() = status;
+    *resp.version_mut() = version;
+    *resp.headers_mut() = headers;
+    let (parts, ()) = resp.into_parts();
+    Ok(Parsed::Final(Head {
+        parts,
+        framing,
+        reusable,
+    }))
+}
+
+/// Whether a comma-separated header lists `token` (case-insensitively).
+fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Whether the last transfer coding is `chunked` (the only way a response body so coded ends
+/// other than by close).
+fn last_coding_is_chunked(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .next_back()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("chunked"))
+}
+
+/// The one `Content-Length`: every value (repeated headers, comma lists) must be the same
+/// decimal number (RFC 9110 §8.6), which is then kept once.
+fn content_length(headers: &mut HeaderMap) -> Result<u64, ProtoError> {
+    let mut found: Option<u64> = None;
+    let mut values = 0;
+    for v in headers.get_all(header::CONTENT_LENGTH) {
+        for part in v.as_bytes().split(|&b| b == b',') {
+            values += 1;
+            let digits = part.trim_ascii();
+            if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+                return Err(ProtoError::Invalid("Content-Length is not a number"));
+            }
+            let n = digits
+                .iter()
+                .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+            if found.is_some_and(|f| f != n) {
+                return Err(ProtoError::Invalid("conflicting Content-Length values"));
+            }
+            found = Some(n);
+        }
+    }
+    let n = found.ok_or(ProtoError::Invalid("Content-Length is not a number"))?;
+    if values > 1 {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+#[path = "h1/tests.rs"]
+mod tests;
