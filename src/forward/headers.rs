@@ -27,6 +27,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let mut present: [Option<&'static HeaderName>; HOP_BY_HOP.len()] = Default::default();
     let mut any = false;
     for name in headers.keys() {
+        // Every hop-by-hop name is 2, 7, 10, 16, 18 or 19 bytes long: most names are ruled
+        // out by their length alone, before any comparison.
+        if !matches!(name.as_str().len(), 2 | 7 | 10 | 16 | 18 | 19) {
+            continue;
+        }
         if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
             present[i] = Some(&HOP_BY_HOP[i]);
             any = true;
@@ -100,6 +105,16 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-keep"));
+    }
+
+    #[test]
+    fn the_length_filter_admits_every_hop_by_hop_name() {
+        for name in &HOP_BY_HOP {
+            let mut h = HeaderMap::new();
+            h.insert(name.clone(), HeaderValue::from_static("x"));
+            strip_hop_by_hop(&mut h);
+            assert!(h.is_empty(), "{name} was not dropped");
+        }
     }
 
     #[test]
