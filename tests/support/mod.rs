@@ -5,6 +5,7 @@
 pub mod dnsmasq;
 pub mod dnstest;
 pub mod external;
+pub mod raw;
 
 use std::future::Future;
 use std::net::SocketAddr;
