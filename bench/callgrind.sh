@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Instructions per proxied request, counted by callgrind: noise-free on a noisy machine, so
-# hot-path changes can be compared exactly. Runs waypost (release build) under valgrind with
-# configs/static.yaml, three example upstreams, and a fixed number of keep-alive requests
-# (ab -n N -c 8 -k), on ports 28080/28090/29001-3; prints total instructions ÷ N and the top functions.
-#   usage: bench/callgrind.sh [N]   (needs valgrind and apache2-utils' ab)
+# hot-path changes can be compared exactly. Runs the proxy under valgrind — waypost (release
+# build, configs/static.yaml's layout) or, for comparison, HAProxy (bench/load/haproxy.cfg's
+# settings) — in front of three example upstreams, and sends a fixed number of keep-alive requests
+# (ab -n N -c 8 -k), on ports 28080/28090/29001-3; prints total instructions ÷ N and the top
+# functions. Kernel time is not counted: both proxies make the same system calls per request.
+#   usage: bench/callgrind.sh [N] [waypost|haproxy]   (needs valgrind and apache2-utils' ab)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N="${1:-10000}"
+TARGET="${2:-waypost}"
 for tool in valgrind ab; do
   command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install -y valgrind apache2-utils" >&2; exit 1; }
 done
@@ -32,20 +35,46 @@ for i in 1 2 3; do
   target/release/examples/upstream --listen "127.0.0.1:2900$i" --name "echo-$i" 2>/dev/null &
   pids+=($!)
 done
-valgrind --tool=callgrind --callgrind-out-file="$out/cg.out" \
-  target/release/waypost run --config "$out/waypost.yaml" 2>"$out/vg.log" &
+cat > "$out/haproxy.cfg" <<CFG
+global
+    nbthread 1
+    maxconn 4096
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    timeout connect 1s
+    timeout client 30s
+    timeout server 30s
+frontend echo_in
+    bind 127.0.0.1:28080
+    default_backend echo
+backend echo
+    balance roundrobin
+    server echo-1 127.0.0.1:29001 weight 3
+    server echo-2 127.0.0.1:29002 weight 2
+    server echo-3 127.0.0.1:29003 weight 1
+CFG
+case "$TARGET" in
+  waypost) proxy=(target/release/waypost run --config "$out/waypost.yaml") ;;
+  haproxy) command -v haproxy >/dev/null || { echo "missing haproxy: apt-get install -y haproxy" >&2; exit 1; }
+           proxy=(haproxy -db -f "$out/haproxy.cfg") ;;
+  *) echo "unknown target $TARGET (waypost or haproxy)" >&2; exit 2 ;;
+esac
+valgrind --tool=callgrind --callgrind-out-file="$out/cg.out" "${proxy[@]}" 2>"$out/vg.log" &
 vg=$!
 pids+=($vg)
 for _ in $(seq 100); do
-  curl -fs http://127.0.0.1:28090/ready >/dev/null 2>&1 && break
+  curl -fs -o /dev/null -H 'Host: echo' http://127.0.0.1:28080/ 2>/dev/null && break
   sleep 0.2
 done
 # Warm the pool and the allocator, zero the counters, then count N requests (and the exit).
 ab -q -n 500 -c 8 -k -H 'Host: echo' http://127.0.0.1:28080/ >/dev/null
 callgrind_control -z "$vg" >/dev/null
 ab -q -n "$N" -c 8 -k -H 'Host: echo' http://127.0.0.1:28080/ | grep -E "Complete requests|Failed requests"
-kill -INT "$vg"; wait "$vg" 2>/dev/null || true
+kill -TERM "$vg"; wait "$vg" 2>/dev/null || true
+# HAProxy writes its profile when it exits; wait for valgrind to finish writing either.
 total=$(callgrind_annotate "$out"/cg.out 2>/dev/null | awk '/PROGRAM TOTALS/{gsub(",","",$1); print $1; exit}')
-echo "instructions per request: $(( total / N ))  (total $total over $N requests)"
+echo "$TARGET: instructions per request: $(( total / N ))  (total $total over $N requests)"
 echo "profile: $out/cg.out"
 callgrind_annotate --threshold=80 "$out"/cg.out 2>/dev/null | grep -E '^ *[0-9,]+ \(' | sed 's/ \[.*//' | head -30

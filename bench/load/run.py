@@ -398,7 +398,16 @@ def main() -> int:
     ap.add_argument("--no-build", action="store_true", help="use the release binaries already built")
     ap.add_argument("--out", type=Path, default=BENCH, help="where RESULTS.md, results.json, latency.svg go")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir of configs and logs")
+    ap.add_argument("--report-only", action="store_true",
+                    help="measure nothing: rewrite RESULTS.md and latency.svg from results.json "
+                         "(after editing bench/FINDINGS.md)")
     args = ap.parse_args()
+    if args.report_only:
+        saved = json.loads((args.out / "results.json").read_text())
+        for path in report.write_all(args.out, saved["meta"], saved["cases"], saved["targets"],
+                                     saved["runs"], saved["micro"]):
+            print(f"wrote {path.relative_to(REPO) if path.is_relative_to(REPO) else path}")
+        return 0
     reps = args.reps or (1 if args.quick else 3)
     seconds = args.duration or (2 if args.quick else 5)  # wrk takes whole seconds
     wanted = set(args.targets.split(","))
