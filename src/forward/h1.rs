@@ -113,7 +113,8 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// A connection over `io` whose read buffer never grows past `limit` bytes.
+    /// A connection over `io` that reads at most `limit` bytes at a time and refuses response
+    /// heads larger than that.
     pub fn new(io: TcpStream, limit: usize) -> Self {
         Self {
             io: Io::Whole(io),
@@ -140,6 +141,14 @@ impl Conn {
                 let mut probe = [0u8; 1];
                 matches!(io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
             }
+        }
+    }
+
+    /// Lets go of a large read buffer before the connection idles in the pool, so idle
+    /// connections hold at most a head-sized buffer each (body reads grow it to `limit`).
+    pub fn shrink(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > 2 * HEAD_READ {
+            self.buf = BytesMut::new();
         }
     }
 

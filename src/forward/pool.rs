@@ -174,7 +174,8 @@ impl Pool {
 
     /// Returns an idle `conn` to the pool, unless the instance already has `max_per_instance`
     /// idle connections (then it closes).
-    fn checkin(&self, addr: SocketAddr, conn: Conn) {
+    fn checkin(&self, addr: SocketAddr, mut conn: Conn) {
+        conn.shrink();
         let mut idle = self.0.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = idle.entry(addr).or_default();
         if list.len() < self.0.config.max_per_instance {
