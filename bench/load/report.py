@@ -89,7 +89,32 @@ def ratios(per: dict) -> None:
         e["ratios"] = r
 
 
-def bar(summary: dict, micro: dict | None) -> list[dict]:
+def summarize_duels(duels: list[dict]) -> dict:
+    """Per case: spreads of each side's CPU per request and req/s, and of the two ratios."""
+    out: dict = {}
+    for case in dict.fromkeys(d["case"] for d in duels):
+        ok = [d for d in duels if d["case"] == case and d["ok"]]
+        entry = {"runs": len(ok), "failed": sum(1 for d in duels if d["case"] == case and not d["ok"])}
+        if ok:
+            entry["cpu_ratio"] = spread([d["cpu_ratio"] for d in ok])
+            entry["rps_ratio"] = spread([d["rps_ratio"] for d in ok])
+            for side in ok[0]["sides"]:
+                entry[side] = {k: spread([d["sides"][side][k] for d in ok]) for k in ("rps", "cpu_us_per_req")}
+        out[case] = entry
+    return out
+
+
+def duel_line(d) -> str:
+    """One progress line for a head-to-head run (a `Duel`)."""
+    if not d.ok:
+        return f"  head to head {d.case:10} rep {d.rep + 1}: FAILED {d.error}"
+    w, h = d.sides["waypost"], d.sides["haproxy"]
+    return (f"  head to head {d.case:10} rep {d.rep + 1}: waypost {w['rps']:8,.0f} req/s {w['cpu_us_per_req']:6.2f} µs/req"
+            f" | haproxy {h['rps']:8,.0f} req/s {h['cpu_us_per_req']:6.2f} µs/req"
+            f" | CPU {d.cpu_ratio:.3f}× req/s {d.rps_ratio:.3f}×")
+
+
+def bar(summary: dict, micro: dict | None, h2h: dict | None = None) -> list[dict]:
     """The lines of issue 4's bar, each with waypost's value, the reference and a verdict."""
     lines = []
 
@@ -118,6 +143,15 @@ def bar(summary: dict, micro: dict | None) -> list[dict]:
     peak = max(peaks) if peaks else None
     line("Peak RSS under load ≤ 16 MiB (max over every case)", fmt_num(peak, " MiB", 1), "16 MiB",
          peak <= 16 if peak is not None else None)
+    # The same load lines measured head to head (both proxies on CPU 0 at once): steadier.
+    for case, label in (("c64-13B", "c64, 13 B"), ("c64-64KiB", "c64, 64 KiB")):
+        e = (h2h or {}).get(case, {})
+        cpu, rps = (e.get("cpu_ratio") or {}).get("median"), (e.get("rps_ratio") or {}).get("median")
+        if cpu is None:
+            continue
+        if case == "c64-13B":
+            line(f"Head to head: CPU per request ≤ 0.8 × HAProxy's ({label})", f"{cpu:.3f}×", "≤ 0.8×", cpu <= 0.8)
+        line(f"Head to head: requests/s ≥ HAProxy's ({label})", f"{rps:.3f}×", "≥ 1×", rps >= 1)
 
     rows = {r["name"]: r for r in (micro or {}).get("rows", [])}
     p3, p10k = rows.get("pick/3"), rows.get("pick/10000")
@@ -319,7 +353,7 @@ def esc(s: str) -> str:
 
 
 def markdown(meta: dict, cases: list[dict], targets: list[str], summary: dict, bar_lines: list[dict],
-             micro: dict | None, runs: list[dict]) -> str:
+             micro: dict | None, runs: list[dict], h2h: dict | None = None) -> str:
     m, v, s = meta["machine"], meta["versions"], meta["settings"]
     out = [
         "# Benchmarks: waypost beside HAProxy, nginx and Envoy",
@@ -338,7 +372,8 @@ def markdown(meta: dict, cases: list[dict], targets: list[str], summary: dict, b
     out += [
         "",
         "Load lines compare medians of the same run; \"added p50\" is a target's p50 minus the "
-        "direct p50 (wrk straight at one upstream).",
+        "direct p50 (wrk straight at one upstream). \"Head to head\" lines are medians of ratios "
+        "measured with waypost and HAProxy loaded at the same time on the same CPU (below).",
         "",
         "## Machine and versions",
         "",
@@ -395,6 +430,25 @@ def markdown(meta: dict, cases: list[dict], targets: list[str], summary: dict, b
             warn = " ⚠ some runs were disturbed" if worst >= NOISY else ""
             out.append(f"\nOther processes on the machine during these runs: {typical:.0%} of a CPU (median), "
                        f"{worst:.0%} at most.{warn}")
+        out.append("")
+    if h2h:
+        out += ["## Head to head on one core", "",
+                "waypost and HAProxy both on CPU 0 at the same time, each loaded by its own wrk on CPU 1 "
+                "(the same three upstreams), measured over the same seconds. The scheduler shares CPU 0 "
+                "between them, so the proxy that spends less per request serves more requests, and a "
+                "change in the VM's speed during a run hits both alike. Each cell: median (min..max) over "
+                "the repetitions; the ratios are per run (waypost ÷ HAProxy), then their median.", "",
+                "| case | runs | waypost req/s | HAProxy req/s | req/s ratio | waypost CPU µs/req "
+                "| HAProxy CPU µs/req | CPU ratio |",
+                "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for case, e in h2h.items():
+            if not e.get("runs"):
+                out.append(f"| {case} | 0 ({e.get('failed', 0)} failed) | | | | | | |")
+                continue
+            w, h = e["waypost"], e["haproxy"]
+            out.append(f"| {case} | {e['runs']} | {fmt_spread(w['rps'])} | {fmt_spread(h['rps'])} "
+                       f"| {fmt_spread(e['rps_ratio'], 3)} | {fmt_spread(w['cpu_us_per_req'], 2)} "
+                       f"| {fmt_spread(h['cpu_us_per_req'], 2)} | {fmt_spread(e['cpu_ratio'], 3)} |")
         out.append("")
     out += ["## Micro benches (divan)", ""]
     if micro:
@@ -460,14 +514,16 @@ def markdown(meta: dict, cases: list[dict], targets: list[str], summary: dict, b
 
 
 def write_all(out: Path, meta: dict, cases: list[dict], targets: list[str], runs: list[dict],
-              micro: dict | None) -> list[Path]:
+              micro: dict | None, duels: list[dict]) -> list[Path]:
     summary = summarize(runs, cases, targets)
-    bar_lines = bar(summary, micro)
+    summary_h2h = summarize_duels(duels)
+    bar_lines = bar(summary, micro, summary_h2h)
     title = f"Latency percentiles, {meta['date']} — waypost {meta['versions']['waypost'].split()[0]}"
     paths = [out / "results.json", out / "RESULTS.md", out / "latency.svg"]
     micro_json = {k: v for k, v in micro.items() if k != "raw"} if micro else None
     paths[0].write_text(json.dumps({"meta": meta, "cases": cases, "targets": targets, "bar": bar_lines,
-                                    "summary": summary, "micro": micro_json, "runs": runs}, indent=1) + "\n")
-    paths[1].write_text(markdown(meta, cases, targets, summary, bar_lines, micro, runs))
+                                    "summary": summary, "head_to_head": summary_h2h, "micro": micro_json,
+                                    "runs": runs, "duels": duels}, indent=1) + "\n")
+    paths[1].write_text(markdown(meta, cases, targets, summary, bar_lines, micro, runs, summary_h2h))
     paths[2].write_text(latency_svg(summary, cases, targets, title))
     return paths

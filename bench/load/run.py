@@ -18,8 +18,11 @@ What it does, in order:
    their own. Targets alternate order from
    one case and repetition to the next. Per run: req/s, latency percentiles (report.lua), CPU
    time of the proxy process tree (utime+stime from /proc) per request, peak RSS (VmHWM).
-5. Runs the divan micro benches (`cargo bench --bench balance`) unless --quick / --no-micro.
-6. Writes bench/RESULTS.md, bench/results.json and bench/latency.svg (report.py).
+5. Head to head: waypost and HAProxy both on CPU 0 at the same time, one wrk each (c64, 13 B
+   and 64 KiB), so a change in the VM's speed hits both alike; per proxy, CPU time per request
+   and req/s, and their ratios — the steadiest comparison this machine allows (--h2h-reps).
+6. Runs the divan micro benches (`cargo bench --bench balance`) unless --quick / --no-micro.
+7. Writes bench/RESULTS.md, bench/results.json and bench/latency.svg (report.py).
 
 Every process it starts lives in its own process group and is stopped in a `finally`.
 All traffic goes to 127.0.0.1 and every load run is bounded by wrk's duration.
@@ -333,6 +336,78 @@ def measure(target: Target, case: Case, rep: int, procs: Procs, cfg: dict[str, P
     return run
 
 
+@dataclass
+class Duel:
+    """One head-to-head run: waypost and HAProxy loaded at the same time on the same CPU."""
+
+    case: str
+    rep: int
+    ok: bool = False
+    error: str | None = None
+    # Per proxy: requests, rps, cpu_us_per_req.
+    sides: dict = field(default_factory=dict)
+    cpu_ratio: float | None = None  # waypost's CPU per request ÷ HAProxy's
+    rps_ratio: float | None = None  # waypost's req/s ÷ HAProxy's
+
+
+H2H_CASES = ("c64-13B", "c64-64KiB")
+H2H_SIDES = ("waypost", "haproxy")
+
+
+def duel(case: Case, rep: int, procs: Procs, cfg: dict[str, Path], bins: dict[str, str], seconds: int,
+         warmup: int) -> Duel:
+    """Both proxies on PROXY_CPU, each under its own wrk on LOAD_CPU, measured over the same
+    seconds: the scheduler shares the CPU between them, so the more frugal one serves more."""
+    d = Duel(case.name, rep)
+    targets = [t for t in TARGETS if t.name in H2H_SIDES]
+    started = []
+    try:
+        for t in targets:
+            wait_port_free(t.port)
+            proc = procs.start(t.name, proxy_argv(t.name, cfg, bins), PROXY_CPU)
+            started.append(proc)
+            try:
+                wait_ready(t.port, proc)
+            except HarnessError as e:
+                raise HarnessError(f"{t.name}: {e}\n{procs.log_tail(proc)}") from None
+
+        def together(secs: int, script: bool) -> list[dict | None]:
+            wrks = [subprocess.Popen(wrk_argv(t.port, case, secs, script), stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True) for t in targets]
+            results = []
+            for w in wrks:
+                out, err = w.communicate(timeout=secs + 60)
+                if w.returncode != 0:
+                    raise HarnessError(f"wrk exited {w.returncode}: {(err or out).strip()[-300:]}")
+                line = next((x for x in out.splitlines() if x.startswith("WRK_RESULT ")), None)
+                results.append(json.loads(line[len("WRK_RESULT "):]) if line else None)
+            return results
+
+        if warmup > 0:
+            together(warmup, False)
+        trees = [tree(p.pid) for p in started]
+        cpu0 = [cpu_seconds(t) for t in trees]
+        results = together(seconds, True)
+        for t, proc, pids, c0, res in zip(targets, started, trees, cpu0, results):
+            if proc.poll() is not None or res is None:
+                raise HarnessError(f"{t.name} exited or wrk printed no result")
+            if sum(v for v in res["errors"].values()) * 1000 > res["requests"] or not res["requests"]:
+                raise HarnessError(f"{t.name}: wrk reported errors: {res['errors']}")
+            cpu = cpu_seconds(pids) - c0
+            d.sides[t.name] = {"requests": res["requests"], "rps": res["requests"] / (res["duration_us"] / 1e6),
+                               "cpu_us_per_req": cpu * 1e6 / res["requests"]}
+        w, h = d.sides["waypost"], d.sides["haproxy"]
+        d.cpu_ratio = w["cpu_us_per_req"] / h["cpu_us_per_req"]
+        d.rps_ratio = w["rps"] / h["rps"]
+        d.ok = True
+    except (HarnessError, OSError, subprocess.TimeoutExpired) as e:
+        d.error = str(e).strip()
+    finally:
+        for proc in started:
+            procs.stop(proc)
+    return d
+
+
 def machine() -> dict:
     model = "unknown"
     for line in sh(["lscpu"], check=False).stdout.splitlines():
@@ -398,6 +473,7 @@ def main() -> int:
     ap.add_argument("--no-build", action="store_true", help="use the release binaries already built")
     ap.add_argument("--out", type=Path, default=BENCH, help="where RESULTS.md, results.json, latency.svg go")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir of configs and logs")
+    ap.add_argument("--h2h-reps", type=int, help="head-to-head repetitions (default 5, quick 1; 0 skips)")
     ap.add_argument("--report-only", action="store_true",
                     help="measure nothing: rewrite RESULTS.md and latency.svg from results.json "
                          "(after editing bench/FINDINGS.md)")
@@ -405,7 +481,7 @@ def main() -> int:
     if args.report_only:
         saved = json.loads((args.out / "results.json").read_text())
         for path in report.write_all(args.out, saved["meta"], saved["cases"], saved["targets"],
-                                     saved["runs"], saved["micro"]):
+                                     saved["runs"], saved["micro"], saved.get("duels", [])):
             print(f"wrote {path.relative_to(REPO) if path.is_relative_to(REPO) else path}")
         return 0
     reps = args.reps or (1 if args.quick else 3)
@@ -437,6 +513,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="waypost-bench-"))
     procs = Procs(tmp)
     runs: list[Run] = []
+    duels: list[Duel] = []
     cfg = write_configs(tmp)
     # Run copies, so a `cargo build` during the benchmark cannot change the code under test.
     (tmp / "bin").mkdir()
@@ -477,6 +554,20 @@ def main() -> int:
                 finally:
                     for p in ups:
                         procs.stop(p)
+        h2h_reps = args.h2h_reps if args.h2h_reps is not None else (1 if args.quick else 5)
+        h2h_cases = [c for c in cases if c.name in H2H_CASES]
+        if h2h_reps and h2h_cases and all(t in wanted for t in H2H_SIDES):
+            wait_quiet(notes, 30, "before the head-to-head runs")
+            ups = start_upstreams(procs, ours, cfg, True, bins)
+            try:
+                for rep in range(h2h_reps):
+                    for case in h2h_cases:
+                        d = duel(case, rep, procs, cfg, bins, seconds, args.warmup)
+                        duels.append(d)
+                        print(report.duel_line(d), flush=True)
+            finally:
+                for p in ups:
+                    procs.stop(p)
     except KeyboardInterrupt:
         print("interrupted: stopping every process started and writing what was measured", flush=True)
         notes.append("run interrupted before the end")
@@ -506,7 +597,7 @@ def main() -> int:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     written = report.write_all(args.out, meta, [asdict(c) for c in cases], [t.name for t in targets],
-                               [asdict(r) for r in runs], micro)
+                               [asdict(r) for r in runs], micro, [asdict(d) for d in duels])
     for p in written:
         print(f"wrote {p.relative_to(REPO) if p.is_relative_to(REPO) else p}")
     if args.keep:
