@@ -1,6 +1,6 @@
 //! Micro benches of stage 4 (balancing): what one pick costs by instance count, what a table
-//! rebuild costs, and the pick path as the forwarder runs it — `ArcSwap::load` + `pick` — on two
-//! threads sharing one published table.
+//! rebuild costs, and the pick path as the forwarder runs it — the service's `Balancer::load` +
+//! `pick` — on two threads sharing one published snapshot.
 //!
 //! Run with `cargo bench --bench balance`. The bar (issue 4): `pick()` ≤ 25 ns at 10,000
 //! instances and flat in instance count; a 10,000-instance table built in ≤ 1 ms.
@@ -9,10 +9,11 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use divan::{black_box, Bencher};
-use waypost::balance::Table;
-use waypost::discover::Instance;
+use waypost::balance::{Balancer, Table};
+use waypost::cache::state::TargetState;
+use waypost::cache::Publish;
+use waypost::discover::{Instance, Resolution};
 
 fn main() {
     divan::main();
@@ -44,12 +45,16 @@ fn build(bencher: Bencher, n: usize) {
     bencher.bench_local(|| Table::build(black_box(&list)));
 }
 
-/// The forwarder's pick path on 2 threads at once: load the shared published table, pick.
+/// The forwarder's pick path on 2 threads at once: load the service's published snapshot (as
+/// `forward::Proxy::handle` does), pick.
 #[divan::bench(args = [3, 10_000], threads = [2], sample_size = 10_000)]
 fn pick_shared(bencher: Bencher, n: usize) {
-    let shared = Arc::new(ArcSwap::from_pointee(Table::build(&instances(n))));
+    let balancer = Balancer::new();
+    let resolution = Arc::new(Resolution::new(instances(n)));
+    balancer.publish(&resolution, &TargetState::new("static", "echo").status);
     bencher.bench(|| {
-        let table = shared.load();
+        let snapshot = balancer.load();
+        let table = &snapshot.as_ref().as_ref().expect("published").table;
         black_box(table.pick().map(|i| i.address))
     });
 }

@@ -86,9 +86,9 @@ impl Table {
         self.pick_with(fastrand::u64(..))
     }
 
-    /// Picks with the given random number (for tests and benches).
+    /// Picks with the given random number (for tests).
     #[inline]
-    pub fn pick_with(&self, random: u64) -> Option<&Instance> {
+    fn pick_with(&self, random: u64) -> Option<&Instance> {
         let n = self.slots.len() as u64;
         if n == 0 {
             return None;

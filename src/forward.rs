@@ -36,7 +36,7 @@ use crate::metrics::{ForwardMetrics, ServiceMetrics};
 use crate::shutdown::Shutdown;
 
 /// The body of a response to the app: the upstream's, streamed, or one waypost wrote.
-pub type ResponseBody = Either<h1::Body, Full<Bytes>>;
+pub type ResponseBody = Either<pool::UpstreamBody, Full<Bytes>>;
 
 /// Everything forwarding keeps per service: its balancer and the handles a request needs.
 /// The cache creates one per target and publishes into it.
@@ -47,7 +47,7 @@ pub struct ServiceHandle {
     family: ForwardMetrics,
     name: Arc<str>,
     /// Time allowed from request sent to response headers.
-    pub timeout: Duration,
+    timeout: Duration,
     /// The upstream pool for this service (its own when it overrides the connect timeout).
     pool: Pool,
 }
@@ -123,13 +123,14 @@ impl Proxy {
             }
         };
         target.touch();
-        if !target.is_resolved() {
-            // Concurrent first requests all wait on the one resolution in flight, which the
-            // refresher bounds by `resolve_timeout`; the same bound here covers a stuck one.
+        let svc = target.publisher();
+        // No snapshot yet: the first resolution is still in flight (the refresher publishes
+        // before it marks a target resolved). Concurrent first requests all wait on that one,
+        // which the refresher bounds by `resolve_timeout`; the same bound here covers a stuck one.
+        if svc.balancer.load().is_none() {
             let wait = self.cache.policy().resolve_timeout;
             let _ = tokio::time::timeout(wait, target.first_resolve()).await;
         }
-        let svc = target.publisher();
         let addr = {
             let snapshot = svc.balancer.load();
             let picked = match &**snapshot {
@@ -145,7 +146,7 @@ impl Proxy {
                 Err(e) => return self.reject(Some(svc), e, started),
             }
         };
-        headers::prepare(&mut parts, target.name());
+        headers::ensure_host(&mut parts, target.name());
         let sent = tokio::time::timeout(
             svc.timeout,
             svc.pool.send(addr, Request::from_parts(parts, body)),
@@ -175,7 +176,9 @@ impl Proxy {
         match result {
             Ok(resp) => {
                 let (mut head, body) = resp.into_parts();
-                headers::strip_hop_by_hop(&mut head.headers);
+                // (Hop-by-hop headers were left out while the head was parsed.) The marker says
+                // a response came from waypost: an upstream cannot claim it.
+                head.headers.remove(rescue::ERROR_HEADER);
                 svc.metrics.count(head.status.as_u16());
                 svc.metrics
                     .duration

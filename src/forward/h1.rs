@@ -28,6 +28,8 @@ use tokio::net::TcpStream;
 pub use body::Body;
 use upload::Upload;
 
+use super::headers;
+
 /// Most headers accepted in a response head (hyper's limit too).
 const MAX_HEADERS: usize = 100;
 /// Bytes a read asks for while a head is expected; the body reads ask for the buffer limit.
@@ -222,10 +224,10 @@ impl Conn {
 
     /// This connection whole again once a response has ended, or `None` while its request body
     /// is still being uploaded (the upstream answered early): such a connection is not reused.
-    fn reclaim(self, cx: &mut Context<'_>) -> Option<Conn> {
+    fn reclaim(self) -> Option<Conn> {
         let io = match self.io {
             Io::Whole(io) => io,
-            Io::Split(rd, upload) => rd.reunite(upload.finished(cx)?).ok()?,
+            Io::Split(rd, upload) => rd.reunite(upload.finished()?).ok()?,
             Io::Gone => return None,
         };
         Some(Conn {
@@ -244,11 +246,12 @@ pub struct Outgoing {
     pub framing: Framing,
 }
 
-/// Encodes the request head (origin-form target, HTTP/1.1) and settles its body framing:
-/// `Content-Length` when the body's length is known, `Transfer-Encoding: chunked` when it is
-/// not, nothing for no body — except `Content-Length: 0` for methods that define a body, which
-/// some servers require (RFC 9110 §8.6). Framing headers from the app are replaced, as the app's
-/// framing belonged to its own hop.
+/// Encodes the request head (origin-form target, HTTP/1.1, hop-by-hop headers left out) and
+/// settles its body framing: `Content-Length` when the body's length is known,
+/// `Transfer-Encoding: chunked` when it is not, nothing for no body — except
+/// `Content-Length: 0` for methods that define a body, which some servers require (RFC 9110
+/// §8.6). Framing headers from the app are replaced, as the app's framing belonged to its own
+/// hop.
 pub fn encode_request<B: http_body::Body>(parts: &mut request::Parts, body: &B) -> Outgoing {
     let framing = if body.is_end_stream() {
         Framing::Empty
@@ -259,7 +262,7 @@ pub fn encode_request<B: http_body::Body>(parts: &mut request::Parts, body: &B) 
         }
     };
     let headers = &mut parts.headers;
-    if headers.contains_key(header::TRANSFER_ENCODING) && framing != Framing::Chunked {
+    if framing != Framing::Chunked {
         headers.remove(header::TRANSFER_ENCODING);
     }
     match framing {
@@ -282,6 +285,7 @@ pub fn encode_request<B: http_body::Body>(parts: &mut request::Parts, body: &B) 
             }
         }
     }
+    let (_, named) = headers::connection_tokens(headers::connection_values(&parts.headers));
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut head = Vec::with_capacity(256);
     head.extend_from_slice(parts.method.as_str().as_bytes());
@@ -289,6 +293,9 @@ pub fn encode_request<B: http_body::Body>(parts: &mut request::Parts, body: &B) 
     head.extend_from_slice(target.as_bytes());
     head.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in parts.headers.iter() {
+        if headers::is_hop_by_hop(name) || named.contains(name) {
+            continue;
+        }
         head.extend_from_slice(name.as_str().as_bytes());
         head.extend_from_slice(b": ");
         head.extend_from_slice(value.as_bytes());
@@ -347,16 +354,27 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, ProtoErr
         }
         return Ok(Parsed::Interim);
     }
+    // Hop-by-hop headers are left out as the map is built; `Connection` is read on the way.
+    let (close, named) = headers::connection_tokens(
+        spans[..count]
+            .iter()
+            .filter(|&&(ns, ne, _, _)| {
+                head[ns as usize..ne as usize].eq_ignore_ascii_case(b"connection")
+            })
+            .map(|&(_, _, vs, ve)| &head[vs as usize..ve as usize]),
+    );
     let mut headers = HeaderMap::with_capacity(count);
     for &(ns, ne, vs, ve) in &spans[..count] {
         let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
             .map_err(|_| ProtoError::Invalid("header name"))?;
+        if headers::is_hop_by_hop(&name) || named.contains(&name) {
+            continue;
+        }
         let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
             .map_err(|_| ProtoError::Invalid("header value"))?;
         headers.append(name, value);
     }
-    let mut reusable =
-        version == Version::HTTP_11 && !has_token(&headers, header::CONNECTION, "close");
+    let mut reusable = version == Version::HTTP_11 && !close;
     let no_body =
         head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
     let framing = if no_body {
@@ -389,16 +407,6 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, ProtoErr
         framing,
         reusable,
     }))
-}
-
-/// Whether a comma-separated header lists `token` (case-insensitively).
-fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 /// Whether the last transfer coding is `chunked` (the only way a response body so coded ends

@@ -1,92 +1,75 @@
-//! The header surgery a proxy owes both directions: hop-by-hop headers (RFC 9110 §7.6.1, plus
-//! the ones `Connection` names) are dropped, the request is turned into origin form for the
-//! upstream, everything else passes untouched.
+//! The header rules a proxy owes both directions: hop-by-hop headers (RFC 9110 §7.6.1, plus the
+//! ones `Connection` names) do not cross waypost. The HTTP/1.1 client applies them where it
+//! already walks every header anyway — while writing a request head and while parsing a
+//! response head ([`h1`](super::h1)) — so no message is walked twice for them.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::PathAndQuery;
-use http::{Uri, Version};
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1 and the de-facto
-/// `Proxy-Connection`/`Keep-Alive`).
-static HOP_BY_HOP: [HeaderName; 8] = [
+/// `Proxy-Connection`/`Keep-Alive`). `Trailer` is not one of them: it announces the trailer
+/// fields end to end, and HTTP/1.1 servers send only the trailers it names.
+static HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
     header::TE,
-    header::TRAILER,
     header::UPGRADE,
 ];
 
-/// Drops hop-by-hop headers, including any header the `Connection` header names.
-/// `Transfer-Encoding` is left to hyper, which re-frames the body for the next hop.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // One pass over the names (cheap comparisons) finds the few present, if any; only those
-    // are hashed for removal. Most messages carry none, or only `Connection: keep-alive`.
-    let mut present: [Option<&'static HeaderName>; HOP_BY_HOP.len()] = Default::default();
-    let mut any = false;
-    for name in headers.keys() {
-        // Every hop-by-hop name is 2, 7, 10, 16, 18 or 19 bytes long: most names are ruled
-        // out by their length alone, before any comparison.
-        if !matches!(name.as_str().len(), 2 | 7 | 10 | 16 | 18 | 19) {
-            continue;
-        }
-        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
-            present[i] = Some(&HOP_BY_HOP[i]);
-            any = true;
+/// Whether `name` is hop-by-hop by itself (headers a `Connection` header names come on top).
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    // Every hop-by-hop name is 2, 7, 10, 16, 18 or 19 bytes long: most names are ruled out by
+    // their length alone, before any comparison.
+    matches!(name.as_str().len(), 2 | 7 | 10 | 16 | 18 | 19) && HOP_BY_HOP.contains(name)
+}
+
+/// What `Connection` header values say: whether one lists `close`, and the other headers they
+/// name (not `keep-alive`, which is hop-by-hop anyway). Allocates only when some are named.
+pub fn connection_tokens<'a>(
+    values: impl IntoIterator<Item = &'a [u8]>,
+) -> (bool, Vec<HeaderName>) {
+    let mut close = false;
+    let mut named = Vec::new();
+    for value in values {
+        for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            if token.eq_ignore_ascii_case(b"close") {
+                close = true;
+            } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"keep-alive") {
+                if let Ok(name) = HeaderName::from_bytes(token) {
+                    named.push(name);
+                }
+            }
         }
     }
-    if !any {
+    (close, named)
+}
+
+/// Gives the request a `Host` when the app sent none: the URI's authority (HTTP/2 and
+/// absolute-form requests), or the service name as a last resort. The app's own `Host` passes
+/// unchanged; the request target goes out in origin form ([`h1::encode_request`]).
+///
+/// [`h1::encode_request`]: super::h1::encode_request
+pub fn ensure_host(parts: &mut http::request::Parts, service: &str) {
+    if parts.headers.contains_key(header::HOST) {
         return;
     }
-    // Headers named by `Connection` other than the usual tokens (rare): collected first, as
-    // removing them needs the `Connection` value we are about to drop.
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|t| {
-            !t.eq_ignore_ascii_case("keep-alive")
-                && !t.eq_ignore_ascii_case("close")
-                && !t.is_empty()
-        })
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in present.into_iter().flatten() {
-        headers.remove(name);
+    let host = match parts.uri.authority() {
+        Some(auth) => HeaderValue::from_str(auth.as_str()),
+        None => HeaderValue::from_str(service),
+    };
+    if let Ok(v) = host {
+        parts.headers.insert(header::HOST, v);
     }
 }
 
-/// Turns the app's request into the one sent upstream: origin-form URI (the path and query
-/// only — absolute-form is for proxies), `Host` kept as the app sent it (or taken from the
-/// URI's authority for HTTP/2 and absolute-form requests that had none, or the service name as
-/// a last resort), hop-by-hop headers dropped, version 1.1.
-pub fn prepare(parts: &mut http::request::Parts, service: &str) {
-    if !parts.headers.contains_key(header::HOST) {
-        let host = match parts.uri.authority() {
-            Some(auth) => HeaderValue::from_str(auth.as_str()),
-            None => HeaderValue::from_str(service),
-        };
-        if let Ok(v) = host {
-            parts.headers.insert(header::HOST, v);
-        }
-    }
-    strip_hop_by_hop(&mut parts.headers);
-    if parts.uri.authority().is_some() || parts.uri.scheme().is_some() {
-        let path = parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        parts.uri = Uri::from(path);
-    }
-    parts.version = Version::HTTP_11;
+/// The `Connection` values of `headers`, as bytes (for [`connection_tokens`]).
+pub fn connection_values(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .map(HeaderValue::as_bytes)
 }
 
 #[cfg(test)]
@@ -94,49 +77,48 @@ mod tests {
     use super::*;
 
     #[test]
-    fn drops_hop_by_hop_and_connection_named_headers() {
-        let mut h = HeaderMap::new();
-        h.insert("connection", "keep-alive, x-private".parse().unwrap());
-        h.insert("keep-alive", "timeout=5".parse().unwrap());
-        h.insert("x-private", "1".parse().unwrap());
-        h.insert("upgrade", "websocket".parse().unwrap());
-        h.insert("te", "trailers".parse().unwrap());
-        h.insert("x-keep", "1".parse().unwrap());
-        strip_hop_by_hop(&mut h);
-        assert_eq!(h.len(), 1);
-        assert!(h.contains_key("x-keep"));
-    }
-
-    #[test]
-    fn the_length_filter_admits_every_hop_by_hop_name() {
+    fn every_hop_by_hop_name_passes_the_length_filter_and_others_do_not() {
         for name in &HOP_BY_HOP {
-            let mut h = HeaderMap::new();
-            h.insert(name.clone(), HeaderValue::from_static("x"));
-            strip_hop_by_hop(&mut h);
-            assert!(h.is_empty(), "{name} was not dropped");
+            assert!(is_hop_by_hop(name), "{name}");
+        }
+        for name in [
+            "trailer",
+            "x-keep",
+            "content-length",
+            "host",
+            "user-agent",
+            "tee",
+        ] {
+            assert!(!is_hop_by_hop(&HeaderName::from_static(name)), "{name}");
         }
     }
 
     #[test]
-    fn prepares_origin_form_keeping_host() {
-        let req = http::Request::builder()
-            .uri("http://echo:80/a?b=1")
-            .version(Version::HTTP_2)
-            .body(())
-            .unwrap();
+    fn connection_tokens_find_close_and_named_headers() {
+        let (close, named) = connection_tokens([&b"keep-alive, X-Private"[..], b" Close ,,"]);
+        assert!(close);
+        assert_eq!(named, [HeaderName::from_static("x-private")]);
+        let (close, named) = connection_tokens([&b"keep-alive"[..]]);
+        assert!(!close && named.is_empty());
+    }
+
+    #[test]
+    fn host_comes_from_the_authority_or_the_service() {
+        let req = http::Request::get("http://echo:80/a?b=1").body(()).unwrap();
         let (mut parts, ()) = req.into_parts();
-        prepare(&mut parts, "echo");
-        assert_eq!(parts.uri, "/a?b=1");
+        ensure_host(&mut parts, "echo");
         assert_eq!(parts.headers["host"], "echo:80");
-        assert_eq!(parts.version, Version::HTTP_11);
         // HTTP/1.0 without Host on a per-service port: the service name stands in.
-        let (mut parts, ()) = http::Request::builder()
-            .uri("/x")
+        let (mut parts, ()) = http::Request::get("/x").body(()).unwrap().into_parts();
+        ensure_host(&mut parts, "users");
+        assert_eq!(parts.headers["host"], "users");
+        // The app's own Host is kept.
+        let (mut parts, ()) = http::Request::get("http://a/")
+            .header("host", "b")
             .body(())
             .unwrap()
             .into_parts();
-        prepare(&mut parts, "users");
-        assert_eq!(parts.uri, "/x");
-        assert_eq!(parts.headers["host"], "users");
+        ensure_host(&mut parts, "c");
+        assert_eq!(parts.headers["host"], "b");
     }
 }

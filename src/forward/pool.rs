@@ -48,6 +48,9 @@ impl SendError {
     }
 }
 
+/// A response body from an upstream, whose connection returns to this pool.
+pub type UpstreamBody = h1::Body<Home>;
+
 /// One idle connection.
 struct Idle {
     conn: Conn,
@@ -57,7 +60,7 @@ struct Idle {
 
 /// Settings of a [`Pool`].
 #[derive(Debug, Clone, Copy)]
-pub struct PoolConfig {
+struct PoolConfig {
     /// TCP connect timeout.
     pub connect_timeout: Duration,
     /// Idle connections older than this are closed.
@@ -82,34 +85,30 @@ struct Inner {
 pub struct Pool(Arc<Inner>);
 
 /// Takes a connection back into its pool once its response body has ended.
-struct Home {
+pub struct Home {
     pool: Pool,
     addr: SocketAddr,
 }
 
 impl Recycle for Home {
-    fn recycle(self: Box<Self>, conn: Conn) {
+    fn recycle(self, conn: Conn) {
         self.pool.checkin(self.addr, conn);
     }
 }
 
 impl Pool {
-    /// An empty pool.
-    pub fn new(config: PoolConfig) -> Self {
+    /// An empty pool with `upstream:`'s settings and `connect_timeout` (global or a service's
+    /// own).
+    pub fn from_config(cfg: &UpstreamConfig, connect_timeout: Duration) -> Self {
         Self(Arc::new(Inner {
             idle: Mutex::default(),
-            config,
+            config: PoolConfig {
+                connect_timeout,
+                idle_timeout: cfg.idle_timeout.0,
+                max_per_instance: cfg.max_idle_per_instance,
+                buffer_size: cfg.buffer_size,
+            },
         }))
-    }
-
-    /// A pool with `upstream:`'s settings and `connect_timeout` (global or a service's own).
-    pub fn from_config(cfg: &UpstreamConfig, connect_timeout: Duration) -> Self {
-        Self::new(PoolConfig {
-            connect_timeout,
-            idle_timeout: cfg.idle_timeout.0,
-            max_per_instance: cfg.max_idle_per_instance,
-            buffer_size: cfg.buffer_size,
-        })
     }
 
     /// Sends `req` (origin-form URI, `Host` set) to `addr` and resolves to the response head;
@@ -118,7 +117,7 @@ impl Pool {
         &self,
         addr: SocketAddr,
         req: Request<B>,
-    ) -> Result<Response<h1::Body>, SendError>
+    ) -> Result<Response<UpstreamBody>, SendError>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -149,11 +148,11 @@ impl Pool {
         }
     }
 
-    fn respond(&self, addr: SocketAddr, conn: Conn, head: h1::Head) -> Response<h1::Body> {
-        let home = Box::new(Home {
+    fn respond(&self, addr: SocketAddr, conn: Conn, head: h1::Head) -> Response<UpstreamBody> {
+        let home = Home {
             pool: self.clone(),
             addr,
-        });
+        };
         let body = h1::Body::new(conn, head.framing, head.reusable, home);
         Response::from_parts(head.parts, body)
     }
@@ -197,7 +196,7 @@ impl Pool {
     }
 
     /// Closes idle connections older than the idle timeout, or closed by the upstream.
-    pub fn sweep(&self) {
+    fn sweep(&self) {
         let timeout = self.0.config.idle_timeout;
         let mut idle = self.0.idle.lock().unwrap_or_else(|p| p.into_inner());
         idle.retain(|_, list| {
@@ -260,7 +259,7 @@ fn idempotent(method: &Method) -> bool {
 /// our own discovery, not attacker-chosen strings, so SipHash's flooding resistance buys
 /// nothing here and costs ~100 instructions per lookup.
 #[derive(Default)]
-pub struct AddrHasher(u64);
+struct AddrHasher(u64);
 
 impl Hasher for AddrHasher {
     fn write(&mut self, bytes: &[u8]) {

@@ -102,31 +102,24 @@ mod tests {
     #[test]
     fn names_the_service_three_ways() {
         let out = Listener::Outbound;
-        assert_eq!(
-            service_name(&parts("/x", Some("echo")), &out).unwrap(),
-            "echo"
-        );
-        assert_eq!(
-            service_name(&parts("/x", Some("echo:80")), &out).unwrap(),
-            "echo"
-        );
-        assert_eq!(
-            service_name(&parts("/x", Some("ECHO")), &out).unwrap(),
-            "echo"
-        );
-        assert_eq!(
-            service_name(&parts("http://echo/x", Some("other")), &out).unwrap(),
-            "echo"
-        );
-        assert_eq!(
-            service_name(&parts("http://echo:8080/x", None), &out).unwrap(),
-            "echo"
-        );
-        let svc = Listener::Service("users".into());
-        assert_eq!(
-            service_name(&parts("/x", Some("anything")), &svc).unwrap(),
-            "users"
-        );
+        let users = Listener::Service("users".into());
+        for (uri, host, listener, want) in [
+            ("/x", Some("echo"), &out, "echo"),
+            ("/x", Some("echo:80"), &out, "echo"),
+            ("/x", Some("ECHO"), &out, "echo"),
+            // Absolute form wins over Host.
+            ("http://echo/x", Some("other"), &out, "echo"),
+            ("http://echo:8080/x", None, &out, "echo"),
+            // A per-service listener ignores both.
+            ("/x", Some("anything"), &users, "users"),
+        ] {
+            let head = parts(uri, host);
+            assert_eq!(
+                service_name(&head, listener).unwrap(),
+                want,
+                "{uri} {host:?}"
+            );
+        }
     }
 
     #[test]

@@ -17,18 +17,19 @@ const MAX_CHUNK_LINE: usize = 4096;
 /// Most trailer fields accepted after the last chunk.
 const MAX_TRAILERS: usize = 32;
 
-/// Where a connection goes when a response has ended cleanly: its pool.
-pub trait Recycle: Send + Sync + 'static {
+/// Where a connection goes when a response has ended cleanly: its pool (a test's stand-in in
+/// unit tests). Generic rather than boxed, so a response costs no allocation for it.
+pub trait Recycle: Send + Unpin + 'static {
     /// Takes back `conn`, whose last response has been read to the end.
-    fn recycle(self: Box<Self>, conn: Conn);
+    fn recycle(self, conn: Conn);
 }
 
-/// A response body read from an upstream connection.
-pub struct Body {
+/// A response body read from an upstream connection; `R` takes the connection back.
+pub struct Body<R> {
     state: State,
     conn: Option<Conn>,
     /// Set while the connection may be reused once the body ends.
-    home: Option<Box<dyn Recycle>>,
+    home: Option<R>,
 }
 
 enum State {
@@ -57,10 +58,10 @@ enum Step {
     Trailers,
 }
 
-impl Body {
+impl<R: Recycle> Body<R> {
     /// The body of a response whose head was just read from `conn`. `home` takes the
     /// connection back once the body has ended, when `reusable`.
-    pub fn new(mut conn: Conn, framing: Framing, reusable: bool, home: Box<dyn Recycle>) -> Self {
+    pub fn new(mut conn: Conn, framing: Framing, reusable: bool, home: R) -> Self {
         let state = match framing {
             Framing::Empty | Framing::Length(0) => State::Done,
             Framing::Length(n) if conn.buf.len() as u64 >= n => {
@@ -76,14 +77,13 @@ impl Body {
             home: reusable.then_some(home),
         };
         if matches!(body.state, State::Done | State::Buffered(_)) {
-            body.release(None);
+            body.release();
         }
         body
     }
 
     /// The body has been read to its end: the connection goes home if it can be reused.
-    /// `cx`: to collect a finished upload; without one, a connection still uploading is dropped.
-    fn release(&mut self, cx: Option<&mut Context<'_>>) {
+    fn release(&mut self) {
         let (Some(conn), Some(home)) = (self.conn.take(), self.home.take()) else {
             return;
         };
@@ -91,8 +91,7 @@ impl Body {
             // Bytes after the end of the response: the connection is out of step.
             return;
         }
-        let noop = &mut Context::from_waker(std::task::Waker::noop());
-        if let Some(conn) = conn.reclaim(cx.unwrap_or(noop)) {
+        if let Some(conn) = conn.reclaim() {
             home.recycle(conn);
         }
     }
@@ -133,7 +132,7 @@ impl Body {
                         let data = buf.split_to(take as usize).freeze();
                         if take == left {
                             self.state = State::Done;
-                            self.release(Some(cx));
+                            self.release();
                         } else {
                             self.state = State::Length(left - take);
                         }
@@ -168,7 +167,7 @@ impl Body {
                         }
                         Decoded::End(trailers) => {
                             self.state = State::Done;
-                            self.release(Some(cx));
+                            self.release();
                             if let Some(t) = trailers {
                                 return Poll::Ready(Some(Ok(Frame::trailers(t))));
                             }
@@ -181,7 +180,7 @@ impl Body {
     }
 }
 
-impl http_body::Body for Body {
+impl<R: Recycle> http_body::Body for Body<R> {
     type Data = Bytes;
     type Error = ProtoError;
 

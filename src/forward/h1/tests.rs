@@ -66,6 +66,36 @@ fn request_heads_say_how_their_body_is_framed() {
     );
 }
 
+#[test]
+fn hop_by_hop_headers_cross_in_neither_direction() {
+    // Request: the fixed hop-by-hop names and those `Connection` names are left out; an
+    // HTTP/2 request with an absolute URI goes out in origin form as HTTP/1.1.
+    let req = Request::get("http://echo:80/a?b=1")
+        .version(http::Version::HTTP_2)
+        .header("connection", "keep-alive, x-private")
+        .header("keep-alive", "timeout=5")
+        .header("x-private", "1")
+        .header("upgrade", "websocket")
+        .header("te", "trailers")
+        .header("x-keep", "1")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    assert_eq!(head_of(req).0, "GET /a?b=1 HTTP/1.1\r\nx-keep: 1\r\n\r\n");
+    // Response: the same rules while the head is parsed; `Trailer` is end to end and stays.
+    let head = parse(
+        "HTTP/1.1 200 OK\r\nconnection: x-private\r\nx-private: 1\r\nkeep-alive: timeout=5\r\n\
+         proxy-connection: x\r\ntrailer: x-sum\r\nx-keep: 1\r\ncontent-length: 0\r\n\r\n",
+        false,
+    )
+    .unwrap();
+    let names: Vec<&str> = head.parts.headers.keys().map(|n| n.as_str()).collect();
+    assert_eq!(names, ["trailer", "x-keep", "content-length"]);
+    assert!(
+        head.reusable,
+        "a Connection header without close keeps the connection"
+    );
+}
+
 /// Parses `raw` as one response head (to a GET, or a HEAD when `head_request`).
 fn parse(raw: &str, head_request: bool) -> Result<Head, ProtoError> {
     let mut buf = BytesMut::from(raw);
@@ -181,7 +211,7 @@ fn interim_heads_are_skipped_and_upgrades_refused() {
 struct Flag(Arc<AtomicBool>);
 
 impl Recycle for Flag {
-    fn recycle(self: Box<Self>, _conn: Conn) {
+    fn recycle(self, _conn: Conn) {
         self.0.store(true, Ordering::SeqCst);
     }
 }
@@ -211,7 +241,7 @@ async fn fetch(
     conn.write_head(b"GET / HTTP/1.1\r\n\r\n").await?;
     let head = conn.read_head(false).await?;
     let recycled = Arc::new(AtomicBool::new(false));
-    let home = Box::new(Flag(recycled.clone()));
+    let home = Flag(recycled.clone());
     let mut body = Body::new(conn, head.framing, head.reusable, home);
     let (mut data, mut trailers) = (Vec::new(), None);
     while let Some(frame) = body.frame().await {
