@@ -46,20 +46,20 @@ pub struct App {
 }
 
 /// Builds resolvers from config, sharing one DNS client (created on first use) between them.
-pub struct ResolverFactory<'a> {
+struct ResolverFactory<'a> {
     config: &'a Config,
     dns: Option<Arc<DnsClient>>,
 }
 
 impl<'a> ResolverFactory<'a> {
     /// A factory for `config`.
-    pub fn new(config: &'a Config) -> Self {
+    fn new(config: &'a Config) -> Self {
         Self { config, dns: None }
     }
 
     /// The resolver `resolver` describes. A file resolver without `name` reads the registry
     /// entries of whatever service (or on-demand host) it resolves.
-    pub fn build(&mut self, resolver: &ResolverConfig) -> anyhow::Result<Arc<dyn Resolver>> {
+    fn build(&mut self, resolver: &ResolverConfig) -> anyhow::Result<Arc<dyn Resolver>> {
         Ok(match resolver {
             ResolverConfig::Static(s) => Arc::new(StaticResolver::from_config(s)),
             ResolverConfig::File(f) => Arc::new(
@@ -82,7 +82,7 @@ impl<'a> ResolverFactory<'a> {
     }
 
     /// The cache rules for `discovery.on_demand`.
-    pub fn rules(&mut self) -> anyhow::Result<Vec<Rule>> {
+    fn rules(&mut self) -> anyhow::Result<Vec<Rule>> {
         let config = self.config;
         config
             .discovery

@@ -1,15 +1,15 @@
 //! Stage 0 — configuration: the whole YAML schema as typed serde structs.
 //!
 //! A config file is read once ([`load`] / [`load_str`]): `${VAR}` references are expanded
-//! ([`env`]), the text is parsed with `deny_unknown_fields` into the types below — durations,
-//! addresses, weights and names are checked *while* parsing, so serde_yaml reports the exact line
-//! and column — and then [`Config::validate`] checks the rules that span several keys, locating the
-//! offending key in the text ([`locate`]). Runtime code receives only these typed values and
-//! never parses a string again.
+//! (private module `env`), the text is parsed with `deny_unknown_fields` into the types below —
+//! durations, addresses, weights and names are checked *while* parsing, so serde_yaml reports the
+//! exact line and column — and then [`Config::validate`] checks the rules that span several keys,
+//! locating the offending key in the text (private module `locate`). Runtime code receives only
+//! these typed values and never parses a string again.
 
 mod discovery;
-pub mod env;
-pub mod locate;
+mod env;
+mod locate;
 mod types;
 mod validate;
 
@@ -25,7 +25,7 @@ pub use types::{Addr, Dur, ServiceName};
 /// Where the outbound listener binds when the config does not say (linkerd's outbound port).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:4140";
 /// Where the admin listener binds when the config does not say (linkerd's admin port).
-pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:4191";
+const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:4191";
 
 /// The whole configuration of one waypost process.
 #[derive(Debug, Clone, Deserialize)]
@@ -70,65 +70,49 @@ fn default_listen() -> Addr {
 
 /// `admin:` — the admin listener.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct AdminConfig {
     /// Address of the admin listener.
-    #[serde(default = "default_admin_listen")]
     pub listen: Addr,
-}
-
-fn default_admin_listen() -> Addr {
-    Addr::parse(DEFAULT_ADMIN_LISTEN).expect("constant address parses")
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         Self {
-            listen: default_admin_listen(),
+            listen: Addr::parse(DEFAULT_ADMIN_LISTEN).expect("constant address parses"),
         }
     }
 }
 
 /// `runtime:` — how many worker threads the proxy uses.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct RuntimeConfig {
     /// Worker threads; 1 (the default) runs a single-threaded runtime, which is the cheapest
     /// per request for a sidecar; 0 means one per CPU.
-    #[serde(default = "one")]
     pub workers: usize,
-}
-
-fn one() -> usize {
-    1
 }
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        Self { workers: one() }
+        Self { workers: 1 }
     }
 }
 
 /// `log:` — logging.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
     /// A `tracing` filter such as `info` or `waypost=debug`; `RUST_LOG` overrides it.
-    #[serde(default = "default_log_level")]
     pub level: String,
     /// `text` or `json`.
-    #[serde(default)]
     pub format: LogFormat,
-}
-
-fn default_log_level() -> String {
-    "info".into()
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
         Self {
-            level: default_log_level(),
+            level: "info".into(),
             format: LogFormat::default(),
         }
     }
@@ -157,56 +141,36 @@ pub struct UpstreamOverrides {
 
 /// Global upstream settings (also the defaults for every service).
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// TCP connect timeout (default 1s).
-    #[serde(default = "default_connect_timeout")]
     pub connect_timeout: Dur,
     /// Time from request sent to response headers received (default 15s).
-    #[serde(default = "default_timeout")]
     pub timeout: Dur,
     /// How long an idle pooled upstream connection is kept (default 90s).
-    #[serde(default = "default_idle_timeout")]
     pub idle_timeout: Dur,
     /// Idle connections kept per instance (default 256).
-    #[serde(default = "default_max_idle")]
     pub max_idle_per_instance: usize,
     /// Largest read buffer per HTTP/1 connection, downstream and upstream (default 32 KiB,
     /// at least 8 KiB). Bodies stream through in chunks of at most this size, so it bounds
     /// memory per connection; larger values save syscalls on large bodies.
-    #[serde(default = "default_buffer_size")]
     pub buffer_size: usize,
 }
 
-fn default_connect_timeout() -> Dur {
-    Dur::from_secs(1)
-}
-fn default_timeout() -> Dur {
-    Dur::from_secs(15)
-}
-fn default_idle_timeout() -> Dur {
-    Dur::from_secs(90)
-}
-fn default_max_idle() -> usize {
-    256
-}
-/// 32 KiB: two such buffers per proxied exchange in flight keep 64 connections streaming
-/// 64 KiB bodies within a few MiB (hyper's own default lets each grow to ~400 KiB).
-fn default_buffer_size() -> usize {
-    32 * 1024
-}
-
 /// The smallest `upstream.buffer_size` hyper accepts.
-pub const MIN_BUFFER_SIZE: usize = 8 * 1024;
+const MIN_BUFFER_SIZE: usize = 8 * 1024;
 
 impl Default for UpstreamConfig {
     fn default() -> Self {
         Self {
-            connect_timeout: default_connect_timeout(),
-            timeout: default_timeout(),
-            idle_timeout: default_idle_timeout(),
-            max_idle_per_instance: default_max_idle(),
-            buffer_size: default_buffer_size(),
+            connect_timeout: Dur::from_secs(1),
+            timeout: Dur::from_secs(15),
+            idle_timeout: Dur::from_secs(90),
+            max_idle_per_instance: 256,
+            // 32 KiB: two such buffers per proxied exchange in flight keep 64 connections
+            // streaming 64 KiB bodies within a few MiB (hyper's own default lets each grow to
+            // ~400 KiB).
+            buffer_size: 32 * 1024,
         }
     }
 }
@@ -222,42 +186,32 @@ pub struct RegistryConfig {
 
 /// `registry.file:` — the embedded, serverless registry on local disk.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct FileRegistryConfig {
     /// Directory holding one sub-directory per service, one file per instance.
-    #[serde(default = "default_registry_dir")]
     pub dir: PathBuf,
-}
-
-fn default_registry_dir() -> PathBuf {
-    PathBuf::from("/tmp/waypost/registry")
 }
 
 impl Default for FileRegistryConfig {
     fn default() -> Self {
         Self {
-            dir: default_registry_dir(),
+            dir: PathBuf::from("/tmp/waypost/registry"),
         }
     }
 }
 
 /// `shutdown:` — draining.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct ShutdownConfig {
     /// How long in-flight requests may take to finish after SIGTERM (default 10s).
-    #[serde(default = "default_grace")]
     pub grace: Dur,
-}
-
-fn default_grace() -> Dur {
-    Dur::from_secs(10)
 }
 
 impl Default for ShutdownConfig {
     fn default() -> Self {
         Self {
-            grace: default_grace(),
+            grace: Dur::from_secs(10),
         }
     }
 }
@@ -334,9 +288,6 @@ pub fn default_weight() -> u32 {
     1
 }
 
-/// The largest weight accepted; keeps the table's integer arithmetic far from overflow.
-pub const MAX_WEIGHT: u32 = 1_000_000;
-
 /// `resolver: {file: …}`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -406,13 +357,7 @@ pub fn load_str(
         key: None,
         message: e.message,
     })?;
-    let config: Config = if expanded.trim().is_empty() {
-        // An empty file is an empty mapping: every default applies.
-        serde_yaml::from_str("{}")
-    } else {
-        serde_yaml::from_str(&expanded)
-    }
-    .map_err(|e| yaml_error(file, &e))?;
+    let config: Config = serde_yaml::from_str(&expanded).map_err(|e| yaml_error(file, &e))?;
     config.validate().map_err(|(key, message)| {
         let (line, column) =
             locate::locate(&expanded, &key).map_or((None, None), |(l, c)| (Some(l), Some(c)));
@@ -443,20 +388,6 @@ fn yaml_error(file: &str, e: &serde_yaml::Error) -> ConfigError {
         column: location.as_ref().map(|l| l.column()),
         key: None,
         message,
-    }
-}
-
-impl Config {
-    /// The on-demand rule covering `name`, if any (the first that matches).
-    pub fn on_demand_rule(&self, name: &str) -> Option<&OnDemandRule> {
-        self.discovery.on_demand.iter().find(|r| r.covers(name))
-    }
-
-    /// The refresh interval for `svc`: its own, else the global one.
-    pub fn refresh_interval(&self, svc: &ServiceConfig) -> std::time::Duration {
-        svc.refresh_interval
-            .unwrap_or(self.discovery.refresh_interval)
-            .0
     }
 }
 

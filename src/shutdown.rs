@@ -1,9 +1,9 @@
 //! The one shutdown primitive: a `watch` channel fanned out to every task.
 //!
 //! [`Trigger`] is held by `app.rs`, which fires it once; each task holds a [`Shutdown`] and puts
-//! `shutdown.recv()` in the same `select!` as its timer. Waypost shuts down in stages (stop being
-//! ready, deregister, stop accepting, drain, stop refreshers), so `app.rs` keeps one trigger per
-//! stage rather than one global flag.
+//! `shutdown.recv()` in the same `select!` as its timer. Waypost shuts down in stages (fail
+//! `/ready`, stop accepting, drain, stop refreshers and pool sweepers, stop the admin listener),
+//! so `app.rs` keeps one trigger per stage rather than one global flag.
 
 use tokio::sync::watch;
 

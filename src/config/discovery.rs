@@ -7,34 +7,26 @@ use super::{Addr, Dur, ResolverConfig, ServiceName};
 
 /// `discovery:` — cache behaviour shared by every target.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct DiscoveryConfig {
     /// How often each target is re-resolved (default 5s).
-    #[serde(default = "default_refresh")]
     pub refresh_interval: Dur,
     /// Random spread applied to every refresh delay, as a share of it (default 0.2 = ±20 %).
-    #[serde(default = "default_jitter")]
     pub jitter: f64,
     /// A target resolved on demand and unused for this long is dropped (default 60s).
     /// Declared services never expire.
-    #[serde(default = "default_expire")]
     pub expire_interval: Dur,
     /// How long the last good table is served while refreshes fail (default: no limit —
     /// stale beats empty).
-    #[serde(default)]
     pub max_stale: Option<Dur>,
     /// Time allowed for one resolve (default 5s).
-    #[serde(default = "default_resolve_timeout")]
     pub resolve_timeout: Dur,
     /// Retry delays after failed resolves.
-    #[serde(default)]
     pub backoff: BackoffConfig,
     /// Protection against answers that empty a table or remove most of it.
-    #[serde(default)]
     pub guard: GuardConfig,
     /// Rules for names that are not declared under `services:` but may be resolved on first
     /// use. Any other name is refused: waypost is never an open proxy.
-    #[serde(default)]
     pub on_demand: Vec<OnDemandRule>,
 }
 
@@ -59,77 +51,46 @@ impl OnDemandRule {
     pub fn covers(&self, name: &str) -> bool {
         name.len() > self.suffix.len()
             && name.ends_with(self.suffix.as_str())
-            && ServiceName::parse(name).is_ok()
+            && ServiceName::is_valid(name)
     }
 }
 
 /// `dns:` — the DNS client shared by every `dns` resolver.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct DnsConfig {
     /// Name servers as `IP:port`; empty (the default) uses the system's `/etc/resolv.conf`.
-    #[serde(default)]
     pub nameservers: Vec<Addr>,
     /// Time allowed for one query (default 2s).
-    #[serde(default = "default_dns_timeout")]
     pub timeout: Dur,
     /// Queries tried per lookup before it fails (default 2).
-    #[serde(default = "default_dns_attempts")]
     pub attempts: usize,
     /// Shortest refresh interval a record TTL may ask for (default 1s).
-    #[serde(default = "default_min_ttl")]
     pub min_ttl: Dur,
     /// Longest refresh interval a record TTL may ask for (default 30s).
-    #[serde(default = "default_max_ttl")]
     pub max_ttl: Dur,
-}
-
-fn default_dns_timeout() -> Dur {
-    Dur::from_secs(2)
-}
-fn default_dns_attempts() -> usize {
-    2
-}
-fn default_min_ttl() -> Dur {
-    Dur::from_secs(1)
-}
-fn default_max_ttl() -> Dur {
-    Dur::from_secs(30)
 }
 
 impl Default for DnsConfig {
     fn default() -> Self {
         Self {
             nameservers: Vec::new(),
-            timeout: default_dns_timeout(),
-            attempts: default_dns_attempts(),
-            min_ttl: default_min_ttl(),
-            max_ttl: default_max_ttl(),
+            timeout: Dur::from_secs(2),
+            attempts: 2,
+            min_ttl: Dur::from_secs(1),
+            max_ttl: Dur::from_secs(30),
         }
     }
-}
-
-fn default_refresh() -> Dur {
-    Dur::from_secs(5)
-}
-fn default_jitter() -> f64 {
-    0.2
-}
-fn default_expire() -> Dur {
-    Dur::from_secs(60)
-}
-fn default_resolve_timeout() -> Dur {
-    Dur::from_secs(5)
 }
 
 impl Default for DiscoveryConfig {
     fn default() -> Self {
         Self {
-            refresh_interval: default_refresh(),
-            jitter: default_jitter(),
-            expire_interval: default_expire(),
+            refresh_interval: Dur::from_secs(5),
+            jitter: 0.2,
+            expire_interval: Dur::from_secs(60),
             max_stale: None,
-            resolve_timeout: default_resolve_timeout(),
+            resolve_timeout: Dur::from_secs(5),
             backoff: BackoffConfig::default(),
             guard: GuardConfig::default(),
             on_demand: Vec::new(),
@@ -139,28 +100,19 @@ impl Default for DiscoveryConfig {
 
 /// `discovery.backoff:` — jittered exponential backoff after failed resolves.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct BackoffConfig {
     /// First retry delay (default 1s); doubles on each further failure.
-    #[serde(default = "default_backoff_initial")]
     pub initial: Dur,
     /// Longest retry delay (default 30s).
-    #[serde(default = "default_backoff_max")]
     pub max: Dur,
-}
-
-fn default_backoff_initial() -> Dur {
-    Dur::from_secs(1)
-}
-fn default_backoff_max() -> Dur {
-    Dur::from_secs(30)
 }
 
 impl Default for BackoffConfig {
     fn default() -> Self {
         Self {
-            initial: default_backoff_initial(),
-            max: default_backoff_max(),
+            initial: Dur::from_secs(1),
+            max: Dur::from_secs(30),
         }
     }
 }
@@ -168,28 +120,19 @@ impl Default for BackoffConfig {
 /// `discovery.guard:` — an answer that empties a table, or removes more than `max_removal` of
 /// its instances at once, is applied only after `confirm` consecutive answers agree.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct GuardConfig {
     /// Consecutive confirming answers needed (default 3; 1 disables the guard).
-    #[serde(default = "default_confirm")]
     pub confirm: u32,
     /// Share of instances one answer may remove unconfirmed (default 0.5).
-    #[serde(default = "default_max_removal")]
     pub max_removal: f64,
-}
-
-fn default_confirm() -> u32 {
-    3
-}
-fn default_max_removal() -> f64 {
-    0.5
 }
 
 impl Default for GuardConfig {
     fn default() -> Self {
         Self {
-            confirm: default_confirm(),
-            max_removal: default_max_removal(),
+            confirm: 3,
+            max_removal: 0.5,
         }
     }
 }

@@ -79,15 +79,16 @@ fn expand_line(
                         ));
                     }
                     let value = match (lookup(name), default) {
-                        (Some(v), _) if !v.is_empty() || default.is_none() => v,
-                        (_, Some(d)) => d.to_string(),
+                        // As in the shell, `:-` also replaces a variable that is set but empty.
+                        (Some(v), Some(d)) if v.is_empty() => d.to_string(),
+                        (Some(v), _) => v,
+                        (None, Some(d)) => d.to_string(),
                         (None, None) => {
                             return Err(err(
                                 i + 1,
                                 format!("environment variable {name} is not set and `${{{name}}}` has no default (write `${{{name}:-value}}`)"),
                             ))
                         }
-                        (Some(v), None) => v,
                     };
                     if value.contains('\n') {
                         return Err(err(
@@ -134,6 +135,11 @@ mod tests {
         assert_eq!(
             expand(t, &env).unwrap(),
             "a: 10.1.2.3:8080\nb: x\nc: d\nd: $HOME\n"
+        );
+        assert_eq!(
+            expand("a: x${EMPTY}y\n", &env).unwrap(),
+            "a: xy\n",
+            "set but empty, no default"
         );
     }
 

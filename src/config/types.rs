@@ -127,14 +127,14 @@ impl<'de> Deserialize<'de> for Addr {
     }
 }
 
-/// A service name: lowercase letters, digits, `-`, `_` and `.`, starting with a letter or digit,
-/// at most 253 characters — what a Host header can carry.
+/// A service name: 1 to 253 characters from lowercase letters, digits, `-`, `_` and `.`,
+/// starting with a letter, digit or `_` — what a Host header can carry.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ServiceName(String);
 
 impl ServiceName {
-    /// Checks and wraps `name`.
-    pub fn parse(name: &str) -> Result<Self, String> {
+    /// Whether `name` is a well-formed service name (see [`ServiceName`]); allocates nothing.
+    pub fn is_valid(name: &str) -> bool {
         let ok_chars = name.bytes().all(|b| {
             b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')
         });
@@ -142,7 +142,12 @@ impl ServiceName {
             .bytes()
             .next()
             .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_');
-        if name.is_empty() || name.len() > 253 || !ok_chars || !first_ok {
+        name.len() <= 253 && ok_chars && first_ok
+    }
+
+    /// Checks and wraps `name`.
+    pub fn parse(name: &str) -> Result<Self, String> {
+        if !Self::is_valid(name) {
             return Err(format!(
                 "invalid service name {name:?}: use lowercase letters, digits, '-', '_' and '.' (as in a host name)"
             ));
@@ -222,5 +227,12 @@ mod tests {
         assert!(ServiceName::parse("a b").is_err());
         assert!(ServiceName::parse("").is_err());
         assert!(ServiceName::parse("-x").is_err());
+        assert!(ServiceName::parse(&"a".repeat(254)).is_err());
+        for name in ["echo", "_http._tcp.a", "a-b.c", "9a"] {
+            assert!(ServiceName::is_valid(name), "{name:?}");
+        }
+        for name in ["Echo", "a b", "", "-x", ".x", "a/b"] {
+            assert!(!ServiceName::is_valid(name), "{name:?}");
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! The rules that span several keys, checked once after parsing. Each failure names the dotted
 //! key path; [`super::load_str`] turns it into a line and column with [`super::locate`].
 
-use super::{Config, DnsResolverConfig, ResolverConfig, ServiceName, MAX_WEIGHT};
+use super::{Config, DnsResolverConfig, ResolverConfig, ServiceName};
 
 impl Config {
     /// Checks the rules that span several keys. On failure returns the dotted key path of the
@@ -59,6 +59,10 @@ impl Config {
         if dns.attempts == 0 {
             return Err(("dns.attempts".into(), "must be at least 1".into()));
         }
+        if dns.min_ttl.0.is_zero() {
+            // A TTL-0 answer would otherwise be re-asked at once, in a loop.
+            return Err(("dns.min_ttl".into(), "must be greater than 0".into()));
+        }
         if dns.max_ttl < dns.min_ttl {
             return Err(("dns.max_ttl".into(), "must be at least dns.min_ttl".into()));
         }
@@ -66,9 +70,15 @@ impl Config {
             let base = format!("discovery.on_demand.{i}");
             let suffix_ok = rule.suffix.len() > 1
                 && rule.suffix.starts_with('.')
-                && ServiceName::parse(&rule.suffix[1..]).is_ok();
+                && ServiceName::is_valid(&rule.suffix[1..]);
             if !suffix_ok {
                 return Err((format!("{base}.suffix"), format!("{:?} must be a DNS suffix starting with a dot, such as \".svc.cluster.local\"", rule.suffix)));
+            }
+            if rule.refresh_interval.is_some_and(|r| r.0.is_zero()) {
+                return Err((
+                    format!("{base}.refresh_interval"),
+                    "must be greater than 0".into(),
+                ));
             }
             match &rule.resolver {
                 ResolverConfig::Static(_) => {
@@ -116,12 +126,6 @@ impl Config {
                     ));
                 }
                 for (i, inst) in s.instances.iter().enumerate() {
-                    if inst.weight > MAX_WEIGHT {
-                        return Err((
-                            format!("{base}.resolver.static.instances.{i}.weight"),
-                            format!("must be at most {MAX_WEIGHT}"),
-                        ));
-                    }
                     if inst.address.0.port() == 0 {
                         return Err((
                             format!("{base}.resolver.static.instances.{i}.address"),
@@ -159,7 +163,7 @@ fn validate_dns(cfg: &DnsResolverConfig, base: &str) -> Result<(), (String, Stri
                     "give `srv` or `name` + `port`, not both".into(),
                 ));
             }
-            if !srv.starts_with('_') || ServiceName::parse(&srv.replace('_', "x")).is_err() {
+            if !srv.starts_with('_') || !ServiceName::is_valid(srv) {
                 return Err((format!("{base}.srv"), format!("{srv:?} is not an SRV name such as \"_http._tcp.echo.default.svc.cluster.local\"")));
             }
             Ok(())
@@ -169,12 +173,6 @@ fn validate_dns(cfg: &DnsResolverConfig, base: &str) -> Result<(), (String, Stri
             if let Some(name) = &cfg.name {
                 ServiceName::parse(name.trim_end_matches('.'))
                     .map_err(|e| (format!("{base}.name"), e))?;
-            }
-            if cfg.weight > MAX_WEIGHT {
-                return Err((
-                    format!("{base}.weight"),
-                    format!("must be at most {MAX_WEIGHT}"),
-                ));
             }
             Ok(())
         }
