@@ -102,11 +102,6 @@ impl<P> Target<P> {
         self.epoch.elapsed().saturating_sub(used)
     }
 
-    /// Whether the first resolve attempt has finished.
-    pub fn is_resolved(&self) -> bool {
-        *self.resolved.borrow()
-    }
-
     /// Waits until the first resolve attempt has finished (at once if it has).
     pub async fn first_resolve(&self) {
         let mut rx = self.resolved.subscribe();
@@ -274,12 +269,7 @@ impl<P: Publish> Cache<P> {
         target.touch();
         let mut map = Map::clone(&self.inner.on_demand.load());
         map.insert(name.into(), target.clone());
-        self.inner
-            .metrics
-            .targets
-            .with_label_values(&["on_demand"])
-            .set(map.len() as i64);
-        self.inner.on_demand.store(Arc::new(map));
+        self.inner.store_on_demand(map);
         drop(guard);
         tracing::info!(service = name, rule = %rule.description, "resolving on demand");
         self.spawn_refresher(target.clone(), rule.resolver.clone(), rule.refresh_interval);
@@ -320,12 +310,20 @@ impl<P: Publish> refresh::Owner<P> for Inner<P> {
             .is_some_and(|t| Arc::ptr_eq(t, target))
         {
             map.remove(target.name());
-            self.metrics
-                .targets
-                .with_label_values(&["on_demand"])
-                .set(map.len() as i64);
-            self.on_demand.store(Arc::new(map));
+            self.store_on_demand(map);
         }
+    }
+}
+
+impl<P> Inner<P> {
+    /// Publishes `map` as the on-demand map and its size as the `on_demand` targets gauge.
+    /// The caller holds `write`.
+    fn store_on_demand(&self, map: Map<P>) {
+        self.metrics
+            .targets
+            .with_label_values(&["on_demand"])
+            .set(map.len() as i64);
+        self.on_demand.store(Arc::new(map));
     }
 }
 

@@ -16,12 +16,8 @@ pub mod file;
 #[path = "discover/static.rs"]
 pub mod static_;
 
-use std::collections::BTreeMap;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -29,11 +25,7 @@ pub use dns::{DnsClient, DnsResolver};
 pub use file::FileResolver;
 pub use static_::StaticResolver;
 
-/// A boxed future, as returned by [`Resolver::resolve`] (object-safe without a macro crate).
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// Free-form labels of an instance (zone, version…), shared between snapshots.
-pub type Tags = Arc<BTreeMap<String, String>>;
+pub use crate::{BoxFuture, Tags};
 
 /// One reachable instance of a service.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
@@ -73,23 +65,20 @@ pub struct Resolution {
     pub revision: Option<u64>,
     /// How long the answer may be trusted, when the registry says (DNS TTL); the cache clamps it.
     pub ttl: Option<Duration>,
-    /// When this answer was fetched.
-    pub fetched_at: SystemTime,
 }
 
 impl Resolution {
-    /// A resolution of `instances` fetched now, sorted into canonical order.
+    /// A resolution of `instances`, sorted into canonical order.
     pub fn new(mut instances: Vec<Instance>) -> Self {
         instances.sort_by(|a, b| a.address.cmp(&b.address).then(a.weight.cmp(&b.weight)));
         Self {
             instances,
             revision: None,
             ttl: None,
-            fetched_at: SystemTime::now(),
         }
     }
 
-    /// Whether `other` carries the same instances (ignoring when either was fetched).
+    /// Whether `other` carries the same instances (ignoring revision and TTL).
     pub fn same_instances(&self, other: &Resolution) -> bool {
         self.instances == other.instances
     }

@@ -34,3 +34,10 @@ pub mod shutdown;
 
 pub use app::App;
 pub use config::Config;
+
+/// A boxed future, as the registry seams return (`register::Registrar`, `discover::Resolver`):
+/// object-safe without a macro crate.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// Free-form labels of an instance (zone, version…), shared between registrations and snapshots.
+pub type Tags = std::sync::Arc<std::collections::BTreeMap<String, String>>;

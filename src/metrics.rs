@@ -293,7 +293,7 @@ impl DiscoveryMetrics {
         let res = |r: &str| self.refresh.with_label_values(&[service, r]);
         TargetSeries {
             duration: self.refresh_duration.with_label_values(&[resolver]),
-            results: [res("changed"), res("unchanged"), res("held"), res("error")],
+            results: Outcome::ALL.map(|o| res(o.as_str())),
             instances: self.instances.with_label_values(&[service]),
             stale: self.stale.with_label_values(&[service]),
         }
@@ -304,8 +304,8 @@ impl DiscoveryMetrics {
         let _ = self.instances.remove_label_values(&[service]);
         let _ = self.table_age.remove_label_values(&[service]);
         let _ = self.stale.remove_label_values(&[service]);
-        for r in ["changed", "unchanged", "held", "error"] {
-            let _ = self.refresh.remove_label_values(&[service, r]);
+        for o in Outcome::ALL {
+            let _ = self.refresh.remove_label_values(&[service, o.as_str()]);
         }
     }
 }

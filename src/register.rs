@@ -8,19 +8,14 @@
 
 pub mod file;
 
-use std::collections::BTreeMap;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use file::FileRegistrar;
 
 use crate::shutdown::Shutdown;
-
-/// A boxed future returned by [`Registrar`] methods.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub use crate::{BoxFuture, Tags};
 
 /// What to register: one instance of one service.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,7 +27,7 @@ pub struct Registration {
     /// Relative weight.
     pub weight: u32,
     /// Labels.
-    pub tags: Arc<BTreeMap<String, String>>,
+    pub tags: Tags,
     /// How long the entry stays valid without a renewal.
     pub ttl: Duration,
 }

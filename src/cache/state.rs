@@ -81,7 +81,15 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// Label value.
+    /// Every outcome, in declaration order (the order of the metric series).
+    pub const ALL: [Outcome; 4] = [
+        Outcome::Changed,
+        Outcome::Unchanged,
+        Outcome::Held,
+        Outcome::Error,
+    ];
+
+    /// Label value (`result` of `waypost_discovery_refresh_total`).
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Changed => "changed",
@@ -179,9 +187,9 @@ impl TargetState {
         Outcome::Changed
     }
 
-    /// Applies a failed resolve at `now`. Returns whether the served instances changed (only
-    /// when `max_stale` ran out and the stale table is dropped).
-    pub fn on_failure(&mut self, error: String, now: SystemTime, policy: &Policy) -> bool {
+    /// Applies a failed resolve at `now`. The served instances stay, unless `max_stale` ran out:
+    /// then the stale table is dropped for an empty one.
+    pub fn on_failure(&mut self, error: String, now: SystemTime, policy: &Policy) {
         let st = &mut self.status;
         st.fetched_at = Some(now);
         st.last_error = Some(error);
@@ -197,14 +205,9 @@ impl TargetState {
                     st.state = State::Failed;
                     st.stale = false;
                     self.current = Arc::new(Resolution::new(Vec::new()));
-                    return true;
                 }
-                false
             }
-            State::Pending | State::Failed => {
-                st.state = State::Failed;
-                false
-            }
+            State::Pending | State::Failed => st.state = State::Failed,
         }
     }
 }
@@ -223,10 +226,11 @@ mod tests {
         )
     }
 
+    /// Built explicitly, not from the config's defaults: confirm 3 of 50 %, max_stale 60s.
     fn policy() -> Policy {
         Policy {
             max_stale: Some(Duration::from_secs(60)),
-            ..Policy::default()
+            ..crate::cache::policy::test_policy()
         }
     }
 
@@ -257,21 +261,30 @@ mod tests {
         let mut s = TargetState::new("dns", "x");
         let t0 = SystemTime::now();
         s.on_success(res(&[1]), t0, &p);
-        assert!(!s.on_failure("down".into(), t0 + Duration::from_secs(10), &p));
+        let served = s.current.clone();
+        s.on_failure("down".into(), t0 + Duration::from_secs(10), &p);
+        assert!(Arc::ptr_eq(&s.current, &served), "the stale table is kept");
         assert!(s.status.stale);
         assert_eq!(s.current.instances.len(), 1);
         assert_eq!(s.status.consecutive_failures, 1);
-        assert!(s.on_failure("down".into(), t0 + Duration::from_secs(61), &p));
+        s.on_failure("down".into(), t0 + Duration::from_secs(61), &p);
+        assert!(
+            !Arc::ptr_eq(&s.current, &served),
+            "past max_stale it is dropped"
+        );
         assert_eq!(s.status.state, State::Failed);
         assert!(s.current.instances.is_empty());
         // Without max_stale the table is kept for ever.
+        let forever = Policy {
+            max_stale: None,
+            ..policy()
+        };
         let mut s = TargetState::new("dns", "x");
-        s.on_success(res(&[1]), t0, &Policy::default());
-        assert!(!s.on_failure(
-            "down".into(),
-            t0 + Duration::from_secs(86_400),
-            &Policy::default()
-        ));
+        s.on_success(res(&[1]), t0, &forever);
+        let served = s.current.clone();
+        s.on_failure("down".into(), t0 + Duration::from_secs(86_400), &forever);
+        assert!(Arc::ptr_eq(&s.current, &served));
+        assert_eq!(s.status.state, State::Ready);
     }
 
     #[test]

@@ -283,9 +283,25 @@ async fn used_on_demand_target_stays() {
 #[tokio::test(start_paused = true)]
 async fn declared_services_never_expire() {
     let r = Scripted::new(vec![Ok(vec![1])]);
-    let h = harness(policy(), vec![("echo", r)], None);
-    tokio::time::sleep(Duration::from_secs(600)).await;
+    let h = harness(policy(), vec![("echo", r.clone())], None);
+    tokio::time::sleep(Duration::from_secs(300)).await;
+    let halfway = r.calls();
+    tokio::time::sleep(Duration::from_secs(300)).await;
+    settle().await;
+    // Never requested, ten expire intervals long: still in the map (it could not leave the
+    // declared map anyway), never retired, still refreshed, its series still exported.
     assert!(matches!(h.cache.get("echo"), Lookup::Found(_)));
+    assert_eq!(h.recorder("echo").retired.load(Ordering::Relaxed), 0);
+    assert!(
+        r.calls() >= halfway + 40,
+        "refreshes stopped: {halfway} calls after 300s, {} after 600s",
+        r.calls()
+    );
+    let exported = String::from_utf8(h.metrics.encode()).unwrap();
+    assert!(
+        exported.contains(r#"waypost_discovery_instances{service="echo"} 1"#),
+        "{exported}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -368,14 +384,39 @@ async fn concurrent_first_requests_share_one_resolution() {
                 Lookup::Unknown => unreachable!(),
             };
             t.first_resolve().await;
-            t.is_resolved()
+            t
         }));
     }
+    let mut targets = Vec::new();
     for t in tasks {
-        assert!(t.await.unwrap());
+        targets.push(t.await.unwrap());
     }
+    assert!(targets.iter().all(|t| Arc::ptr_eq(t, &targets[0])));
     assert_eq!(r.calls(), 1);
     assert_eq!(h.recorder("new.svc").last().0, 1);
+}
+
+/// The race singleflight exists for: two requests both see `OnDemand` before either creates
+/// the target, then both call `resolve_on_demand`. The second must join the first's target
+/// (found again under the write lock), not start a second one with its own refresher.
+#[tokio::test(start_paused = true)]
+async fn requests_that_both_saw_on_demand_share_one_target() {
+    let r = Scripted::slow(vec![Ok(vec![1])], Duration::from_millis(100));
+    let h = harness(policy(), vec![], Some(r.clone()));
+    assert!(matches!(h.cache.get("a.svc"), Lookup::OnDemand));
+    assert!(matches!(h.cache.get("a.svc"), Lookup::OnDemand));
+    let first = h.cache.resolve_on_demand("a.svc").unwrap();
+    let second = h.cache.resolve_on_demand("a.svc").unwrap();
+    assert!(Arc::ptr_eq(&first, &second), "two targets for one name");
+    first.first_resolve().await;
+    second.first_resolve().await;
+    settle().await;
+    assert_eq!(r.calls(), 1, "one resolution for both requests");
+    assert_eq!(h.recorders.lock().unwrap().len(), 1, "one publisher built");
+    match h.cache.get("a.svc") {
+        Lookup::Found(t) => assert!(Arc::ptr_eq(&t, &first)),
+        _ => panic!("a.svc is cached"),
+    }
 }
 
 #[tokio::test(start_paused = true)]

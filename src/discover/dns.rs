@@ -3,8 +3,9 @@
 //! `_http._tcp.echo.default.svc.cluster.local`).
 //!
 //! - **SRV**: only the lowest-priority group is used; each record's weight becomes the
-//!   instance weight (all-zero weights mean equal shares) and its port the instance port; each
-//!   target is resolved to its addresses.
+//!   instance weight (all-zero weights mean equal shares) and its port the instance port. A
+//!   target's addresses come from the answer's additional section when the server sent them
+//!   there (CoreDNS does for headless Services); the other targets are looked up concurrently.
 //! - **TTL**: the answer's lowest record TTL, clamped to `dns.min_ttl..=dns.max_ttl`, becomes the
 //!   resolution's TTL, which the cache uses as the refresh delay.
 //! - **NXDOMAIN / no records** is a definite answer: an empty resolution. A timeout or an
@@ -13,14 +14,16 @@
 //! One [`DnsClient`] (a hickory resolver with its own cache disabled: the waypost cache decides
 //! when to ask again) is shared by every DNS resolver of the process.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::join_all;
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::NetError;
-use hickory_resolver::proto::rr::{RData, RecordType};
+use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
 use hickory_resolver::TokioResolver;
 
 use super::{BoxFuture, DiscoverError, Instance, Resolution, Resolver};
@@ -96,10 +99,40 @@ impl DnsClient {
 }
 
 /// The refresh delay for an answer whose lowest record TTL is `ttl` seconds (`None`: no
-/// records), kept within `min..=max`.
+/// records, an empty answer), kept within `min..=max`.
 fn clamp_ttl(ttl: Option<u32>, min: Duration, max: Duration) -> Duration {
     ttl.map_or(min, |t| Duration::from_secs(u64::from(t)))
         .clamp(min, max)
+}
+
+/// Addresses and their lowest TTL, per name.
+type Addresses = HashMap<Name, (Vec<IpAddr>, Option<u32>)>;
+
+/// The A/AAAA records of a response's additional section, per owner name (compared like DNS
+/// names: case-insensitively).
+fn glue(additionals: &[Record]) -> Addresses {
+    let mut found = Addresses::new();
+    for r in additionals {
+        let ip = match &r.data {
+            RData::A(a) => IpAddr::V4(a.0),
+            RData::AAAA(aaaa) => IpAddr::V6(aaaa.0),
+            _ => continue,
+        };
+        let (ips, ttl) = found.entry(r.name.clone()).or_default();
+        if !ips.contains(&ip) {
+            ips.push(ip);
+        }
+        *ttl = Some(ttl.map_or(r.ttl, |t| t.min(r.ttl)));
+    }
+    found
+}
+
+/// The lower of two optional TTLs.
+fn min_ttl(a: Option<u32>, b: Option<u32>) -> Option<u32> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 /// `name.` for a dotted name, so the system's search list (Kubernetes sets `ndots:5`) is not
@@ -191,21 +224,37 @@ impl DnsResolver {
             return Ok(self.empty());
         };
         let group: Vec<_> = records.into_iter().filter(|s| s.priority == best).collect();
+        // Addresses the server already sent along; the other targets are looked up at once.
+        let mut addresses = glue(lookup.additionals());
+        let mut missing: Vec<&Name> = group
+            .iter()
+            .map(|s| &s.target)
+            .filter(|t| !addresses.contains_key(*t))
+            .collect();
+        missing.sort();
+        missing.dedup();
+        let looked_up = join_all(
+            missing
+                .iter()
+                .map(|name| async move { self.client.addresses(&name.to_utf8()).await }),
+        )
+        .await;
+        for (name, found) in missing.into_iter().zip(looked_up) {
+            // A target that no longer resolves is skipped, not fatal: the others still serve.
+            if let Some(found) = found? {
+                addresses.insert(name.clone(), found);
+            }
+        }
         // RFC 2782: all-zero weights mean "no preference"; give each an equal share.
         let all_zero = group.iter().all(|s| s.weight == 0);
         let mut instances = Vec::new();
         for srv in &group {
-            let target = srv.target.to_utf8();
             let weight = if all_zero { 1 } else { u32::from(srv.weight) };
-            // A target that no longer resolves is skipped, not fatal: the others still serve.
-            if let Some((ips, t)) = self.client.addresses(&target).await? {
-                ttl = match (ttl, t) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
+            if let Some((ips, t)) = addresses.get(&srv.target) {
+                ttl = min_ttl(ttl, *t);
                 instances.extend(
-                    ips.into_iter()
-                        .map(|ip| Instance::new(SocketAddr::new(ip, srv.port), weight)),
+                    ips.iter()
+                        .map(|ip| Instance::new(SocketAddr::new(*ip, srv.port), weight)),
                 );
             }
         }
@@ -214,9 +263,10 @@ impl DnsResolver {
         Ok(res)
     }
 
+    /// A definite "no instances" answer, asked again like an answer without records.
     fn empty(&self) -> Resolution {
         let mut res = Resolution::new(Vec::new());
-        res.ttl = Some(self.client.min_ttl.max(Duration::from_secs(1)));
+        res.ttl = Some(self.client.clamp_ttl(None));
         res
     }
 }
@@ -254,6 +304,42 @@ mod tests {
         assert_eq!(clamp_ttl(Some(7), min, max), Duration::from_secs(7));
         assert_eq!(clamp_ttl(Some(86_400), min, max), max);
         assert_eq!(clamp_ttl(None, min, max), min);
+    }
+
+    #[test]
+    fn glue_collects_addresses_per_target_case_insensitively() {
+        use hickory_resolver::proto::rr::rdata::{A, AAAA, CNAME};
+        let name = |n: &str| Name::from_ascii(n).unwrap();
+        let additionals = [
+            Record::from_rdata(name("a.echo.test."), 30, RData::A(A::new(127, 0, 0, 2))),
+            Record::from_rdata(name("A.Echo.Test."), 10, RData::A(A::new(127, 0, 0, 3))),
+            Record::from_rdata(
+                name("a.echo.test."),
+                20,
+                RData::AAAA(AAAA(std::net::Ipv6Addr::LOCALHOST)),
+            ),
+            Record::from_rdata(name("a.echo.test."), 5, RData::A(A::new(127, 0, 0, 2))),
+            Record::from_rdata(
+                name("b.echo.test."),
+                1,
+                RData::CNAME(CNAME(name("a.echo.test."))),
+            ),
+        ];
+        let glue = glue(&additionals);
+        assert_eq!(glue.len(), 1, "{glue:?}");
+        let (ips, ttl) = &glue[&name("a.echo.test.")];
+        assert_eq!(
+            ips,
+            &[
+                "127.0.0.2".parse::<IpAddr>().unwrap(),
+                "127.0.0.3".parse().unwrap(),
+                "::1".parse().unwrap()
+            ]
+        );
+        assert_eq!(*ttl, Some(5));
+        assert_eq!(min_ttl(Some(7), None), Some(7));
+        assert_eq!(min_ttl(Some(7), Some(3)), Some(3));
+        assert_eq!(min_ttl(None, None), None);
     }
 
     #[test]

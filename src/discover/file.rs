@@ -1,17 +1,19 @@
 //! The `file` resolver: reads the embedded file registry (see [`crate::register::file`] for the
-//! format). Entries whose heartbeat is older than their TTL, hidden temporary files and files that
-//! do not parse are skipped — one bad file never hides the good ones.
+//! format). Entries whose last heartbeat (written in the entry, or the file's mtime, whichever is
+//! later) is older than their TTL, hidden temporary files and files that do not parse are
+//! skipped — one bad file never hides the good ones.
 //!
-//! The service directory's modification time is the resolution's revision: every register,
-//! renew and deregister renames or removes a file in it, which changes it. [`Resolver::watch`]
-//! polls that one `stat` cheaply so a change is applied within [`WATCH_POLL`], while the
-//! cache's regular refresh still notices entries that expire without any write.
+//! The service directory's modification time is the resolution's revision: every register and
+//! deregister renames or removes a file in it, which changes it; a renewal only touches its
+//! entry's mtime, which does not. [`Resolver::watch`] polls that one `stat` cheaply (off the
+//! async thread) so a change is applied within [`WATCH_POLL`], while the cache's regular
+//! refresh still notices entries that expire without any write.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
 use super::{BoxFuture, DiscoverError, Instance, Resolution, Resolver, Tags};
-use crate::register::file::{now_ms, service_dir, FileEntry};
+use crate::register::file::{entries, now_ms, service_dir};
 
 /// How often [`FileResolver::watch`] looks at the service directory: one `stat`, so cheap;
 /// short enough that a registration is visible to other processes almost at once.
@@ -53,8 +55,8 @@ fn dir_revision(dir: &Path) -> u64 {
 /// Reads every live entry of the directory `dir` (blocking).
 pub fn read_dir_blocking(dir: &Path) -> Result<Resolution, DiscoverError> {
     let revision = dir_revision(dir);
-    let read = match std::fs::read_dir(dir) {
-        Ok(r) => r,
+    let files = match entries(dir) {
+        Ok(files) => files,
         // No directory yet: nobody registered. A definite, empty answer.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let mut res = Resolution::new(Vec::new());
@@ -65,19 +67,9 @@ pub fn read_dir_blocking(dir: &Path) -> Result<Resolution, DiscoverError> {
     };
     let now = now_ms();
     let mut instances = Vec::new();
-    for item in read {
-        let path = item?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if name.starts_with('.') || !name.ends_with(".json") {
-            continue;
-        }
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            // Deregistered between listing and reading.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(DiscoverError::Io(e)),
-        };
-        match serde_json::from_slice::<FileEntry>(&bytes) {
+    for file in files {
+        let file = file?;
+        match file.entry {
             Ok(entry) if entry.is_alive(now) => instances.push(Instance {
                 address: entry.address,
                 weight: entry.weight,
@@ -85,7 +77,7 @@ pub fn read_dir_blocking(dir: &Path) -> Result<Resolution, DiscoverError> {
             }),
             Ok(_) => {} // heartbeat older than its TTL: its writer is gone
             Err(e) => {
-                tracing::warn!(file = %path.display(), error = %e, "skipping unreadable registry entry")
+                tracing::warn!(file = %file.path.display(), error = %e, "skipping unreadable registry entry")
             }
         }
     }
@@ -117,12 +109,16 @@ impl Resolver for FileResolver {
     }
 
     fn watch<'a>(&'a self, target: &'a str, since: Option<u64>) -> Option<BoxFuture<'a, ()>> {
-        let dir = service_dir(&self.root, target);
+        let dir = std::sync::Arc::<Path>::from(service_dir(&self.root, target));
         Some(Box::pin(async move {
             loop {
                 tokio::time::sleep(WATCH_POLL).await;
-                if Some(dir_revision(&dir)) != since {
-                    return;
+                let d = dir.clone();
+                // A failed stat task is no news: the regular refresh is the fallback.
+                if let Ok(now) = tokio::task::spawn_blocking(move || dir_revision(&d)).await {
+                    if Some(now) != since {
+                        return;
+                    }
                 }
             }
         }))
@@ -132,7 +128,8 @@ impl Resolver for FileResolver {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::register::file::write_entry;
+    use crate::register::file::{write_entry, FileEntry, FileRegistrar};
+    use crate::register::Registration;
 
     fn entry(port: u16, heartbeat_ms: u64) -> FileEntry {
         FileEntry {
@@ -151,7 +148,14 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("echo");
         write_entry(&dir, &entry(1, now_ms())).unwrap();
+        // Its writer died 10s ago: neither written nor renewed (touched) since.
         write_entry(&dir, &entry(2, now_ms() - 10_000)).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(dir.join("127.0.0.1_2.json"))
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() - Duration::from_secs(10))
+            .unwrap();
         std::fs::write(dir.join("broken.json"), b"{nope").unwrap();
         std::fs::write(dir.join(".x.tmp"), b"{}").unwrap();
         let res = read_dir_blocking(&dir).unwrap();
@@ -160,5 +164,51 @@ mod tests {
         assert!(res.revision.unwrap() > 0);
         let missing = read_dir_blocking(&root.path().join("nobody")).unwrap();
         assert!(missing.instances.is_empty());
+    }
+
+    fn registration(port: u16) -> Registration {
+        Registration {
+            service: "echo".into(),
+            address: format!("127.0.0.1:{port}").parse().unwrap(),
+            weight: 1,
+            tags: Default::default(),
+            ttl: Duration::from_secs(30),
+        }
+    }
+
+    /// Whether `watch` wakes within `within` (on the paused clock: ten polls take no real time).
+    async fn wakes(r: &FileResolver, since: Option<u64>, within: Duration) -> bool {
+        let watch = r.watch("echo", since).unwrap();
+        tokio::time::timeout(within, watch).await.is_ok()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn renewals_do_not_wake_the_watch_registrations_do() {
+        let root = tempfile::tempdir().unwrap();
+        let registrar = FileRegistrar::new(root.path());
+        let resolver = FileResolver::new(root.path());
+        registrar.write_blocking(&registration(1)).unwrap();
+        let before = resolver.resolve("echo").await.unwrap();
+        assert_eq!(before.instances.len(), 1);
+
+        // Real time, well past the file system's timestamp granularity: a rewrite would show.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        registrar.renew_blocking(&registration(1)).unwrap();
+        let after = resolver.resolve("echo").await.unwrap();
+        assert_eq!(after.revision, before.revision, "a renewal is not a change");
+        assert!(
+            !wakes(&resolver, before.revision, WATCH_POLL * 10).await,
+            "a renewal woke the watch"
+        );
+
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        registrar.write_blocking(&registration(2)).unwrap();
+        assert!(
+            wakes(&resolver, before.revision, WATCH_POLL * 2).await,
+            "a registration is noticed by the next poll"
+        );
+        let joined = resolver.resolve("echo").await.unwrap();
+        assert_ne!(joined.revision, before.revision);
+        assert_eq!(joined.instances.len(), 2);
     }
 }

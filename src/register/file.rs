@@ -3,11 +3,16 @@
 //! Layout: `<dir>/<service>/<ip>_<port>.json`, one small JSON [`FileEntry`] per instance. Every
 //! write goes to a hidden temporary file in the same directory and is `rename`d into place, which
 //! is atomic on POSIX file systems: a reader in another process sees the old entry or the new one,
-//! never half of one. Entries carry their own heartbeat time and TTL, so an entry whose writer
-//! died is ignored by readers once the TTL passes (and swept by the next registrar of the service).
+//! never half of one. Entries carry their TTL and the heartbeat of their last write; a renewal
+//! does not rewrite the entry but sets its file's modification time, and readers ([`entries`])
+//! take the later of the two as the last heartbeat. So an entry whose writer died is ignored by
+//! readers once the TTL passes (and swept by the next registrar of the service), while renewals
+//! leave the service directory itself unchanged: its mtime, which resolvers watch, moves only
+//! when an entry is written or removed.
 
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::fs::File;
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,7 +36,9 @@ pub struct FileEntry {
     pub tags: BTreeMap<String, String>,
     /// Time-to-live of the heartbeat, in milliseconds.
     pub ttl_ms: u64,
-    /// Last heartbeat, milliseconds since the Unix epoch.
+    /// Last heartbeat, milliseconds since the Unix epoch. On disk: when the entry was written;
+    /// as read by [`entries`]: the later of that and the file's modification time, which every
+    /// renewal sets.
     pub heartbeat_ms: u64,
     /// Process id of the writer (informational).
     #[serde(default)]
@@ -47,9 +54,58 @@ impl FileEntry {
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
+    unix_ms(SystemTime::now())
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// One entry file of a service directory, as [`entries`] yields it.
+#[derive(Debug)]
+pub struct EntryFile {
+    /// Where it is.
+    pub path: PathBuf,
+    /// The entry, its heartbeat raised to the file's modification time; or why it does not parse.
+    pub entry: Result<FileEntry, serde_json::Error>,
+}
+
+/// The entry files of the service directory `dir` (blocking): every visible `*.json` file, read
+/// and parsed; hidden temporary files are skipped, and so are files removed between listing and
+/// reading (deregistered). `NotFound` when the directory does not exist (nobody registered yet).
+pub fn entries(dir: &Path) -> std::io::Result<impl Iterator<Item = std::io::Result<EntryFile>>> {
+    let listing = std::fs::read_dir(dir)?;
+    Ok(listing.filter_map(|item| {
+        let path = match item {
+            Ok(item) => item.path(),
+            Err(e) => return Some(Err(e)),
+        };
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.starts_with('.') || !name.ends_with(".json") {
+            return None;
+        }
+        match read_entry(&path) {
+            Ok(entry) => Some(Ok(EntryFile { path, entry })),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => Some(Err(e)),
+        }
+    }))
+}
+
+/// Reads and parses one entry file; its heartbeat is the later of the one written in it and the
+/// file's modification time (both from one open file, so from the same version of the entry).
+fn read_entry(path: &Path) -> std::io::Result<Result<FileEntry, serde_json::Error>> {
+    let mut file = File::open(path)?;
+    let touched = file.metadata()?.modified().map_or(0, unix_ms);
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    Ok(
+        serde_json::from_slice::<FileEntry>(&bytes).map(|mut entry| {
+            entry.heartbeat_ms = entry.heartbeat_ms.max(touched);
+            entry
+        }),
+    )
 }
 
 /// The directory holding `service`'s entries.
@@ -119,14 +175,38 @@ impl FileRegistrar {
         }
     }
 
-    /// Writes the entry for `reg` now (blocking; used by both register and renew).
+    fn path(&self, reg: &Registration) -> PathBuf {
+        service_dir(&self.root, &reg.service).join(entry_file(&reg.address))
+    }
+
+    /// Writes the entry for `reg` now (blocking; used by register).
     pub fn write_blocking(&self, reg: &Registration) -> Result<(), RegisterError> {
         write_entry(&service_dir(&self.root, &reg.service), &Self::entry(reg))
     }
 
+    /// Renews the entry for `reg` (blocking): sets its file's modification time to now, which
+    /// readers take as its heartbeat. Not rewriting it leaves the service directory unchanged,
+    /// so a renewal wakes no watching resolver. An entry that is gone (swept after a long
+    /// pause, removed by hand) is written again.
+    pub fn renew_blocking(&self, reg: &Registration) -> Result<(), RegisterError> {
+        let path = self.path(reg);
+        let touched = File::options()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_modified(SystemTime::now()));
+        match touched {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.write_blocking(reg),
+            Err(source) => Err(RegisterError::Io {
+                path: path.display().to_string(),
+                source,
+            }),
+        }
+    }
+
     /// Removes the entry for `reg` (blocking). A missing entry is not an error.
     pub fn remove_blocking(&self, reg: &Registration) -> Result<(), RegisterError> {
-        let path = service_dir(&self.root, &reg.service).join(entry_file(&reg.address));
+        let path = self.path(reg);
         match std::fs::remove_file(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -140,24 +220,14 @@ impl FileRegistrar {
     /// Removes entries of `service` whose heartbeat is older than their TTL plus `grace`: their
     /// writers are gone. Best effort; readers ignore such entries anyway.
     pub fn sweep_blocking(&self, service: &str, grace: Duration) {
-        let dir = service_dir(&self.root, service);
-        let Ok(read) = std::fs::read_dir(&dir) else {
+        let Ok(files) = entries(&service_dir(&self.root, service)) else {
             return;
         };
-        let now = now_ms();
-        for item in read.flatten() {
-            let path = item.path();
-            if path.extension().is_none_or(|e| e != "json") {
-                continue;
-            }
-            let Ok(bytes) = std::fs::read(&path) else {
-                continue;
-            };
-            let Ok(entry) = serde_json::from_slice::<FileEntry>(&bytes) else {
-                continue;
-            };
-            if now.saturating_sub(entry.heartbeat_ms) > entry.ttl_ms + grace.as_millis() as u64 {
-                let _ = std::fs::remove_file(&path); // another sweeper may have won the race
+        // Alive `grace` ago ⇔ heartbeat within TTL + grace of now.
+        let horizon = now_ms().saturating_sub(grace.as_millis() as u64);
+        for file in files.flatten() {
+            if file.entry.is_ok_and(|e| !e.is_alive(horizon)) {
+                let _ = std::fs::remove_file(&file.path); // another sweeper may have won the race
             }
         }
     }
@@ -183,7 +253,7 @@ impl Registrar for FileRegistrar {
     fn renew<'a>(&'a self, reg: &'a Registration) -> BoxFuture<'a, Result<(), RegisterError>> {
         let this = self.clone();
         let reg = reg.clone();
-        Box::pin(async move { blocking(move || this.write_blocking(&reg)).await })
+        Box::pin(async move { blocking(move || this.renew_blocking(&reg)).await })
     }
 
     fn deregister<'a>(&'a self, reg: &'a Registration) -> BoxFuture<'a, Result<(), RegisterError>> {
@@ -232,5 +302,104 @@ mod tests {
         r.remove_blocking(&reg).unwrap();
         assert!(!path.exists());
         r.remove_blocking(&reg).unwrap();
+    }
+
+    fn registration(port: u16, ttl: Duration) -> Registration {
+        Registration {
+            service: "echo".into(),
+            address: format!("127.0.0.1:{port}").parse().unwrap(),
+            weight: 1,
+            tags: Default::default(),
+            ttl,
+        }
+    }
+
+    /// Ports of the entries of `dir` alive now, as a reader sees them.
+    fn alive(dir: &Path) -> Vec<u16> {
+        let now = now_ms();
+        let mut ports: Vec<u16> = entries(dir)
+            .unwrap()
+            .filter_map(|f| f.unwrap().entry.ok())
+            .filter(|e| e.is_alive(now))
+            .map(|e| e.address.port())
+            .collect();
+        ports.sort();
+        ports
+    }
+
+    /// Makes the entry at `path` look written and last renewed `ago`.
+    fn age(dir: &Path, path: &Path, ago: Duration) {
+        let mut entry: FileEntry = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        entry.heartbeat_ms -= ago.as_millis() as u64;
+        write_entry(dir, &entry).unwrap();
+        File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(SystemTime::now() - ago)
+            .unwrap();
+    }
+
+    #[test]
+    fn a_renewal_touches_the_entry_and_leaves_the_directory_alone() {
+        let root = tempfile::tempdir().unwrap();
+        let r = FileRegistrar::new(root.path());
+        let reg = registration(7001, Duration::from_secs(1));
+        r.write_blocking(&reg).unwrap();
+        let dir = root.path().join("echo");
+        let path = dir.join("127.0.0.1_7001.json");
+        age(&dir, &path, Duration::from_secs(10));
+        assert_eq!(alive(&dir), [0u16; 0], "10s without a heartbeat, TTL 1s");
+
+        let dir_mtime = std::fs::metadata(&dir).unwrap().modified().unwrap();
+        let content = std::fs::read(&path).unwrap();
+        // Well past the file system's timestamp granularity: a rewrite would show.
+        std::thread::sleep(Duration::from_millis(20));
+        r.renew_blocking(&reg).unwrap();
+        assert_eq!(
+            std::fs::metadata(&dir).unwrap().modified().unwrap(),
+            dir_mtime,
+            "a renewal does not change the directory"
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), content, "nor the entry");
+        // The heartbeat written in the entry is 10s old, its TTL 1s: the mtime keeps it alive.
+        assert_eq!(alive(&dir), [7001]);
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn renewing_a_vanished_entry_writes_it_again() {
+        let root = tempfile::tempdir().unwrap();
+        let r = FileRegistrar::new(root.path());
+        let reg = registration(7001, Duration::from_secs(5));
+        r.renew_blocking(&reg).unwrap();
+        assert_eq!(alive(&root.path().join("echo")), [7001]);
+    }
+
+    #[test]
+    fn sweeping_removes_only_entries_dead_for_longer_than_the_grace() {
+        let root = tempfile::tempdir().unwrap();
+        let r = FileRegistrar::new(root.path());
+        let dir = root.path().join("echo");
+        for (port, ago) in [(7001, 0), (7002, 3), (7003, 10)] {
+            r.write_blocking(&registration(port, Duration::from_secs(1)))
+                .unwrap();
+            let path = dir.join(format!("127.0.0.1_{port}.json"));
+            age(&dir, &path, Duration::from_secs(ago));
+        }
+        std::fs::write(dir.join("broken.json"), b"{nope").unwrap();
+        // TTL 1s + grace 5s: 7002 (3s) is dead but kept, 7003 (10s) is swept; an unreadable file
+        // is left alone.
+        r.sweep_blocking("echo", Duration::from_secs(5));
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            ["127.0.0.1_7001.json", "127.0.0.1_7002.json", "broken.json"]
+        );
+        assert_eq!(alive(&dir), [7001]);
     }
 }
