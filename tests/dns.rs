@@ -5,7 +5,10 @@
 //! first requests race, and names outside every rule refused without a single DNS query (proved
 //! by dnsmasq's query log). Failure modes are in `dns_failures.rs`.
 //!
-//! Every test owns its dnsmasq, upstreams and proxy, and runs under `within`'s deadline.
+//! Every test owns its dnsmasq, upstreams and proxy, and runs under `within`'s deadline. The
+//! config sets `discovery.refresh_interval` to an hour (see `dnstest::config`): records changed
+//! at run time are picked up within seconds only because the records' TTL (1 s) schedules the
+//! refresh.
 
 mod support;
 
@@ -17,7 +20,7 @@ use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routed_by_a_records_to_every_address() {
-    within(async {
+    within(TEST_DEADLINE, async {
         let (port, _ups) =
             Upstream::start_on_shared_port(&[("127.0.0.2", "a"), ("127.0.0.3", "b")]).await;
         let dns = Dnsmasq::start(
@@ -28,9 +31,7 @@ async fn routed_by_a_records_to_every_address() {
             &dns.nameserver(),
             "",
             "",
-            &format!(
-                "services:\n  echo:\n    resolver: {{dns: {{name: echo.test, port: {port}}}}}\n"
-            ),
+            &a_service("echo", "echo.test", port),
         );
         let proxy = TestProxy::start(&yaml).await;
 
@@ -57,7 +58,7 @@ async fn routed_by_a_records_to_every_address() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routed_by_srv_weights_within_the_lowest_priority_group() {
-    within(async {
+    within(TEST_DEADLINE, async {
         // Different targets and different ports; `backup` is in a less preferred group (higher
         // priority number) with a large weight: it must get nothing.
         let a = Upstream::start_on("127.0.0.2:0".parse().unwrap(), "a").await;
@@ -76,12 +77,7 @@ async fn routed_by_srv_weights_within_the_lowest_priority_group() {
                 Srv::new(srv, "backup.echo.test", backup.addr.port(), 20, 100),
             ],
         );
-        let yaml = config(
-            &dns.nameserver(),
-            "",
-            "",
-            &format!("services:\n  echo:\n    resolver: {{dns: {{srv: {srv}}}}}\n"),
-        );
+        let yaml = config(&dns.nameserver(), "", "", &srv_service("echo", srv));
         let proxy = TestProxy::start(&yaml).await;
 
         let svc = debug_service(&proxy, "echo").await.unwrap();
@@ -116,8 +112,51 @@ async fn routed_by_srv_weights_within_the_lowest_priority_group() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn srv_records_whose_weights_are_all_zero_get_equal_shares() {
+    within(TEST_DEADLINE, async {
+        let a = Upstream::start_on("127.0.0.2:0".parse().unwrap(), "a").await;
+        let b = Upstream::start_on("127.0.0.3:0".parse().unwrap(), "b").await;
+        let srv = "_http._tcp.echo.test";
+        let dns = Dnsmasq::start(
+            &[("a.echo.test", "127.0.0.2"), ("b.echo.test", "127.0.0.3")],
+            &[
+                Srv::new(srv, "a.echo.test", a.addr.port(), 10, 0),
+                Srv::new(srv, "b.echo.test", b.addr.port(), 10, 0),
+            ],
+        );
+        let proxy = TestProxy::start(&config(
+            &dns.nameserver(),
+            "",
+            "",
+            &srv_service("echo", srv),
+        ))
+        .await;
+
+        // RFC 2782: all-zero weights mean "no preference" — not "drain every instance".
+        let svc = debug_service(&proxy, "echo").await.unwrap();
+        let weights: Vec<u64> = svc["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["weight"].as_u64().unwrap())
+            .collect();
+        assert_eq!(weights.len(), 2, "{svc}");
+        assert!(
+            weights[0] > 0 && weights[0] == weights[1],
+            "equal, non-zero weights: {svc}"
+        );
+
+        const N: usize = 1000;
+        let counts = spread(&proxy, "echo", N).await;
+        // ±20 % (±10 points: 6 standard deviations at N = 1000).
+        assert_shares(&counts, &[("a", 0.5), ("b", 0.5)], 0.2);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn srv_records_changed_at_run_time_are_picked_up() {
-    within(async {
+    within(TEST_DEADLINE, async {
         let a = Upstream::start_on("127.0.0.2:0".parse().unwrap(), "a").await;
         let b = Upstream::start_on("127.0.0.3:0".parse().unwrap(), "b").await;
         let srv = "_http._tcp.echo.test";
@@ -126,16 +165,12 @@ async fn srv_records_changed_at_run_time_are_picked_up() {
             &hosts,
             &[Srv::new(srv, "a.echo.test", a.addr.port(), 10, 1)],
         );
-        let yaml = config(
-            &dns.nameserver(),
-            "",
-            "",
-            &format!("services:\n  echo:\n    resolver: {{dns: {{srv: {srv}}}}}\n"),
-        );
+        let yaml = config(&dns.nameserver(), "", "", &srv_service("echo", srv));
         let proxy = TestProxy::start(&yaml).await;
         assert_eq!(instance_addrs(&proxy, "echo").await, [a.addr.to_string()]);
 
-        // b joins the preferred group; a moves to a less preferred one.
+        // b joins the preferred group; a moves to a less preferred one. With refresh_interval
+        // at an hour, only the TTL (1 s) can bring the change in within SETTLE.
         dns.set_srv(&[
             Srv::new(srv, "a.echo.test", a.addr.port(), 20, 1),
             Srv::new(srv, "b.echo.test", b.addr.port(), 10, 5),
@@ -155,7 +190,7 @@ async fn srv_records_changed_at_run_time_are_picked_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_records_changed_at_run_time_are_picked_up_on_refresh() {
-    within(async {
+    within(TEST_DEADLINE, async {
         let (port, ups) = Upstream::start_on_shared_port(&[
             ("127.0.0.2", "a"),
             ("127.0.0.3", "b"),
@@ -167,14 +202,13 @@ async fn a_records_changed_at_run_time_are_picked_up_on_refresh() {
             &dns.nameserver(),
             "",
             "",
-            &format!(
-                "services:\n  echo:\n    resolver: {{dns: {{name: echo.test, port: {port}}}}}\n"
-            ),
+            &a_service("echo", "echo.test", port),
         );
         let proxy = TestProxy::start(&yaml).await;
         assert_eq!(spread(&proxy, "echo", 20).await.get("a"), Some(&20));
 
-        // A record added.
+        // A record added: picked up on the refresh the TTL (1 s) schedules, not the hour-long
+        // refresh_interval.
         dns.set_hosts(&[("echo.test", "127.0.0.2"), ("echo.test", "127.0.0.3")]);
         let want = [addr("127.0.0.2", port), addr("127.0.0.3", port)];
         eventually(SETTLE, || async {
@@ -207,28 +241,26 @@ async fn a_records_changed_at_run_time_are_picked_up_on_refresh() {
             "the removed address still gets traffic: {counts:?}"
         );
 
-        let text = metrics(&proxy).await;
-        let changed = metric(
-            &text,
-            "waypost_discovery_refresh_total",
-            &[("service", "echo"), ("result", "changed")],
-        );
+        // The counters are bumped before the table is published, so both include the change
+        // just seen (earlier refreshes between the changes may have counted "unchanged").
+        let refreshes = |result| refreshes(&proxy, "echo", result);
+        let changed = refreshes("changed").await;
         assert!(
-            changed.unwrap_or(0.0) >= 3.0,
-            "first answer + two changes: {changed:?}\n{text}"
+            changed >= 3.0,
+            "first answer + two changes: {changed}\n{}",
+            metrics(&proxy).await
         );
+        let unchanged = refreshes("unchanged").await;
         // The next refresh brings the same answer back: counted as unchanged, not applied.
         eventually(SETTLE, || async {
-            let text = metrics(&proxy).await;
-            metric(
-                &text,
-                "waypost_discovery_refresh_total",
-                &[("service", "echo"), ("result", "unchanged")],
-            )
-            .unwrap_or(0.0)
-                >= 1.0
+            refreshes("unchanged").await > unchanged
         })
         .await;
+        assert_eq!(
+            refreshes("changed").await,
+            changed,
+            "the same answer again is not a change"
+        );
         assert_eq!(instance_addrs(&proxy, "echo").await, want);
     })
     .await
@@ -246,7 +278,7 @@ fn on_demand(nameserver: &str, port: u16, ttl: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_demand_names_resolve_on_first_use_and_others_are_refused_without_a_query() {
-    within(async {
+    within(TEST_DEADLINE, async {
         let (port, _ups) = Upstream::start_on_shared_port(&[("127.0.0.2", "a")]).await;
         let dns = Dnsmasq::start(&[("echo.svc.test", "127.0.0.2")], &[]);
         let proxy = TestProxy::start(&on_demand(&dns.nameserver(), port, "1s")).await;
@@ -308,7 +340,7 @@ async fn on_demand_names_resolve_on_first_use_and_others_are_refused_without_a_q
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_first_requests_cause_one_dns_query() {
-    within(async {
+    within(TEST_DEADLINE, async {
         let (port, _ups) = Upstream::start_on_shared_port(&[("127.0.0.2", "a")]).await;
         let dns = Dnsmasq::start(&[("echo.svc.test", "127.0.0.2")], &[]);
         // A 20 s TTL (min = max) keeps refreshes out of the counting window.

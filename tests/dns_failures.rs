@@ -14,18 +14,17 @@ use http::Request;
 use serde_json::Value;
 use support::dnsmasq::Dnsmasq;
 use support::dnstest::*;
-use support::external::free_port;
 use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nxdomain_is_a_definite_answer_with_no_instances() {
-    within(async {
+    within(TEST_DEADLINE, async {
         let dns = Dnsmasq::start(&[("echo.test", "127.0.0.2")], &[]);
         let yaml = config(
             &dns.nameserver(),
             "",
             "",
-            "services:\n  ghost:\n    resolver: {dns: {name: ghost.test, port: 8080}}\n",
+            &a_service("ghost", "ghost.test", 8080),
         );
         // Readiness is reached: NXDOMAIN is a successful resolution to zero instances.
         let proxy = TestProxy::start(&yaml).await;
@@ -66,7 +65,7 @@ async fn nxdomain_is_a_definite_answer_with_no_instances() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_answer_is_an_error_not_nxdomain() {
-    within(async {
+    within(TEST_DEADLINE, async {
         // dnsmasq answers REFUSED for names outside its domain: the server answered, but said
         // nothing about the name — that must not become "no instances".
         let dns = Dnsmasq::start(&[("echo.test", "127.0.0.2")], &[]);
@@ -80,26 +79,28 @@ async fn a_refused_answer_is_an_error_not_nxdomain() {
             &dns.nameserver(),
             ", timeout: 200ms, attempts: 1",
             "",
-            "services:\n  echo:\n    resolver: {dns: {name: echo.elsewhere, port: 8080}}\n",
+            &a_service("echo", "echo.elsewhere", 8080),
         );
         let proxy = TestProxy::start_unready(&yaml).await;
         await_status(&proxy, "echo", "state", Value::from("failed")).await;
         expect_error(&proxy, "echo", 503, "discovery_failed").await;
-        assert!(refresh_errors(&proxy, "echo").await >= 1.0);
+        assert!(refreshes(&proxy, "echo", "error").await >= 1.0);
     })
     .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_nameserver_fails_fast_with_discovery_failed() {
-    within(async {
-        // A free port on which nothing listens: queries are refused or time out (200 ms).
-        let dead = format!("127.0.0.1:{}", free_port());
+    within(TEST_DEADLINE, async {
+        // A name server that never answers: every lookup takes the full `dns.timeout` (3 s)
+        // before it fails. That is what a request would wait for if it joined a resolve instead
+        // of getting the cached failure — far beyond the 1 s bound below.
+        let hole = BlackHole::start().await;
         let yaml = config(
-            &dead,
-            ", timeout: 200ms, attempts: 1",
+            &hole.addr.to_string(),
+            ", timeout: 3s, attempts: 1",
             ", resolve_timeout: 5s, backoff: {initial: 1s, max: 5s}",
-            "services:\n  echo:\n    resolver: {dns: {name: echo.test, port: 8080}}\n",
+            &a_service("echo", "echo.test", 8080),
         );
         let proxy = TestProxy::start_unready(&yaml).await;
         await_status(&proxy, "echo", "state", Value::from("failed")).await;
@@ -122,10 +123,18 @@ async fn a_dead_nameserver_fails_fast_with_discovery_failed() {
             ready.text()
         );
 
-        let errors_before = refresh_errors(&proxy, "echo").await;
+        let errors_before = refreshes(&proxy, "echo", "error").await;
         assert!(errors_before >= 1.0, "the failed resolve is counted");
-        // The failure is cached: requests do not wait for (or trigger) a resolve. The bound is
-        // behavioural, not a benchmark: waiting on the resolver would take `resolve_timeout` (5 s).
+        // The failure is cached: requests do not wait for (or trigger) a resolve. Send them while
+        // the first retry (due after the 1 s backoff) is in flight — a new query has reached the
+        // black hole since the first lookup failed, and the retry cannot fail before the 3 s
+        // `dns.timeout`: a request joining it would take seconds. The bound is behavioural,
+        // not a benchmark.
+        let first_lookup = hole.queries("echo.test", support::dnsmasq::A).len();
+        eventually(SETTLE, || async {
+            hole.queries("echo.test", support::dnsmasq::A).len() > first_lookup
+        })
+        .await;
         let client = client();
         for _ in 0..50 {
             let started = Instant::now();
@@ -146,13 +155,13 @@ async fn a_dead_nameserver_fails_fast_with_discovery_failed() {
                 got.text()
             );
             assert!(
-                started.elapsed() < Duration::from_secs(2),
+                started.elapsed() < Duration::from_secs(1),
                 "503 took {:?}",
                 started.elapsed()
             );
         }
         // Retries follow the backoff (1 s, 2 s…), not the request rate.
-        let errors_after = refresh_errors(&proxy, "echo").await;
+        let errors_after = refreshes(&proxy, "echo", "error").await;
         assert!(
             errors_after - errors_before <= 3.0,
             "50 requests caused {} resolves",
@@ -168,28 +177,16 @@ async fn a_dead_nameserver_fails_fast_with_discovery_failed() {
     .await
 }
 
-async fn refresh_errors(proxy: &TestProxy, service: &str) -> f64 {
-    let text = metrics(proxy).await;
-    metric(
-        &text,
-        "waypost_discovery_refresh_total",
-        &[("service", service), ("result", "error")],
-    )
-    .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nameserver_that_dies_leaves_the_stale_table_serving() {
-    within(async {
+    within(TEST_DEADLINE, async {
         let (port, _ups) = Upstream::start_on_shared_port(&[("127.0.0.2", "a")]).await;
         let mut dns = Dnsmasq::start(&[("echo.test", "127.0.0.2")], &[]);
         let yaml = config(
             &dns.nameserver(),
             ", timeout: 200ms, attempts: 1",
             ", backoff: {initial: 200ms, max: 1s}",
-            &format!(
-                "services:\n  echo:\n    resolver: {{dns: {{name: echo.test, port: {port}}}}}\n"
-            ),
+            &a_service("echo", "echo.test", port),
         );
         let proxy = TestProxy::start(&yaml).await;
         assert_eq!(spread(&proxy, "echo", 10).await.get("a"), Some(&10));
@@ -218,7 +215,7 @@ async fn a_nameserver_that_dies_leaves_the_stale_table_serving() {
             Some(1.0),
             "{text}"
         );
-        assert!(refresh_errors(&proxy, "echo").await >= 1.0);
+        assert!(refreshes(&proxy, "echo", "error").await >= 1.0);
         assert_eq!(
             spread(&proxy, "echo", 20).await.get("a"),
             Some(&20),
@@ -341,14 +338,14 @@ fn question(msg: &[u8]) -> Option<(u16, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dns_attempts_is_the_number_of_queries_sent() {
-    within(async {
+    within(TEST_DEADLINE, async {
         let hole = BlackHole::start().await;
         // One resolve only: the retry after it is 20 s away.
         let yaml = config(
             &hole.addr.to_string(),
             ", timeout: 300ms, attempts: 1",
             ", resolve_timeout: 5s, backoff: {initial: 20s, max: 20s}",
-            "services:\n  echo:\n    resolver: {dns: {name: echo.test, port: 8080}}\n",
+            &a_service("echo", "echo.test", 8080),
         );
         let proxy = TestProxy::start_unready(&yaml).await;
         await_status(&proxy, "echo", "state", Value::from("failed")).await;

@@ -3,9 +3,11 @@
 
 mod support;
 
-use std::collections::HashMap;
+use std::time::Duration;
 
 use http::Request;
+use serde_json::Value;
+use support::raw::{RawUpstream, Reply};
 use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -29,20 +31,7 @@ async fn weighted_distribution_3_2_1_and_drained_zero() {
         )
     );
     let proxy = TestProxy::start(&yaml).await;
-    let client = client();
-    let mut counts: HashMap<String, usize> = HashMap::new();
-    const N: usize = 6000;
-    for _ in 0..N {
-        let req = Request::get(format!("{}/", proxy.url()))
-            .header("host", "echo")
-            .body(empty())
-            .unwrap();
-        let got = send(&client, req).await.unwrap();
-        assert_eq!(got.status, 200);
-        *counts
-            .entry(got.header("x-instance").to_string())
-            .or_default() += 1;
-    }
+    let counts = spread(&proxy, "echo", 6000).await;
     assert_shares(
         &counts,
         &[("a", 3.0 / 6.0), ("b", 2.0 / 6.0), ("c", 1.0 / 6.0)],
@@ -71,12 +60,15 @@ async fn three_addressing_modes_and_h2c() {
             "Host: {host}"
         );
     }
-    // (b) absolute-form, as an HTTP_PROXY client sends it: connect to the proxy, ask for http://echo/.
+    // (b) absolute-form, as an HTTP_PROXY client sends it: connect to the proxy, ask for
+    // http://echo/. The Host header names no service (a bare `Host: nope` is a 404), so only
+    // the URI can route this request: the request target wins over Host (RFC 9112 §3.2.2).
+    expect_error(&proxy, "nope", 404, "unknown_service").await;
     let mut conn = tokio::net::TcpStream::connect(proxy.addrs.outbound)
         .await
         .unwrap();
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    conn.write_all(b"GET http://echo/abs HTTP/1.1\r\nHost: echo\r\nConnection: close\r\n\r\n")
+    conn.write_all(b"GET http://echo/abs HTTP/1.1\r\nHost: nope\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
     let mut raw = String::new();
@@ -181,11 +173,12 @@ async fn every_failure_has_its_status_and_marker() {
     }
     // A request that cannot name a service is a 400, CONNECT a 405.
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    for (raw_req, want) in [
-        ("GET / HTTP/1.0\r\n\r\n", "HTTP/1.0 400"),
+    for (raw_req, want, kind) in [
+        ("GET / HTTP/1.0\r\n\r\n", "HTTP/1.0 400", "bad_request"),
         (
             "CONNECT echo:443 HTTP/1.1\r\nHost: echo:443\r\n\r\n",
             "HTTP/1.1 405",
+            "method_not_allowed",
         ),
     ] {
         let mut conn = tokio::net::TcpStream::connect(proxy.addrs.outbound)
@@ -196,7 +189,15 @@ async fn every_failure_has_its_status_and_marker() {
         let n = conn.read(&mut buf).await.unwrap();
         let text = String::from_utf8_lossy(&buf[..n]);
         assert!(text.starts_with(want), "{raw_req:?} → {text}");
-        assert!(text.contains("x-waypost-error"), "{text}");
+        let marker = text
+            .lines()
+            .find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case("x-waypost-error")
+                    .then(|| value.trim())
+            })
+            .unwrap_or_else(|| panic!("{raw_req:?}: no x-waypost-error in {text}"));
+        assert_eq!(marker, kind, "{raw_req:?} → {text}");
     }
     // Successful responses never carry the marker.
     let got = get(&format!("{}/slow?ms=1", proxy.url()), &[("host", "slow")])
@@ -205,25 +206,34 @@ async fn every_failure_has_its_status_and_marker() {
     assert_eq!(got.status, 200);
     assert_eq!(got.header("x-waypost-error"), "");
     // The errors are counted by kind.
-    let metrics = get(&format!("{}/metrics", proxy.admin()), &[])
-        .await
-        .unwrap()
-        .text();
-    assert!(
-        metrics
-            .contains(r#"waypost_forward_errors_total{kind="upstream_timeout",service="slow"} 1"#),
-        "{metrics}"
+    let text = metrics(&proxy).await;
+    assert_eq!(
+        metric(
+            &text,
+            "waypost_forward_errors_total",
+            &[("kind", "upstream_timeout"), ("service", "slow")]
+        ),
+        Some(1.0),
+        "{text}"
     );
-    assert!(
-        metrics.contains(r#"waypost_forward_upstream_connect_errors_total{service="dead"} 1"#),
-        "{metrics}"
+    assert_eq!(
+        metric(
+            &text,
+            "waypost_forward_upstream_connect_errors_total",
+            &[("service", "dead")]
+        ),
+        Some(1.0),
+        "{text}"
     );
     // Requests that name no known service share one bounded series.
-    assert!(
-        metrics.contains(
-            r#"waypost_forward_errors_total{kind="unknown_service",service="_unknown"} 1"#
+    assert_eq!(
+        metric(
+            &text,
+            "waypost_forward_errors_total",
+            &[("kind", "unknown_service"), ("service", "_unknown")]
         ),
-        "{metrics}"
+        Some(1.0),
+        "{text}"
     );
 }
 
@@ -296,27 +306,24 @@ async fn not_ready_until_every_declared_service_resolved() {
     let blocked = dir.path().join("blocked");
     std::fs::write(&blocked, b"not a directory").unwrap();
     let yaml = format!(
-        "listen: 127.0.0.1:0\nadmin: {{listen: 127.0.0.1:0}}\nregistry: {{file: {{dir: {}}}}}\nservices:\n  blocked:\n    resolver: {{file: {{}}}}\n",
+        "registry: {{file: {{dir: {}}}}}\nservices:\n  blocked:\n    resolver: {{file: {{}}}}\n",
         blocked.display()
     );
-    let config = waypost::config::load_str("t.yaml", &yaml, &|_| None).unwrap();
-    let app = waypost::App::build(config).await.unwrap();
-    let admin = app.addrs().admin;
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(app.run(async move {
-        let _ = rx.await;
-    }));
-    eventually(std::time::Duration::from_secs(5), || async {
-        get(&format!("http://{admin}/ready"), &[])
-            .await
-            .map(|r| r.status == 503)
-            .unwrap_or(false)
-    })
-    .await;
-    let got = get(&format!("http://{admin}/ready"), &[]).await.unwrap();
+    let proxy = TestProxy::start_unready(&yaml).await;
+    // `/ready` is 503 from the start: wait until the resolver has actually failed, so the
+    // answer below is about a failed service, not one still pending.
+    await_status(&proxy, "blocked", "state", Value::from("failed")).await;
+    let svc = debug_service(&proxy, "blocked").await.unwrap();
+    assert!(svc["status"]["last_error"].is_string(), "{svc}");
+    let got = get(&format!("{}/ready", proxy.admin()), &[]).await.unwrap();
+    assert_eq!(
+        got.status,
+        503,
+        "a failed service is not ready: {}",
+        got.text()
+    );
     assert!(got.text().contains("blocked"), "{}", got.text());
-    let _ = tx.send(());
-    task.await.unwrap().unwrap();
+    proxy.stop().await;
 }
 
 #[tokio::test]
@@ -338,47 +345,18 @@ async fn upstream_connections_are_kept_alive_and_reused() {
     );
 }
 
-/// An upstream that answers each connection's first request with keep-alive, then closes the
-/// connection shortly after — as upstreams with a short idle timeout do.
-async fn closing_upstream() -> (
-    std::net::SocketAddr,
-    std::sync::Arc<std::sync::atomic::AtomicUsize>,
-) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let count = served.clone();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            let count = count.clone();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let mut got = Vec::new();
-                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => got.extend_from_slice(&buf[..n]),
-                    }
-                }
-                count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: keep-alive\r\n\r\nok\n").await;
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                // Dropping the socket closes the kept-alive connection under the pool.
-            });
-        }
-    });
-    (addr, served)
-}
-
 #[tokio::test]
 async fn a_pooled_connection_closed_by_the_upstream_is_replaced_transparently() {
-    let (addr, served) = closing_upstream().await;
-    let proxy = TestProxy::start(&format!(
-        "services:\n{}",
-        static_service("echo", &[(addr, 1)])
-    ))
+    // Each connection's first request is answered with keep-alive, then the connection is
+    // closed (FIN) 20 ms later — as upstreams with a short idle timeout do.
+    let up = RawUpstream::start(|_| Reply {
+        linger: Duration::from_millis(20),
+        ..Reply::close(vec![
+            b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: keep-alive\r\n\r\nok\n".to_vec(),
+        ])
+    })
     .await;
+    let proxy = TestProxy::in_front_of_with(up.addr, "").await;
     for i in 0..20 {
         let got = get(&format!("{}/", proxy.url()), &[("host", "echo")])
             .await
@@ -392,10 +370,16 @@ async fn a_pooled_connection_closed_by_the_upstream_is_replaced_transparently() 
         // Alternate between reusing at once (closed under us, the request was never sent:
         // retried) and after the close is noticed (dropped at checkout).
         if i % 2 == 0 {
-            tokio::time::sleep(std::time::Duration::from_millis(40)).await;
+            tokio::time::sleep(Duration::from_millis(40)).await;
         }
     }
-    assert_eq!(served.load(std::sync::atomic::Ordering::Relaxed), 20);
+    let served = up.requests();
+    assert_eq!(served.len(), 20, "each request answered exactly once");
+    assert!(
+        served.iter().all(|r| r.seq == r.conn),
+        "each connection carried one answered request: {:?}",
+        served.iter().map(|r| (r.seq, r.conn)).collect::<Vec<_>>()
+    );
 }
 
 #[tokio::test]
@@ -414,12 +398,12 @@ async fn a_file_registration_is_applied_by_the_watch_not_the_next_refresh() {
         address: up.addr,
         weight: 1,
         tags: Default::default(),
-        ttl: std::time::Duration::from_secs(30),
+        ttl: Duration::from_secs(30),
     };
     waypost::register::FileRegistrar::new(dir.path())
         .write_blocking(&registration)
         .unwrap();
-    eventually(std::time::Duration::from_secs(5), || async {
+    eventually(Duration::from_secs(5), || async {
         get(&format!("{}/", proxy.url()), &[("host", "echo")])
             .await
             .is_ok_and(|r| r.status == 200 && r.header("x-instance") == "watched")
@@ -430,11 +414,7 @@ async fn a_file_registration_is_applied_by_the_watch_not_the_next_refresh() {
 #[tokio::test]
 async fn idle_upstream_connections_are_closed_after_the_idle_timeout() {
     let up = Upstream::start("idle").await;
-    let yaml = format!(
-        "upstream: {{idle_timeout: 200ms}}\nservices:\n{}",
-        static_service("echo", &[(up.addr, 1)])
-    );
-    let proxy = TestProxy::start(&yaml).await;
+    let proxy = TestProxy::in_front_of_with(up.addr, "upstream: {idle_timeout: 200ms}\n").await;
     let url = format!("{}/", proxy.url());
     let once = || get(&url, &[("host", "echo")]);
     assert_eq!(once().await.unwrap().status, 200);
@@ -447,7 +427,7 @@ async fn idle_upstream_connections_are_closed_after_the_idle_timeout() {
     );
     // Idle well past the timeout (the sweeper runs every half timeout): the next request
     // needs a new connection.
-    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(once().await.unwrap().status, 200);
     assert_eq!(conns(), 2, "the idle connection was closed by the pool");
 }

@@ -119,13 +119,7 @@ async fn start_binary(up: &Upstream, dir: &std::path::Path) -> (Proc, String, u1
         &proxy_yaml(port, admin, &static_service("echo", &[(up.addr, 1)])),
         dir,
     );
-    eventually(Duration::from_secs(10), || async {
-        get(&format!("http://127.0.0.1:{admin}/ready"), &[])
-            .await
-            .map(|r| r.status == 200)
-            .unwrap_or(false)
-    })
-    .await;
+    wait_ready_at(([127, 0, 0, 1], admin).into()).await;
     (proc, format!("http://127.0.0.1:{port}"), port, admin)
 }
 
@@ -289,11 +283,7 @@ async fn file_registry_shared_by_processes_with_heartbeat_expiry() {
 async fn promtool_accepts_live_metrics() {
     let promtool = require("promtool", "apt-get install -y prometheus");
     let up = Upstream::start("a").await;
-    let proxy = TestProxy::start(&format!(
-        "services:\n{}",
-        static_service("echo", &[(up.addr, 1)])
-    ))
-    .await;
+    let proxy = TestProxy::in_front_of(&up).await;
     for host in ["echo", "nope"] {
         let _ = get(&format!("{}/", proxy.url()), &[("host", host)])
             .await

@@ -13,7 +13,7 @@ use support::*;
 
 #[tokio::test]
 async fn chunked_response_with_extension_and_trailer_in_tiny_pieces_then_reuse() {
-    bounded(async {
+    within(TEST_LIMIT, async {
         let resp = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-sum\r\n\r\n\
             5;ext=1\r\nhello\r\n7\r\n, world\r\n10\r\n and a 16-chunk!\r\n0\r\nx-sum: 42\r\n\r\n";
         // Two-byte pieces split the size lines, the extension, the data and every CRLF.
@@ -21,7 +21,15 @@ async fn chunked_response_with_extension_and_trailer_in_tiny_pieces_then_reuse()
         let proxy = proxy_for(&up).await;
         let client = client();
         let body = "hello, world and a 16-chunk!";
-        get_ok(&proxy, &client, body, "first chunked response").await;
+        // `Trailer` is end to end: the upstream's trailer reaches an HTTP/1.1 app that asks
+        // for trailers (`TE: trailers`, which HTTP/1.1 servers wait for before sending any).
+        let mut ask = req(&proxy, "GET", "/", empty());
+        ask.headers_mut()
+            .insert("te", http::HeaderValue::from_static("trailers"));
+        let first = call(&client, ask, "first chunked response").await.unwrap();
+        assert_eq!(first.text(), body, "{first:?}");
+        let trailer = first.trailers.as_ref().and_then(|t| t.get("x-sum"));
+        assert_eq!(trailer.map(|v| v.as_bytes()), Some(&b"42"[..]), "{first:?}");
         get_ok(&proxy, &client, body, "second chunked response").await;
         assert_eq!(
             up.accepted(),
@@ -34,7 +42,7 @@ async fn chunked_response_with_extension_and_trailer_in_tiny_pieces_then_reuse()
 
 #[tokio::test]
 async fn content_length_response_in_split_writes_keeps_one_connection() {
-    bounded(async {
+    within(TEST_LIMIT, async {
         let up = RawUpstream::start(nth(|n| {
             let resp = ok(&format!(
                 "response number {n}, some letters abcdefghijklmnopqrst"
@@ -64,7 +72,7 @@ async fn content_length_response_in_split_writes_keeps_one_connection() {
 
 #[tokio::test]
 async fn connection_close_response_is_not_reused() {
-    bounded(async {
+    within(TEST_LIMIT, async {
         let up = RawUpstream::start(nth(|n| {
             let body = format!("close {n}");
             let resp = format!(
@@ -98,7 +106,7 @@ async fn connection_close_response_is_not_reused() {
 
 #[tokio::test]
 async fn http10_response_delimited_by_close() {
-    bounded(async {
+    within(TEST_LIMIT, async {
         // Larger than the 32 KiB read buffer, so it takes several reads.
         let body = letters(50_000);
         let resp = format!("HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\n\r\n{body}");
@@ -111,7 +119,7 @@ async fn http10_response_delimited_by_close() {
 
 #[tokio::test]
 async fn http11_close_delimited_response_then_new_connection() {
-    bounded(async {
+    within(TEST_LIMIT, async {
         let body = letters(40_000);
         let b = body.clone();
         let up = RawUpstream::start(nth(move |n| match n {
@@ -137,7 +145,7 @@ async fn http11_close_delimited_response_then_new_connection() {
 
 #[tokio::test]
 async fn interim_100_continue_is_skipped() {
-    bounded(async {
+    within(TEST_LIMIT, async {
         let up = RawUpstream::start(|_| {
             Reply::keep(vec![
                 b"HTTP/1.1 100 Continue\r\n\r\n".to_vec(),
@@ -153,7 +161,7 @@ async fn interim_100_continue_is_skipped() {
 
 #[tokio::test]
 async fn head_response_has_no_body_and_connection_is_reused() {
-    bounded(async {
+    within(TEST_LIMIT, async {
         let up = RawUpstream::start(|r| match r.method() {
             "HEAD" => Reply::whole("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n"),
             _ => Reply::whole(ok("hello")),
@@ -182,7 +190,7 @@ async fn head_response_has_no_body_and_connection_is_reused() {
 
 #[tokio::test]
 async fn bodiless_204_and_304_keep_the_connection() {
-    bounded(async {
+    within(TEST_LIMIT, async {
         let up = RawUpstream::start(nth(|n| match n {
             1 => Reply::whole("HTTP/1.1 204 No Content\r\nx-n: 1\r\n\r\n"),
             // A 304 may announce the representation's length; it still has no body.
@@ -218,7 +226,7 @@ async fn bodiless_204_and_304_keep_the_connection() {
 
 #[tokio::test]
 async fn garbage_status_line_is_502_upstream_error() {
-    bounded(async {
+    within(TEST_LIMIT, async {
         let up = RawUpstream::start(|_| {
             Reply::close(vec![b"SSH-2.0-OpenSSH_9.6 junk\r\n\r\n".to_vec()])
         })
@@ -231,7 +239,7 @@ async fn garbage_status_line_is_502_upstream_error() {
 
 #[tokio::test]
 async fn conflicting_content_lengths_are_502_upstream_error() {
-    bounded(async {
+    within(TEST_LIMIT, async {
         let up = RawUpstream::start(|_| {
             Reply::close(vec![
                 b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello!".to_vec(),
@@ -246,7 +254,7 @@ async fn conflicting_content_lengths_are_502_upstream_error() {
 
 #[tokio::test]
 async fn truncated_content_length_body_is_an_error_for_the_app() {
-    bounded(async {
+    within(TEST_LIMIT, async {
         let up = RawUpstream::start(|_| {
             Reply::close(vec![
                 b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n".to_vec(),
@@ -291,7 +299,7 @@ async fn post_and_record(body: TestBody) -> RawRequest {
 
 #[tokio::test]
 async fn request_body_with_known_length_is_sent_with_content_length() {
-    bounded(async {
+    within(TEST_LIMIT, async {
         let r = post_and_record(full("hello upstream")).await;
         let head = r.head_text();
         assert_eq!(r.all("content-length"), ["14"], "head:\n{head}");
@@ -303,7 +311,7 @@ async fn request_body_with_known_length_is_sent_with_content_length() {
 
 #[tokio::test]
 async fn streamed_request_body_is_sent_chunked() {
-    bounded(async {
+    within(TEST_LIMIT, async {
         let r = post_and_record(streamed_body(150_000)).await;
         let head = r.head_text();
         assert_eq!(r.all("transfer-encoding"), ["chunked"], "head:\n{head}");
@@ -320,7 +328,7 @@ async fn streamed_request_body_is_sent_chunked() {
 
 #[tokio::test]
 async fn empty_post_body_is_sent_with_content_length_zero() {
-    bounded(async {
+    within(TEST_LIMIT, async {
         // The app's client sends this POST with no framing header at all (a zero-length body
         // in HTTP/1.1); the upstream must still be told the length.
         let r = post_and_record(full(Bytes::new())).await;
@@ -333,7 +341,7 @@ async fn empty_post_body_is_sent_with_content_length_zero() {
 
 #[tokio::test]
 async fn oversized_response_head_is_502_and_proxy_keeps_working() {
-    bounded(async {
+    within(TEST_LIMIT, async {
         let mut head = String::from("HTTP/1.1 200 OK\r\n");
         for i in 0..200 {
             head.push_str(&format!("x-big-{i}: {}\r\n", "a".repeat(1024)));
@@ -380,7 +388,7 @@ async fn post_to_early_413(drain: bool) -> anyhow::Result<Got> {
 
 #[tokio::test]
 async fn early_413_then_graceful_close_reaches_the_app() {
-    bounded(async {
+    within(TEST_LIMIT, async {
         // The upstream FINs and discards the unread body: nothing stops the 413 from arriving.
         let got = post_to_early_413(true)
             .await
@@ -397,7 +405,7 @@ async fn early_413_then_graceful_close_reaches_the_app() {
 
 #[tokio::test]
 async fn early_413_then_abrupt_close_is_the_413_or_a_502() {
-    bounded(async {
+    within(TEST_LIMIT, async {
         // Dropping the socket with the body unread makes the upstream's kernel send RST, which
         // may destroy the 413 in the proxy's receive buffer (RFC 9112 §9.6): a 502 is then
         // all the proxy can say. Anything else (another status, no answer) is wrong.
@@ -417,7 +425,7 @@ async fn early_413_then_abrupt_close_is_the_413_or_a_502() {
 
 #[tokio::test]
 async fn chunked_with_content_length_decodes_chunked_and_is_not_reused() {
-    bounded(async {
+    within(TEST_LIMIT, async {
         let up = RawUpstream::start(nth(|n| match n {
             1 => Reply::keep(pieces(
                 "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n\
@@ -442,7 +450,7 @@ async fn chunked_with_content_length_decodes_chunked_and_is_not_reused() {
 
 #[tokio::test]
 async fn hop_by_hop_response_headers_do_not_reach_the_app() {
-    bounded(async {
+    within(TEST_LIMIT, async {
         let up = RawUpstream::start(|_| {
             Reply::whole(
                 "HTTP/1.1 200 OK\r\nconnection: x-foo\r\nx-foo: 1\r\nkeep-alive: timeout=5\r\n\
@@ -463,6 +471,54 @@ async fn hop_by_hop_response_headers_do_not_reach_the_app() {
             "the upstream's Connection header leaked: {:?}",
             got.header("connection")
         );
+    })
+    .await
+}
+
+#[tokio::test]
+async fn an_upstreams_x_waypost_error_header_never_reaches_the_app() {
+    within(TEST_LIMIT, async {
+        // The marker says "waypost generated this response": an upstream's answer must not
+        // carry it, whether it is a success or an error of the upstream's own.
+        let up = RawUpstream::start(nth(|n| match n {
+            1 => Reply::whole(
+                "HTTP/1.1 200 OK\r\nx-waypost-error: spoof\r\nx-other: kept\r\n\
+                 content-length: 2\r\n\r\nok",
+            ),
+            _ => Reply::whole(
+                "HTTP/1.1 503 Service Unavailable\r\nX-Waypost-Error: no_instances\r\n\
+                 x-waypost-error: spoof\r\ncontent-length: 5\r\n\r\nbusy\n",
+            ),
+        }))
+        .await;
+        let proxy = proxy_for(&up).await;
+        let client = client();
+        let got = get_ok(&proxy, &client, "ok", "200 carrying the marker").await;
+        assert!(
+            !got.headers.contains_key("x-waypost-error"),
+            "the upstream's x-waypost-error reached the app: {:?}",
+            got.headers
+        );
+        assert_eq!(got.header("x-other"), "kept", "other headers pass");
+
+        let got = call(
+            &client,
+            req(&proxy, "GET", "/", empty()),
+            "503 with the marker",
+        )
+        .await
+        .expect("503 from the upstream did not reach the app");
+        assert_eq!(
+            (got.status, got.text().as_str()),
+            (503, "busy\n"),
+            "the upstream's own 503 passes through"
+        );
+        assert!(
+            !got.headers.contains_key("x-waypost-error"),
+            "the upstream's x-waypost-error values reached the app: {:?}",
+            got.headers
+        );
+        assert_eq!(up.requests().len(), 2, "both requests reached the upstream");
     })
     .await
 }

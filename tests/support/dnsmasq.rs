@@ -17,9 +17,9 @@ use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use super::external::{free_port, require, Proc};
+use super::external::{free_port, require, wait_until, Proc};
 
 /// The domain dnsmasq is authoritative for: unknown names under it are NXDOMAIN.
 pub const DOMAIN: &str = "test";
@@ -54,12 +54,14 @@ impl Srv {
 
 /// A running dnsmasq. Killed when dropped.
 pub struct Dnsmasq {
+    /// The process; `Proc` kills and reaps it when dropped. Declared first, so it is dropped
+    /// (killed) before the temp dir it logs into is removed.
+    proc: Option<Proc>,
     /// Where it answers, over UDP and TCP.
     pub addr: SocketAddr,
     dir: tempfile::TempDir,
     bin: PathBuf,
     srv: Vec<Srv>,
-    proc: Option<Proc>,
     /// How many times the hosts file has been (re)loaded, counted from the log.
     loads: usize,
 }
@@ -71,11 +73,11 @@ impl Dnsmasq {
         let bin = require("dnsmasq", "apt-get install -y dnsmasq-base");
         let dir = tempfile::tempdir().unwrap();
         let mut dns = Dnsmasq {
+            proc: None,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             dir,
             bin,
             srv: srv.to_vec(),
-            proc: None,
             loads: 0,
         };
         dns.write_hosts(hosts);
@@ -113,25 +115,21 @@ impl Dnsmasq {
     pub fn restart(&mut self) {
         self.stop();
         // The port was ours a moment ago; another process taking it in between is unlikely.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !self.spawn() {
-            assert!(
-                Instant::now() < deadline,
-                "dnsmasq cannot restart on {}:\n{}",
-                self.addr,
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let (addr, log) = (self.addr, self.log_path());
+        wait_until(
+            Duration::from_secs(5),
+            || self.spawn(),
+            || {
+                let log = std::fs::read_to_string(log).unwrap_or_default();
+                format!("dnsmasq cannot restart on {addr}:\n{log}")
+            },
+        );
     }
 
-    /// Kills dnsmasq: from now on its port answers nothing (a dead name server). The query log
-    /// stays readable.
+    /// Kills dnsmasq (dropping its `Proc` kills and reaps it): from now on its port answers
+    /// nothing (a dead name server). The query log stays readable.
     pub fn stop(&mut self) {
-        if let Some(mut proc) = self.proc.take() {
-            let _ = proc.child.kill();
-            let _ = proc.child.wait();
-        }
+        self.proc = None;
     }
 
     /// `127.0.0.1:<port>`, as waypost's `dns.nameservers` wants it.
@@ -185,15 +183,11 @@ impl Dnsmasq {
             self.addr,
             self.log()
         );
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while self.queries(&marker).is_empty() {
-            assert!(
-                Instant::now() < deadline,
-                "marker query {marker} never logged:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_until(
+            Duration::from_secs(5),
+            || !self.queries(&marker).is_empty(),
+            || format!("marker query {marker} never logged:\n{}", self.log()),
+        );
     }
 
     /// Asks dnsmasq directly (one UDP query of type `qtype`): `Some((rcode, answer count))`,
@@ -251,21 +245,17 @@ impl Dnsmasq {
             cmd.arg("--user=root").arg("--group=root");
         }
         let mut proc = Proc::spawn("dnsmasq", &mut cmd, self.dir.path());
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            if proc.child.try_wait().unwrap().is_some() {
-                return false;
-            }
-            if query(self.addr, &format!("ready.{DOMAIN}"), A).is_some() {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "dnsmasq on {} does not answer:\n{}",
-                self.addr,
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        let mut exited = false;
+        wait_until(
+            Duration::from_secs(5),
+            || {
+                exited = proc.child.try_wait().unwrap().is_some();
+                exited || query(self.addr, &format!("ready.{DOMAIN}"), A).is_some()
+            },
+            || format!("dnsmasq on {} does not answer:\n{}", self.addr, self.log()),
+        );
+        if exited {
+            return false;
         }
         self.proc = Some(proc);
         self.wait_loads();
@@ -276,15 +266,11 @@ impl Dnsmasq {
     /// restart and SIGHUP).
     fn wait_loads(&self) {
         let needle = format!("read {}", self.hosts_path().display());
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while self.log().matches(&needle).count() < self.loads + self.starts() {
-            assert!(
-                Instant::now() < deadline,
-                "dnsmasq did not (re)load its hosts file:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_until(
+            Duration::from_secs(5),
+            || self.log().matches(&needle).count() >= self.loads + self.starts(),
+            || format!("dnsmasq did not (re)load its hosts file:\n{}", self.log()),
+        );
     }
 
     fn starts(&self) -> usize {
@@ -292,12 +278,6 @@ impl Dnsmasq {
             .lines()
             .filter(|l| l.contains(": started, version"))
             .count()
-    }
-}
-
-impl Drop for Dnsmasq {
-    fn drop(&mut self) {
-        self.stop();
     }
 }
 

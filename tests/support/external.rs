@@ -2,7 +2,6 @@
 //! (promtool, etcd, dnsmasq) — each killed when its handle drops. A missing tool fails the test
 //! with the command that installs it; it never passes silently.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -132,14 +131,16 @@ pub fn spawn_waypost(name: &str, yaml: &str, dir: &Path) -> Proc {
     )
 }
 
-/// Blocks until `addr` accepts TCP connections (or fails after `timeout`).
-pub fn wait_listening(addr: SocketAddr, timeout: Duration) {
+/// Blocks until `cond` holds, checking every 10 ms; fails the test with `msg()` (evaluated
+/// only then) when `timeout` passes first.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool, msg: impl FnOnce() -> String) {
     let deadline = std::time::Instant::now() + timeout;
-    while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
+    while !cond() {
         assert!(
             std::time::Instant::now() < deadline,
-            "{addr} is not listening after {timeout:?}"
+            "not within {timeout:?}: {}",
+            msg()
         );
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(10));
     }
 }

@@ -19,11 +19,27 @@ use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 /// A body usable for requests in tests.
 pub type TestBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// The app's HTTP/1.1 client, as [`client`] builds it.
+pub type AppClient = Client<hyper_util::client::legacy::connect::HttpConnector, TestBody>;
+
+/// Deadline for one asynchronous change to settle: a refresh, a registry watch, a resolver
+/// giving up.
+pub const SETTLE: Duration = Duration::from_secs(10);
+
+/// Runs `test`, failing it if it takes longer than `limit` — so a proxy (or a test) waiting for
+/// something that never comes fails instead of hanging.
+pub async fn within<F: Future>(limit: Duration, test: F) -> F::Output {
+    tokio::time::timeout(limit, test)
+        .await
+        .unwrap_or_else(|_| panic!("test did not finish within {limit:?}: something never came"))
+}
 
 /// A running test upstream: answers `x-instance: <name>`; `/slow?ms=N` sleeps first; any other
 /// path echoes the request body. Stops when dropped.
@@ -205,23 +221,22 @@ impl TestProxy {
 
     /// waypost with one static service `echo` whose single instance is `up`.
     pub async fn in_front_of(up: &Upstream) -> TestProxy {
+        TestProxy::in_front_of_with(up.addr, "").await
+    }
+
+    /// waypost with one static service `echo` whose single instance is `addr`, and the
+    /// top-level keys `extra_yaml` (whole lines, e.g. `"upstream: {timeout: 3s}\n"`).
+    pub async fn in_front_of_with(addr: SocketAddr, extra_yaml: &str) -> TestProxy {
         TestProxy::start(&format!(
-            "services:\n{}",
-            static_service("echo", &[(up.addr, 1)])
+            "{extra_yaml}services:\n{}",
+            static_service("echo", &[(addr, 1)])
         ))
         .await
     }
 
     /// Waits until `/ready` answers 200.
     pub async fn wait_ready(&self) {
-        let admin = self.addrs.admin;
-        eventually(Duration::from_secs(10), || async move {
-            get(&format!("http://{admin}/ready"), &[])
-                .await
-                .map(|r| r.status == 200)
-                .unwrap_or(false)
-        })
-        .await;
+        wait_ready_at(self.addrs.admin).await;
     }
 
     /// `http://<outbound listener>`.
@@ -259,6 +274,8 @@ pub struct Got {
     pub status: u16,
     pub headers: http::HeaderMap,
     pub body: Bytes,
+    /// Trailer fields after a chunked body, if any came.
+    pub trailers: Option<http::HeaderMap>,
 }
 
 impl Got {
@@ -277,15 +294,8 @@ impl Got {
 }
 
 /// A pooled HTTP/1.1 client (keep-alive), shared by a test.
-pub fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, TestBody> {
+pub fn client() -> AppClient {
     Client::builder(TokioExecutor::new()).build_http()
-}
-
-/// An h2c (prior knowledge) client.
-pub fn h2c_client() -> Client<hyper_util::client::legacy::connect::HttpConnector, TestBody> {
-    Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .build_http()
 }
 
 /// An empty request body.
@@ -294,17 +304,16 @@ pub fn empty() -> TestBody {
 }
 
 /// Sends `req` with `client` and reads the whole response.
-pub async fn send(
-    client: &Client<hyper_util::client::legacy::connect::HttpConnector, TestBody>,
-    req: Request<TestBody>,
-) -> anyhow::Result<Got> {
+pub async fn send(client: &AppClient, req: Request<TestBody>) -> anyhow::Result<Got> {
     let resp = client.request(req).await?;
     let (head, body) = resp.into_parts();
-    let body = body.collect().await?.to_bytes();
+    let collected = body.collect().await?;
+    let trailers = collected.trailers().cloned();
     Ok(Got {
         status: head.status.as_u16(),
         headers: head.headers,
-        body,
+        body: collected.to_bytes(),
+        trailers,
     })
 }
 
@@ -336,6 +345,54 @@ where
     }
 }
 
+/// Waits (up to 10 s) until the admin listener at `admin` answers `/ready` with 200.
+pub async fn wait_ready_at(admin: SocketAddr) {
+    eventually(Duration::from_secs(10), || async move {
+        get(&format!("http://{admin}/ready"), &[])
+            .await
+            .is_ok_and(|r| r.status == 200)
+    })
+    .await;
+}
+
+/// The `/debug/services` entry of `name`; `None` only when the document lists no such service.
+/// A failed request, a non-200 answer or a document that is not the expected JSON panics, so a
+/// broken endpoint cannot pass for "not cached".
+pub async fn debug_service(proxy: &TestProxy, name: &str) -> Option<Value> {
+    let url = format!("{}/debug/services", proxy.admin());
+    let got = get(&url, &[])
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e:#}"));
+    assert_eq!(got.status, 200, "GET {url}: {}", got.text());
+    let json: Value = serde_json::from_slice(&got.body)
+        .unwrap_or_else(|e| panic!("GET {url}: not JSON ({e}): {}", got.text()));
+    json["services"]
+        .as_array()
+        .unwrap_or_else(|| panic!("GET {url}: no `services` array: {json}"))
+        .iter()
+        .find(|s| s["name"] == name)
+        .cloned()
+}
+
+/// Waits (up to [`SETTLE`]) until `/debug/services` shows `status.<field> == value` for `name`.
+pub async fn await_status(proxy: &TestProxy, name: &str, field: &str, value: Value) {
+    eventually(SETTLE, || async {
+        debug_service(proxy, name)
+            .await
+            .is_some_and(|s| s["status"][field] == value)
+    })
+    .await;
+}
+
+/// The Prometheus text of `/metrics`.
+pub async fn metrics(proxy: &TestProxy) -> String {
+    let got = get(&format!("{}/metrics", proxy.admin()), &[])
+        .await
+        .unwrap();
+    assert_eq!(got.status, 200, "/metrics: {}", got.text());
+    got.text()
+}
+
 /// The value of the sample of metric `name` whose labels include every `labels` pair, in the
 /// Prometheus text exposition `text`; `None` when there is no such sample.
 pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
@@ -364,11 +421,6 @@ pub fn static_service(name: &str, instances: &[(SocketAddr, u32)]) -> String {
         ));
     }
     s
-}
-
-/// Reads a whole `Incoming` body (for responses obtained without [`send`]).
-pub async fn read_all(body: Incoming) -> Bytes {
-    body.collect().await.unwrap().to_bytes()
 }
 
 /// A body of `len` bytes streamed in 64 KiB chunks, never held whole in memory.

@@ -5,7 +5,6 @@
 //! Loopback only; every read and write is bounded by a timeout, so a confused peer cannot hang
 //! a test.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,7 +14,7 @@ use http::Request;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::{empty, send, static_service, Got, TestBody, TestProxy};
+use super::{empty, send, AppClient, Got, TestBody, TestProxy};
 
 /// How long any single read or write on an upstream connection may take.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -144,29 +143,13 @@ pub fn split_at(bytes: impl AsRef<[u8]>, offsets: &[usize]) -> Vec<Vec<u8>> {
 
 // ---- Test-side helpers: a proxy in front of a `RawUpstream`, and bounded requests. ----
 
-/// The app's HTTP/1.1 client, as [`super::client`] builds it.
-pub type AppClient = hyper_util::client::legacy::Client<
-    hyper_util::client::legacy::connect::HttpConnector,
-    TestBody,
->;
-
-/// Bound on a whole test, so a proxy waiting for bytes that never come fails instead of hanging.
+/// Bound on a whole test (run it under [`super::within`]), so a proxy waiting for bytes that
+/// never come fails instead of hanging.
 pub const TEST_LIMIT: Duration = Duration::from_secs(10);
-
-/// Runs `test`, failing it if it takes longer than [`TEST_LIMIT`].
-pub async fn bounded(test: impl Future<Output = ()>) {
-    tokio::time::timeout(TEST_LIMIT, test)
-        .await
-        .expect("test did not finish within 10 s: the proxy is waiting for something");
-}
 
 /// waypost with service `echo` on `up`; an upstream that never answers gives a 504 in 3 s.
 pub async fn proxy_for(up: &RawUpstream) -> TestProxy {
-    TestProxy::start(&format!(
-        "upstream: {{timeout: 3s}}\nservices:\n{}",
-        static_service("echo", &[(up.addr, 1)])
-    ))
-    .await
+    TestProxy::in_front_of_with(up.addr, "upstream: {timeout: 3s}\n").await
 }
 
 /// A request for service `echo` through `proxy`.
