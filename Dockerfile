@@ -6,10 +6,11 @@
 
 FROM rust:1-bookworm AS build
 WORKDIR /src
-# The manifest names every target, so all of them must be present (bench/ included).
+# The manifest names every target, so the two bench sources must be present too (only they: the
+# rest of bench/, results included, changes often and would invalidate this layer).
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
-COPY bench ./bench
+COPY bench/balance.rs bench/refresh.rs ./bench/
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bin waypost \

@@ -1,7 +1,7 @@
 # waypost — the two commands: `make run` and `make test`.
 CARGO ?= cargo
 
-.PHONY: run test test-rust test-helm deps build release bench bench-micro callgrind check-configs clean
+.PHONY: run test test-rust test-helm deps build release bench bench-micro callgrind clean
 
 ## run: build, start three example upstreams in the file registry and waypost in front of them
 run: release
@@ -24,11 +24,7 @@ test-rust:
 	$(CARGO) test
 
 test-helm:
-	$(CARGO) build --bin waypost
 	tests/helm/run.sh
-
-check-configs: build
-	for f in configs/*.yaml; do target/debug/waypost check --config $$f || exit 1; done
 
 ## bench: the load harness against HAProxy, nginx and Envoy (it builds, installs its peers
 ## when missing and runs the balance micro benches itself); results in bench/RESULTS.md

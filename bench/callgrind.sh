@@ -4,7 +4,7 @@
 # build, configs/static.yaml's layout) or, for comparison, HAProxy (bench/load/haproxy.cfg's
 # settings) — in front of three example upstreams, and sends a fixed number of keep-alive requests
 # (ab -n N -c 8 -k), on ports 28080/28090/29001-3; prints total instructions ÷ N and the top
-# functions. Kernel time is not counted: both proxies make the same system calls per request.
+# functions; the profile stays in target/callgrind/<target>/. Kernel time is not counted: both proxies make the same system calls per request.
 #   usage: bench/callgrind.sh [N] [waypost|haproxy]   (needs valgrind and apache2-utils' ab)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,50 +13,35 @@ TARGET="${2:-waypost}"
 for tool in valgrind ab; do
   command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install -y valgrind apache2-utils" >&2; exit 1; }
 done
-cargo build --release --bin waypost --example upstream >/dev/null 2>&1
-out=$(mktemp -d)
+cargo build -q --release --bin waypost --example upstream
+out=target/callgrind/$TARGET
+rm -rf "$out" && mkdir -p "$out"
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
-# configs/static.yaml's layout on ports of its own, so it can run beside the load harness.
-cat > "$out/waypost.yaml" <<YAML
-listen: 127.0.0.1:28080
-admin: {listen: 127.0.0.1:28090}
-services:
-  echo:
-    resolver:
-      static:
-        instances:
-          - {address: 127.0.0.1:29001, weight: 3}
-          - {address: 127.0.0.1:29002, weight: 2}
-          - {address: 127.0.0.1:29003, weight: 1}
-YAML
 for i in 1 2 3; do
-  target/release/examples/upstream --listen "127.0.0.1:2900$i" --name "echo-$i" 2>/dev/null &
+  target/release/examples/upstream --listen "127.0.0.1:2900$i" --name "echo-$i" >"$out/upstream-$i.log" 2>&1 &
   pids+=($!)
 done
-cat > "$out/haproxy.cfg" <<CFG
-global
-    nbthread 1
-    maxconn 4096
-defaults
-    mode http
-    option http-keep-alive
-    http-reuse always
-    timeout connect 1s
-    timeout client 30s
-    timeout server 30s
-frontend echo_in
-    bind 127.0.0.1:28080
-    default_backend echo
-backend echo
-    balance roundrobin
-    server echo-1 127.0.0.1:29001 weight 3
-    server echo-2 127.0.0.1:29002 weight 2
-    server echo-3 127.0.0.1:29003 weight 1
-CFG
+sleep 0.3
+for p in "${pids[@]}"; do
+  kill -0 "$p" 2>/dev/null || { echo "an upstream did not start (port 2900x taken?):" >&2; cat "$out"/upstream-*.log >&2; exit 1; }
+done
+# The configs the load harness uses, on ports of their own so both can run at once:
+# configs/static.yaml through its variables, and bench/load/haproxy.cfg's template.
+export WAYPOST_LISTEN=127.0.0.1:28080 WAYPOST_ADMIN=127.0.0.1:28090
+export ECHO_1=127.0.0.1:29001 ECHO_2=127.0.0.1:29002 ECHO_3=127.0.0.1:29003
+python3 - "$out/haproxy.cfg" <<'PY'
+import sys
+from string import Template
+servers = [(1, 29001, 3), (2, 29002, 2), (3, 29003, 1)]
+text = Template(open("bench/load/haproxy.cfg").read()).substitute(
+    listen="127.0.0.1:28080",
+    servers="\n".join(f"    server echo-{i} 127.0.0.1:{p} weight {w}" for i, p, w in servers))
+open(sys.argv[1], "w").write(text)
+PY
 case "$TARGET" in
-  waypost) proxy=(target/release/waypost run --config "$out/waypost.yaml") ;;
+  waypost) proxy=(target/release/waypost run --config configs/static.yaml) ;;
   haproxy) command -v haproxy >/dev/null || { echo "missing haproxy: apt-get install -y haproxy" >&2; exit 1; }
            proxy=(haproxy -db -f "$out/haproxy.cfg") ;;
   *) echo "unknown target $TARGET (waypost or haproxy)" >&2; exit 2 ;;
@@ -73,7 +58,6 @@ ab -q -n 500 -c 8 -k -H 'Host: echo' http://127.0.0.1:28080/ >/dev/null
 callgrind_control -z "$vg" >/dev/null
 ab -q -n "$N" -c 8 -k -H 'Host: echo' http://127.0.0.1:28080/ | grep -E "Complete requests|Failed requests"
 kill -TERM "$vg"; wait "$vg" 2>/dev/null || true
-# HAProxy writes its profile when it exits; wait for valgrind to finish writing either.
 total=$(callgrind_annotate "$out"/cg.out 2>/dev/null | awk '/PROGRAM TOTALS/{gsub(",","",$1); print $1; exit}')
 echo "$TARGET: instructions per request: $(( total / N ))  (total $total over $N requests)"
 echo "profile: $out/cg.out"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests need when it is missing, on Debian: etcd, dnsmasq, promtool, protoc
-# (and curl, used by `make run`). Idempotent: does nothing when everything is there.
+# (for the registry backends' tests), curl (used by `make run`), and Python 3 with venv (the
+# chart tests' virtualenv). Idempotent: does nothing when everything is there.
 set -euo pipefail
 need=()
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]; }
@@ -9,6 +10,11 @@ have dnsmasq  || need+=(dnsmasq-base)
 have promtool || need+=(prometheus)
 have protoc   || need+=(protobuf-compiler)
 have curl     || need+=(curl)
+have python3  || need+=(python3)
+# tests/helm/run.sh makes a virtualenv: Debian's python3 needs python3-venv for that.
+if ! have python3 || ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+  need+=(python3-venv)
+fi
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi

@@ -82,30 +82,19 @@ def cargo_build(argv: list[str]) -> tuple[bool, str]:
     return r.returncode == 0, r.stderr
 
 
-def build(notes: list[str], want_ours: bool, skip: bool) -> tuple[Path, Path | None]:
-    """Release builds of waypost and of the `upstream` example (None → nginx upstreams)."""
+def build(notes: list[str], skip: bool) -> tuple[Path, Path]:
+    """Release builds of waypost and of the `upstream` example the benchmarks run against."""
     waypost = REPO / "target" / "release" / "waypost"
     upstream = REPO / "target" / "release" / "examples" / "upstream"
     if skip:
-        if not waypost.exists():
-            raise HarnessError(f"--no-build, but {waypost} does not exist")
+        for p in (waypost, upstream):
+            if not p.exists():
+                raise HarnessError(f"--no-build, but {p} does not exist")
         notes.append("--no-build: benchmarked the release binaries already in target/release, "
                       "which may not match the source tree")
-        if want_ours and upstream.exists():
-            return waypost, upstream
-        notes.append("upstreams: nginx" + ("" if want_ours else " (asked for with --upstream nginx)"))
-        return waypost, None
-    print("building waypost (release) …", flush=True)
-    ok, err = cargo_build(["--bin", "waypost"])
-    if not ok:
-        raise HarnessError("cargo build --release --bin waypost failed:\n" + err[-3000:])
-    if not want_ours:
-        notes.append("upstreams: nginx (asked for with --upstream nginx)")
-        return waypost, None
-    ok, err = cargo_build(["--example", "upstream"])
-    if ok and upstream.exists():
         return waypost, upstream
-    last = err.strip().splitlines()[-1] if err.strip() else "unknown error"
-    notes.append(f"upstreams: nginx, because `cargo build --release --example upstream` failed ({last})")
-    return waypost, None
-
+    print("building waypost and the example upstream (release) …", flush=True)
+    ok, err = cargo_build(["--bin", "waypost", "--example", "upstream"])
+    if not ok:
+        raise HarnessError("cargo build --release --bin waypost --example upstream failed:\n" + err[-3000:])
+    return waypost, upstream

@@ -38,7 +38,7 @@ class Procs:
         self.logdir = logdir
         self.live: dict[int, tuple[str, subprocess.Popen, Path]] = {}
 
-    def start(self, name: str, argv: list[str], cpu: str | None) -> subprocess.Popen:
+    def start(self, name: str, argv: list[str], cpu: str | None, env: dict | None = None) -> subprocess.Popen:
         if cpu is not None:
             argv = ["taskset", "-c", cpu, *argv]  # taskset execs: the pid is the program's
         log = self.logdir / f"{name}.log"
@@ -46,7 +46,7 @@ class Procs:
             out.write(f"\n$ {' '.join(argv)}\n".encode())
             out.flush()
             p = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 start_new_session=True)
+                                 start_new_session=True, env={**os.environ, **env} if env else None)
         self.live[p.pid] = (name, p, log)
         return p
 

@@ -105,12 +105,12 @@ def summarize_duels(duels: list[dict]) -> dict:
 
 
 def duel_line(d) -> str:
-    """One progress line for a head-to-head run (a `Duel`)."""
+    """One progress line for a head-to-head run (a `Duel`): first side, second side, ratios."""
     if not d.ok:
         return f"  head to head {d.case:10} rep {d.rep + 1}: FAILED {d.error}"
-    w, h = d.sides["waypost"], d.sides["haproxy"]
-    return (f"  head to head {d.case:10} rep {d.rep + 1}: waypost {w['rps']:8,.0f} req/s {w['cpu_us_per_req']:6.2f} µs/req"
-            f" | haproxy {h['rps']:8,.0f} req/s {h['cpu_us_per_req']:6.2f} µs/req"
+    sides = " | ".join(f"{name} {s['rps']:8,.0f} req/s {s['cpu_us_per_req']:6.2f} µs/req"
+                       for name, s in d.sides.items())
+    return (f"  head to head {d.case:10} rep {d.rep + 1}: {sides}"
             f" | CPU {d.cpu_ratio:.3f}× req/s {d.rps_ratio:.3f}×")
 
 
@@ -457,7 +457,7 @@ def markdown(meta: dict, cases: list[dict], targets: list[str], summary: dict, b
         out += [f"| `{r['name']}` | {fmt_ns(r['median_ns'])} | {fmt_ns(r['fastest_ns'])}..{fmt_ns(r['slowest_ns'])} "
                 f"| {r['iters']:,} |" for r in micro["rows"]]
         out += ["", "`pick` is one `Table::pick()` (random number included); `build` is `Table::build`; "
-                "`pick_shared` is `ArcSwap::load` + `pick` on 2 threads sharing one table (time per "
+                "`pick_shared` is the forwarder's `Balancer::load` + `pick` on 2 threads sharing one snapshot (time per "
                 "iteration per thread). Weights random in 1..=100, fixed seed.", ""]
     else:
         out += ["Not run this time (`--quick` or `--no-micro`): `cargo bench --bench balance`.", ""]

