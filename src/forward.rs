@@ -6,12 +6,14 @@
 //! responses in one place ([`rescue`]). Connections are served by hyper-util's auto builder
 //! (HTTP/1.1 with keep-alive, or h2c with prior knowledge) and drained gracefully on shutdown.
 
+mod downstream;
 pub mod h1;
 pub mod headers;
 pub mod pool;
 pub mod rescue;
 pub mod route;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +21,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -30,7 +32,7 @@ pub use rescue::ForwardError;
 pub use route::Listener;
 
 use crate::balance::Balancer;
-use crate::cache::{Cache, Lookup, Publish, State, Status};
+use crate::cache::{Cache, Lookup, Publish, State, Status, Target};
 use crate::discover::Resolution;
 use crate::metrics::{ForwardMetrics, ServiceMetrics};
 use crate::shutdown::Shutdown;
@@ -97,7 +99,7 @@ impl Proxy {
         }
     }
 
-    /// Serves one request that arrived on `listener`.
+    /// Serves one request that arrived on `listener` (through hyper).
     pub async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
@@ -105,24 +107,46 @@ impl Proxy {
     ) -> Response<ResponseBody> {
         let started = Instant::now();
         let (mut parts, body) = req.into_parts();
-        let target = match route::service_name(&parts, listener) {
-            Err(e) => return self.reject(None, e, started),
-            Ok(name) => {
-                let found = match self.cache.get(&name) {
-                    Lookup::Found(t) => Some(t),
-                    Lookup::OnDemand => self.cache.resolve_on_demand(&name),
-                    Lookup::Unknown => None,
-                };
-                match found {
-                    Some(t) => t,
-                    None => {
-                        let err = ForwardError::UnknownService(name.into_owned());
-                        return self.reject(None, err, started);
-                    }
-                }
-            }
+        let target = match self.lookup(route::service_name(&parts, listener)) {
+            Ok(t) => t,
+            Err(e) => return self.reject(None, e, started).map(wrote),
         };
+        let svc = target.publisher();
+        let addr = match self.pick(&target).await {
+            Ok(addr) => addr,
+            Err(e) => return self.reject(Some(svc), e, started).map(wrote),
+        };
+        headers::ensure_host(&mut parts, target.name());
+        let req = Request::from_parts(parts, body);
+        let sent = tokio::time::timeout(svc.timeout, svc.pool.send(addr, req)).await;
+        match svc.outcome(addr, sent.ok()) {
+            Ok(resp) => {
+                svc.record(resp.status().as_u16(), started);
+                resp.map(Either::Left)
+            }
+            Err(e) => self.reject(Some(svc), e, started).map(wrote),
+        }
+    }
+
+    /// The target a routed name refers to: declared, or created by an on-demand rule. Touched,
+    /// so it does not expire while used.
+    fn lookup(
+        &self,
+        name: Result<std::borrow::Cow<'_, str>, ForwardError>,
+    ) -> Result<Arc<Target<ServiceHandle>>, ForwardError> {
+        let name = name?;
+        let found = match self.cache.get(&name) {
+            Lookup::Found(t) => Some(t),
+            Lookup::OnDemand => self.cache.resolve_on_demand(&name),
+            Lookup::Unknown => None,
+        };
+        let target = found.ok_or_else(|| ForwardError::UnknownService(name.into_owned()))?;
         target.touch();
+        Ok(target)
+    }
+
+    /// An instance of `target` to send a request to.
+    async fn pick(&self, target: &Target<ServiceHandle>) -> Result<SocketAddr, ForwardError> {
         let svc = target.publisher();
         // No snapshot yet: the first resolution is still in flight (the refresher publishes
         // before it marks a target resolved). Concurrent first requests all wait on that one,
@@ -131,70 +155,24 @@ impl Proxy {
             let wait = self.cache.policy().resolve_timeout;
             let _ = tokio::time::timeout(wait, target.first_resolve()).await;
         }
-        let addr = {
-            let snapshot = svc.balancer.load();
-            let picked = match &**snapshot {
-                Some(snap) => snap
-                    .table
-                    .pick()
-                    .map(|i| i.address)
-                    .ok_or_else(|| unavailable(target.name(), &snap.status)),
-                None => Err(ForwardError::NoInstances(target.name().to_string())),
-            };
-            match picked {
-                Ok(addr) => addr,
-                Err(e) => return self.reject(Some(svc), e, started),
-            }
-        };
-        headers::ensure_host(&mut parts, target.name());
-        let sent = tokio::time::timeout(
-            svc.timeout,
-            svc.pool.send(addr, Request::from_parts(parts, body)),
-        )
-        .await;
-        let result = match sent {
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(source)) if source.is_connect() => {
-                svc.metrics.connect_errors.inc();
-                Err(ForwardError::UpstreamConnect {
-                    service: target.name().into(),
-                    addr,
-                    source,
-                })
-            }
-            Ok(Err(source)) => Err(ForwardError::Upstream {
-                service: target.name().into(),
-                addr,
-                source,
-            }),
-            Err(_) => Err(ForwardError::UpstreamTimeout {
-                service: target.name().into(),
-                addr,
-                timeout: svc.timeout,
-            }),
-        };
-        match result {
-            Ok(resp) => {
-                let (mut head, body) = resp.into_parts();
-                // (Hop-by-hop headers were left out while the head was parsed.) The marker says
-                // a response came from waypost: an upstream cannot claim it.
-                head.headers.remove(rescue::ERROR_HEADER);
-                svc.metrics.count(head.status.as_u16());
-                svc.metrics
-                    .duration
-                    .observe(started.elapsed().as_secs_f64());
-                Response::from_parts(head, Either::Left(body))
-            }
-            Err(e) => self.reject(Some(svc), e, started),
+        let snapshot = svc.balancer.load();
+        match &**snapshot {
+            Some(snap) => snap
+                .table
+                .pick()
+                .map(|i| i.address)
+                .ok_or_else(|| unavailable(target.name(), &snap.status)),
+            None => Err(ForwardError::NoInstances(target.name().to_string())),
         }
     }
 
+    /// Counts and logs a request waypost answers itself, and writes that answer.
     fn reject(
         &self,
         svc: Option<&ServiceHandle>,
         err: ForwardError,
         started: Instant,
-    ) -> Response<ResponseBody> {
+    ) -> Response<Bytes> {
         let (series, name): (&ServiceMetrics, &str) = match svc {
             Some(s) => (&s.metrics, &s.name),
             None => (&self.unrouted, "_unknown"),
@@ -210,8 +188,54 @@ impl Proxy {
             .inc();
         series.count(status.as_u16());
         series.duration.observe(started.elapsed().as_secs_f64());
-        err.into_response().map(Either::Right)
+        err.into_response()
     }
+}
+
+impl ServiceHandle {
+    /// What became of a request sent to `addr`: `None` when the response head did not come
+    /// within the service's timeout.
+    fn outcome<T>(
+        &self,
+        addr: SocketAddr,
+        sent: Option<Result<T, pool::SendError>>,
+    ) -> Result<T, ForwardError> {
+        let service = || self.name.to_string();
+        match sent {
+            Some(Ok(resp)) => Ok(resp),
+            Some(Err(source)) if source.is_connect() => {
+                self.metrics.connect_errors.inc();
+                Err(ForwardError::UpstreamConnect {
+                    service: service(),
+                    addr,
+                    source,
+                })
+            }
+            Some(Err(source)) => Err(ForwardError::Upstream {
+                service: service(),
+                addr,
+                source,
+            }),
+            None => Err(ForwardError::UpstreamTimeout {
+                service: service(),
+                addr,
+                timeout: self.timeout,
+            }),
+        }
+    }
+
+    /// Counts a forwarded response with `status`, for a request that arrived at `started`.
+    fn record(&self, status: u16, started: Instant) {
+        self.metrics.count(status);
+        self.metrics
+            .duration
+            .observe(started.elapsed().as_secs_f64());
+    }
+}
+
+/// A body waypost wrote, as a [`ResponseBody`].
+fn wrote(body: Bytes) -> ResponseBody {
+    Either::Right(Full::new(body))
 }
 
 /// Why a service with a snapshot has nothing to pick.
@@ -247,7 +271,7 @@ pub async fn serve(
         .http1()
         .timer(TokioTimer::new())
         .keep_alive(true)
-        .header_read_timeout(Duration::from_secs(30))
+        .header_read_timeout(downstream::HEAD_TIMEOUT)
         .max_buf_size(proxy.buffer_size);
     builder.http2().timer(TokioTimer::new());
     let builder = Arc::new(builder);
@@ -266,29 +290,15 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        let (proxy, kind, builder, mut drain, done, open) = (
-            proxy.clone(),
-            kind.clone(),
-            builder.clone(),
-            drain.clone(),
-            drained.clone(),
-            open.clone(),
-        );
+        let shared = downstream::Shared {
+            proxy: proxy.clone(),
+            kind: kind.clone(),
+            hyper: builder.clone(),
+        };
+        let (drain, done, open) = (drain.clone(), drained.clone(), open.clone());
         tokio::spawn(async move {
             open.inc();
-            let service = hyper::service::service_fn(move |req| {
-                let (proxy, kind) = (proxy.clone(), kind.clone());
-                async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, &kind).await) }
-            });
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                res = conn.as_mut() => if let Err(e) = res { tracing::debug!(error = %e, "connection ended with error") },
-                _ = drain.recv() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
-            }
+            downstream::serve(stream, shared, drain).await;
             open.dec();
             drop(done);
         });

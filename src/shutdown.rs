@@ -45,6 +45,12 @@ impl Shutdown {
         // An error means the trigger was dropped, which also means shut down.
         let _ = self.rx.wait_for(|fired| *fired).await;
     }
+
+    /// Whether the trigger may have fired (or gone) since this listener was made: one atomic
+    /// load, for loops that keep a `recv()` future registered and poll it only then.
+    pub fn changed(&self) -> bool {
+        self.rx.has_changed().unwrap_or(true)
+    }
 }
 
 /// Completes on SIGINT or SIGTERM (Ctrl-C on other platforms).

@@ -25,6 +25,14 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
     matches!(name.as_str().len(), 2 | 7 | 10 | 16 | 18 | 19) && HOP_BY_HOP.contains(name)
 }
 
+/// [`is_hop_by_hop`] for a name as it arrived on the wire (any letter case).
+pub fn is_hop_by_hop_bytes(name: &[u8]) -> bool {
+    matches!(name.len(), 2 | 7 | 10 | 16 | 18 | 19)
+        && HOP_BY_HOP
+            .iter()
+            .any(|h| name.eq_ignore_ascii_case(h.as_str().as_bytes()))
+}
+
 /// What `Connection` header values say: whether one lists `close`, and the other headers they
 /// name (not `keep-alive`, which is hop-by-hop anyway). Allocates only when some are named.
 pub fn connection_tokens<'a>(

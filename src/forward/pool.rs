@@ -125,10 +125,45 @@ impl Pool {
         let (mut parts, body) = req.into_parts();
         let out = h1::encode_request(&mut parts, &body);
         let head_request = parts.method == Method::HEAD;
-        let replayable = out.framing == Framing::Empty && idempotent(&parts.method);
-        let mut body = Some(body);
+        let replayable = idempotent(&parts.method);
+        let (head, body) = self
+            .round_trip(addr, &out, Some(body), head_request, replayable)
+            .await?;
+        let parts = head.into_parts().map_err(SendError::Upstream)?;
+        Ok(Response::from_parts(parts, body))
+    }
+
+    /// Sends a bodiless request whose head is already encoded (`out.framing` is
+    /// [`Framing::Empty`]) and resolves to the response head, as received, and its body.
+    pub async fn send_head(
+        &self,
+        addr: SocketAddr,
+        out: &Outgoing,
+        head_request: bool,
+        idempotent: bool,
+    ) -> Result<(h1::Head, UpstreamBody), SendError> {
+        let none: Option<http_body_util::Empty<Bytes>> = None;
+        self.round_trip(addr, out, none, head_request, idempotent)
+            .await
+    }
+
+    /// One request on a pooled connection, or a fresh one if none is idle or the pooled one
+    /// turned out closed (see the module docs for when a request is sent twice).
+    async fn round_trip<B>(
+        &self,
+        addr: SocketAddr,
+        out: &Outgoing,
+        mut body: Option<B>,
+        head_request: bool,
+        idempotent: bool,
+    ) -> Result<(h1::Head, UpstreamBody), SendError>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let replayable = out.framing == Framing::Empty && idempotent;
         if let Some(mut conn) = self.checkout(addr) {
-            match exchange(&mut conn, &out, &mut body, head_request).await {
+            match exchange(&mut conn, out, &mut body, head_request).await {
                 Ok(head) => return Ok(self.respond(addr, conn, head)),
                 // The head never went out (the connection had closed): safe to send again.
                 Err(Failed::NotSent(e)) => {
@@ -141,20 +176,20 @@ impl Pool {
             }
         }
         let mut conn = self.connect(addr).await?;
-        match exchange(&mut conn, &out, &mut body, head_request).await {
+        match exchange(&mut conn, out, &mut body, head_request).await {
             Ok(head) => Ok(self.respond(addr, conn, head)),
             Err(Failed::NotSent(e)) => Err(SendError::Upstream(e.into())),
             Err(Failed::Exchange(e)) => Err(SendError::Upstream(e)),
         }
     }
 
-    fn respond(&self, addr: SocketAddr, conn: Conn, head: h1::Head) -> Response<UpstreamBody> {
+    fn respond(&self, addr: SocketAddr, conn: Conn, head: h1::Head) -> (h1::Head, UpstreamBody) {
         let home = Home {
             pool: self.clone(),
             addr,
         };
         let body = h1::Body::new(conn, head.framing, head.reusable, home);
-        Response::from_parts(head.parts, body)
+        (head, body)
     }
 
     /// An idle connection to `addr` that still looks usable, dropping stale ones on the way.
@@ -248,7 +283,7 @@ where
 }
 
 /// Methods whose requests may be sent a second time (RFC 9110 §9.2.2).
-fn idempotent(method: &Method) -> bool {
+pub fn idempotent(method: &Method) -> bool {
     matches!(
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::DELETE | Method::PUT

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
-use http_body_util::Full;
 
 /// Header set on every response waypost generates; its value is the error kind.
 pub const ERROR_HEADER: &str = "x-waypost-error";
@@ -113,10 +112,10 @@ impl ForwardError {
     }
 
     /// The response the app receives.
-    pub fn into_response(self) -> Response<Full<Bytes>> {
+    pub fn into_response(self) -> Response<Bytes> {
         let status = self.status();
         let body = format!("waypost: {self}\n");
-        let mut resp = Response::new(Full::new(Bytes::from(body)));
+        let mut resp = Response::new(Bytes::from(body));
         *resp.status_mut() = status;
         let h = resp.headers_mut();
         h.insert(

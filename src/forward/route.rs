@@ -33,12 +33,27 @@ pub fn service_name<'a>(
     if parts.method == http::Method::CONNECT {
         return Err(ForwardError::MethodNotAllowed(http::Method::CONNECT));
     }
+    let authority = parts
+        .uri
+        .authority()
+        .map(|auth| (parts.uri.scheme_str(), auth.host()));
+    let host = parts.headers.get(http::header::HOST).map(|v| v.as_bytes());
+    named(authority, host, listener)
+}
+
+/// The service named by an absolute-form target's (scheme, host), else by the `Host` header's
+/// bytes, unless `listener` is a service's own (CONNECT is ruled out by the caller).
+pub fn named<'a>(
+    authority: Option<(Option<&str>, &'a str)>,
+    host: Option<&'a [u8]>,
+    listener: &'a Listener,
+) -> Result<Cow<'a, str>, ForwardError> {
     if let Listener::Service(name) = listener {
         return Ok(Cow::Borrowed(name));
     }
-    let host = match parts.uri.authority() {
-        Some(auth) => {
-            match parts.uri.scheme_str() {
+    let host = match authority {
+        Some((scheme, host)) => {
+            match scheme {
                 Some("http") | None => {}
                 Some(_) => {
                     return Err(ForwardError::BadRequest(
@@ -46,15 +61,19 @@ pub fn service_name<'a>(
                     ))
                 }
             }
-            auth.host()
+            host
         }
         None => {
-            let value = parts.headers.get(http::header::HOST).ok_or(ForwardError::BadRequest(
+            let value = host.ok_or(ForwardError::BadRequest(
                 "no Host header: name the service in Host, use an absolute-form URI, or a per-service listener",
             ))?;
+            // What `HeaderValue::to_str` accepts: visible ASCII, spaces and tabs.
             let text = value
-                .to_str()
-                .map_err(|_| ForwardError::BadRequest("Host header is not valid text"))?;
+                .iter()
+                .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
+                .then(|| std::str::from_utf8(value).ok())
+                .flatten()
+                .ok_or(ForwardError::BadRequest("Host header is not valid text"))?;
             strip_port(text).ok_or(ForwardError::BadRequest("malformed Host header"))?
         }
     };
