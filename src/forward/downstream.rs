@@ -30,7 +30,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
-use super::h1::{Framing, Outgoing};
+use super::h1::Framing;
 use super::route::Listener;
 use super::Proxy;
 use crate::shutdown::Shutdown;
@@ -67,6 +67,8 @@ pub(super) async fn serve(stream: TcpStream, shared: Shared, drain: Shutdown) {
     let mut conn = Downstream {
         stream,
         buf: BytesMut::with_capacity(READ),
+        last: wire::LastRoute::default(),
+        head: Vec::with_capacity(512),
         out: Vec::with_capacity(512),
         deadline: Deadline::default(),
     };
@@ -75,7 +77,13 @@ pub(super) async fn serve(stream: TcpStream, shared: Shared, drain: Shutdown) {
         let mut head_started = None;
         let parsed = loop {
             if !conn.buf.is_empty() {
-                match wire::parse(&conn.buf, &shared.proxy, &shared.kind) {
+                match wire::parse(
+                    &conn.buf,
+                    &shared.proxy,
+                    &shared.kind,
+                    &mut conn.last,
+                    &mut conn.head,
+                ) {
                     Parsed::Partial if conn.buf.len() < limit => {}
                     // Too large (hyper answers 431) or not ours to serve.
                     Parsed::Partial | Parsed::Hyper => {
@@ -145,6 +153,10 @@ struct Downstream {
     stream: TcpStream,
     /// Bytes read and not yet consumed: the next request head(s).
     buf: BytesMut,
+    /// The service the last request named.
+    last: wire::LastRoute,
+    /// The request head for the upstream (reused from one request to the next).
+    head: Vec<u8>,
     /// The response head being written (reused from one response to the next).
     out: Vec<u8>,
     /// The response timeout.
@@ -157,7 +169,6 @@ impl Downstream {
         let started = Instant::now();
         let wire::Request {
             target,
-            upstream,
             reply,
             head_request,
             idempotent,
@@ -176,12 +187,13 @@ impl Downstream {
                     .await
             }
         };
-        let out = Outgoing {
-            head: upstream.finish(target.name()),
-            framing: Framing::Empty,
+        let at = started + svc.timeout;
+        let sent = {
+            let send = svc
+                .pool
+                .send_head(addr, &self.head, head_request, idempotent);
+            self.deadline.within(at, pin!(send)).await
         };
-        let send = svc.pool.send_head(addr, &out, head_request, idempotent);
-        let sent = self.deadline.within(started + svc.timeout, send).await;
         let (head, mut body) = match svc.outcome(addr, sent) {
             Ok(resp) => resp,
             Err(e) => {
@@ -385,8 +397,9 @@ struct Deadline {
 }
 
 impl Deadline {
-    /// `fut`'s output, or `None` if `at` passes first.
-    async fn within<F: Future>(&mut self, at: Instant, fut: F) -> Option<F::Output> {
+    /// `fut`'s output, or `None` if `at` passes first. (`fut` comes pinned, so a large future
+    /// is not copied into this one.)
+    async fn within<F: Future>(&mut self, at: Instant, mut fut: Pin<&mut F>) -> Option<F::Output> {
         let sleep = match &mut self.sleep {
             Some(sleep) => {
                 if sleep.deadline() > at {
@@ -396,7 +409,6 @@ impl Deadline {
             }
             None => self.sleep.insert(Box::pin(tokio::time::sleep_until(at))),
         };
-        let mut fut = pin!(fut);
         std::future::poll_fn(|cx| {
             if let Poll::Ready(out) = fut.as_mut().poll(cx) {
                 return Poll::Ready(Some(out));

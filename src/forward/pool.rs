@@ -23,7 +23,7 @@ use http::{Method, Request, Response};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::h1::{self, body::Recycle, Conn, Framing, Outgoing, ProtoError};
+use super::h1::{self, body::Recycle, Conn, Framing, ProtoError};
 use crate::config::UpstreamConfig;
 use crate::shutdown::Shutdown;
 
@@ -123,7 +123,11 @@ impl Pool {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let (mut parts, body) = req.into_parts();
-        let out = h1::encode_request(&mut parts, &body);
+        let encoded = h1::encode_request(&mut parts, &body);
+        let out = Outgoing {
+            head: &encoded.head,
+            framing: encoded.framing,
+        };
         let head_request = parts.method == Method::HEAD;
         let replayable = idempotent(&parts.method);
         let (head, body) = self
@@ -133,17 +137,21 @@ impl Pool {
         Ok(Response::from_parts(parts, body))
     }
 
-    /// Sends a bodiless request whose head is already encoded (`out.framing` is
-    /// [`Framing::Empty`]) and resolves to the response head, as received, and its body.
+    /// Sends a bodiless request whose head is already encoded and resolves to the response
+    /// head, as received, and its body.
     pub async fn send_head(
         &self,
         addr: SocketAddr,
-        out: &Outgoing,
+        head: &[u8],
         head_request: bool,
         idempotent: bool,
     ) -> Result<(h1::Head, UpstreamBody), SendError> {
         let none: Option<http_body_util::Empty<Bytes>> = None;
-        self.round_trip(addr, out, none, head_request, idempotent)
+        let out = Outgoing {
+            head,
+            framing: Framing::Empty,
+        };
+        self.round_trip(addr, &out, none, head_request, idempotent)
             .await
     }
 
@@ -152,7 +160,7 @@ impl Pool {
     async fn round_trip<B>(
         &self,
         addr: SocketAddr,
-        out: &Outgoing,
+        out: &Outgoing<'_>,
         mut body: Option<B>,
         head_request: bool,
         idempotent: bool,
@@ -253,6 +261,14 @@ impl Pool {
     }
 }
 
+/// An encoded request head and how its body follows.
+struct Outgoing<'a> {
+    /// The head, kept to write it again on a fresh connection if a reused one fails.
+    head: &'a [u8],
+    /// How the body is framed ([`Framing::Empty`]: nothing follows the head).
+    framing: Framing,
+}
+
 /// How an exchange failed.
 enum Failed {
     /// Writing the request head failed: nothing of the request reached the upstream.
@@ -265,7 +281,7 @@ enum Failed {
 /// head. `body` stays untouched when the head could not be written.
 async fn exchange<B>(
     conn: &mut Conn,
-    out: &Outgoing,
+    out: &Outgoing<'_>,
     body: &mut Option<B>,
     head_request: bool,
 ) -> Result<h1::Head, Failed>
@@ -273,7 +289,7 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    conn.write_head(&out.head).await.map_err(Failed::NotSent)?;
+    conn.write_head(out.head).await.map_err(Failed::NotSent)?;
     if out.framing != Framing::Empty {
         if let Some(body) = body.take() {
             conn.upload(body, out.framing);

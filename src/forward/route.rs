@@ -67,13 +67,15 @@ pub fn named<'a>(
             let value = host.ok_or(ForwardError::BadRequest(
                 "no Host header: name the service in Host, use an absolute-form URI, or a per-service listener",
             ))?;
-            // What `HeaderValue::to_str` accepts: visible ASCII, spaces and tabs.
-            let text = value
+            // What `HeaderValue::to_str` accepts: visible ASCII, spaces and tabs (so UTF-8).
+            if !value
                 .iter()
                 .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
-                .then(|| std::str::from_utf8(value).ok())
-                .flatten()
-                .ok_or(ForwardError::BadRequest("Host header is not valid text"))?;
+            {
+                return Err(ForwardError::BadRequest("Host header is not valid text"));
+            }
+            let text = std::str::from_utf8(value)
+                .map_err(|_| ForwardError::BadRequest("Host header is not valid text"))?;
             strip_port(text).ok_or(ForwardError::BadRequest("malformed Host header"))?
         }
     };

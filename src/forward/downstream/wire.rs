@@ -36,8 +36,16 @@ pub(super) struct Request {
     pub idempotent: bool,
     /// What the response must say about the connection.
     pub reply: Reply,
-    /// The head to send upstream, once the service is known.
-    pub upstream: UpstreamHead,
+}
+
+/// The declared service the last request on a connection named, by the `Host` bytes that
+/// named it. A connection nearly always names the same service again, and a declared target
+/// never goes away (nor expires), so routing and the cache lookup are skipped when the bytes
+/// match. On-demand targets, which can expire, are looked up every time.
+#[derive(Default)]
+pub(super) struct LastRoute {
+    host: Vec<u8>,
+    target: Option<Arc<Target<ServiceHandle>>>,
 }
 
 /// What a request's response must say about the connection.
@@ -50,37 +58,23 @@ pub(super) struct Reply {
     pub http10: bool,
 }
 
-/// The request head to write upstream, but for a `Host` when the app sent none.
-pub(super) struct UpstreamHead {
-    head: Vec<u8>,
-    /// Where the `Host` field goes when there is none: `None` when the app sent one, else the
-    /// absolute-form target's authority (`Some("")`: use the service name).
-    host: Option<String>,
-}
-
-impl UpstreamHead {
-    /// The request head to write upstream (origin-form target, hop-by-hop fields left out, and
-    /// a `Host` if the app sent none: the target's authority, or the service name).
-    pub fn finish(self, service: &str) -> Vec<u8> {
-        let mut head = self.head;
-        if let Some(host) = self.host {
-            let host = if host.is_empty() { service } else { &host };
-            head.truncate(head.len() - 2);
-            head.extend_from_slice(b"host: ");
-            head.extend_from_slice(host.as_bytes());
-            head.extend_from_slice(b"\r\n\r\n");
-        }
-        head
-    }
-}
-
 /// Parses the request head at the front of `buf` and routes it: a bodiless HTTP/1.x request
 /// with an origin-form or `http://` absolute-form target, no `Transfer-Encoding`, `Expect` or
 /// `Upgrade`, no `Content-Length` but 0, and a `Connection` header that names no other field.
-pub(super) fn parse(buf: &[u8], proxy: &Proxy, listener: &route::Listener) -> Parsed {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut slots);
-    let len = match req.parse(buf) {
+/// For such a request, `head` receives the head to write upstream: origin-form target,
+/// hop-by-hop fields left out, and a `Host` if the app sent none (the absolute-form target's
+/// authority, or the service name).
+pub(super) fn parse(
+    buf: &[u8],
+    proxy: &Proxy,
+    listener: &route::Listener,
+    last: &mut LastRoute,
+    head: &mut Vec<u8>,
+) -> Parsed {
+    // Slots httparse fills: left uninitialized, which saves writing all of them per request.
+    let mut slots = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(buf, &mut slots) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Parsed::Partial,
         Err(_) => return Parsed::Hyper,
@@ -114,11 +108,8 @@ pub(super) fn parse(buf: &[u8], proxy: &Proxy, listener: &route::Listener) -> Pa
         let name = h.name.as_bytes();
         let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
         match name.len() {
-            4 if is("host") => {
-                if host.replace(h.value).is_some() {
-                    return Parsed::Hyper;
-                }
-            }
+            // Two Host fields: hyper answers 400.
+            4 if is("host") && host.replace(h.value).is_some() => return Parsed::Hyper,
             6 if is("expect") => return Parsed::Hyper,
             7 if is("upgrade") => return Parsed::Hyper,
             10 if is("connection") => {
@@ -142,21 +133,38 @@ pub(super) fn parse(buf: &[u8], proxy: &Proxy, listener: &route::Listener) -> Pa
             _ => {}
         }
     }
-    let name = route::named(authority.map(|a| (Some("http"), a.host())), host, listener);
-    let target = proxy.lookup(name);
-    let mut head = Vec::with_capacity(len + 32);
+    let target = match (authority, &last.target) {
+        (None, Some(t)) if last.host == host.unwrap_or_default() => Ok(t.clone()),
+        _ => {
+            let name = route::named(authority.map(|a| (Some("http"), a.host())), host, listener);
+            let target = proxy.lookup(name);
+            if let (None, Ok(t)) = (authority, &target) {
+                if t.is_declared() {
+                    last.host.clear();
+                    last.host.extend_from_slice(host.unwrap_or_default());
+                    last.target = Some(t.clone());
+                }
+            }
+            target
+        }
+    };
+    head.clear();
     head.extend_from_slice(method.as_str().as_bytes());
     head.push(b' ');
     head.extend_from_slice(path.as_bytes());
     head.extend_from_slice(b" HTTP/1.1\r\n");
     for h in req.headers.iter() {
-        if headers::is_hop_by_hop_bytes(h.name.as_bytes()) {
-            continue;
+        if !headers::is_hop_by_hop_bytes(h.name.as_bytes()) {
+            field(head, h.name.as_bytes(), h.value);
         }
-        head.extend_from_slice(h.name.as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(h.value);
-        head.extend_from_slice(b"\r\n");
+    }
+    if host.is_none() {
+        let host = match (authority, &target) {
+            (Some(a), _) => a.as_str(),
+            (None, Ok(t)) => t.name(),
+            (None, Err(_)) => "",
+        };
+        field(head, b"host", host.as_bytes());
     }
     // Some servers require a length on methods that define a body (RFC 9110 §8.6).
     if !has_length && matches!(method, Method::POST | Method::PUT | Method::PATCH) {
@@ -171,14 +179,6 @@ pub(super) fn parse(buf: &[u8], proxy: &Proxy, listener: &route::Listener) -> Pa
         reply: Reply {
             close: close || (minor == 0 && !keep_alive),
             http10: minor == 0,
-        },
-        upstream: UpstreamHead {
-            head,
-            host: match (host, authority) {
-                (Some(_), _) => None,
-                (None, Some(a)) => Some(a.as_str().to_owned()),
-                (None, None) => Some(String::new()),
-            },
         },
     })
 }
