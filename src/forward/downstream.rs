@@ -424,3 +424,31 @@ impl Deadline {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_cuts_each_request_off_at_its_own_time() {
+        let mut d = Deadline::default();
+        let secs = Duration::from_secs;
+        let start = Instant::now();
+        let done = async { 7 };
+        assert_eq!(d.within(start + secs(1), pin!(done)).await, Some(7));
+        // A later deadline: the timer, left at the first one, fires early and is moved on.
+        let at = start + secs(3);
+        let never = std::future::pending::<()>();
+        assert_eq!(d.within(at, pin!(never)).await, None);
+        assert_eq!(Instant::now(), at);
+        // A request that finishes leaves the timer at its deadline (10 s from now)...
+        let t = Instant::now();
+        let quick = tokio::time::sleep(secs(1));
+        assert_eq!(d.within(t + secs(10), pin!(quick)).await, Some(()));
+        // ...and an earlier deadline than the timer's moves it back, not waiting for it.
+        let at = Instant::now() + secs(2);
+        let never = std::future::pending::<()>();
+        assert_eq!(d.within(at, pin!(never)).await, None);
+        assert_eq!(Instant::now(), at);
+    }
+}

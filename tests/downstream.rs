@@ -1,0 +1,328 @@
+//! The app side of forwarding at the byte level: waypost's own HTTP/1.1 loop for bodiless
+//! requests, and the hand-over to hyper for everything else on the same connection. Apps here
+//! are raw TCP clients writing exact bytes (pipelined, HTTP/1.0, absolute-form, no `Host`);
+//! upstreams are scripted raw servers ([`support::raw`]) that record what reached them.
+
+mod support;
+
+use std::time::Duration;
+
+use support::raw::*;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// One response as the app read it off the wire.
+#[derive(Debug)]
+struct Resp {
+    line: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    trailers: Vec<(String, String)>,
+}
+
+impl Resp {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A raw app connection to waypost's outbound listener.
+struct App {
+    s: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl App {
+    async fn connect(proxy: &TestProxy) -> App {
+        App {
+            s: TcpStream::connect(proxy.addrs.outbound).await.unwrap(),
+            buf: Vec::new(),
+        }
+    }
+
+    async fn send(&mut self, bytes: &str) {
+        self.s.write_all(bytes.as_bytes()).await.unwrap();
+    }
+
+    /// Reads more bytes; false at end of stream.
+    async fn fill(&mut self) -> bool {
+        let mut chunk = [0u8; 16 * 1024];
+        let n = tokio::time::timeout(Duration::from_secs(5), self.s.read(&mut chunk))
+            .await
+            .expect("no bytes from waypost within 5 s")
+            .unwrap_or(0);
+        self.buf.extend_from_slice(&chunk[..n]);
+        n > 0
+    }
+
+    /// Up to and including the next CRLF.
+    async fn line(&mut self) -> String {
+        loop {
+            if let Some(at) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                let line: Vec<u8> = self.buf.drain(..at + 2).collect();
+                return String::from_utf8_lossy(&line[..at]).into_owned();
+            }
+            assert!(self.fill().await, "connection closed mid-line");
+        }
+    }
+
+    async fn exactly(&mut self, n: usize) -> Vec<u8> {
+        while self.buf.len() < n {
+            assert!(self.fill().await, "connection closed mid-body");
+        }
+        self.buf.drain(..n).collect()
+    }
+
+    async fn fields(&mut self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        loop {
+            let line = self.line().await;
+            if line.is_empty() {
+                return out;
+            }
+            let (k, v) = line.split_once(':').expect("a field line");
+            out.push((k.to_string(), v.trim().to_string()));
+        }
+    }
+
+    /// The next response; `head_request`: it answers a HEAD (no body whatever it says).
+    async fn response(&mut self, head_request: bool) -> Resp {
+        let line = self.line().await;
+        let headers = self.fields().await;
+        let mut resp = Resp {
+            line,
+            headers,
+            body: Vec::new(),
+            trailers: Vec::new(),
+        };
+        if head_request {
+            return resp;
+        }
+        if resp.header("transfer-encoding") == Some("chunked") {
+            loop {
+                let size = self.line().await;
+                let n = usize::from_str_radix(size.split(';').next().unwrap(), 16).unwrap();
+                if n == 0 {
+                    resp.trailers = self.fields().await;
+                    return resp;
+                }
+                resp.body.extend(self.exactly(n).await);
+                assert_eq!(self.exactly(2).await, b"\r\n");
+            }
+        }
+        if let Some(n) = resp.header("content-length") {
+            let n = n.parse().unwrap();
+            resp.body = self.exactly(n).await;
+            return resp;
+        }
+        while self.fill().await {}
+        resp.body = std::mem::take(&mut self.buf);
+        resp
+    }
+
+    /// Whether waypost closed the connection (nothing more to read, then end of stream).
+    async fn closed(&mut self) -> bool {
+        self.buf.is_empty() && !self.fill().await
+    }
+}
+
+/// An upstream whose body names the request it answers (`GET /a HTTP/1.1`).
+async fn echo_line() -> RawUpstream {
+    RawUpstream::start(|r: &RawRequest| Reply::whole(ok(&r.line))).await
+}
+
+#[tokio::test]
+async fn pipelined_requests_hop_by_hop_fields_and_the_hand_over_to_hyper() {
+    within(TEST_LIMIT, async {
+        let up = echo_line().await;
+        let proxy = proxy_for(&up).await;
+        let mut app = App::connect(&proxy).await;
+        // Two requests in one write: answered in order on the same connection.
+        app.send(
+            "GET /a HTTP/1.1\r\nHost: echo\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\
+             TE: trailers\r\nX-Custom: 1\r\n\r\nGET /b?q=1 HTTP/1.1\r\nhost: ECHO:80\r\n\r\n",
+        )
+        .await;
+        assert_eq!(app.response(false).await.text(), "GET /a HTTP/1.1");
+        assert_eq!(app.response(false).await.text(), "GET /b?q=1 HTTP/1.1");
+        // A request with a body goes to hyper, and so does the rest of the connection.
+        app.send("POST /c HTTP/1.1\r\nHost: echo\r\nContent-Length: 5\r\n\r\nhello")
+            .await;
+        assert_eq!(app.response(false).await.text(), "POST /c HTTP/1.1");
+        app.send("GET /d HTTP/1.1\r\nHost: echo\r\n\r\n").await;
+        assert_eq!(app.response(false).await.text(), "GET /d HTTP/1.1");
+        let seen = up.requests();
+        assert_eq!(seen.len(), 4);
+        let first = &seen[0];
+        assert_eq!(first.header("x-custom"), Some("1"));
+        assert_eq!(first.header("host"), Some("echo"));
+        for hop in ["connection", "keep-alive", "te"] {
+            assert_eq!(
+                first.header(hop),
+                None,
+                "{hop} crossed: {}",
+                first.head_text()
+            );
+        }
+        assert_eq!(
+            seen[1].header("host"),
+            Some("ECHO:80"),
+            "the app's Host passes"
+        );
+        assert_eq!(seen[2].body, b"hello");
+        // One app connection, one upstream connection for all four.
+        assert_eq!(up.accepted(), 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn http_1_0_apps_keep_the_connection_only_when_they_ask() {
+    within(TEST_LIMIT, async {
+        let up = echo_line().await;
+        let proxy = proxy_for(&up).await;
+        let mut app = App::connect(&proxy).await;
+        for path in ["/x", "/y"] {
+            app.send(&format!(
+                "GET {path} HTTP/1.0\r\nHost: echo\r\nConnection: keep-alive\r\n\r\n"
+            ))
+            .await;
+            let resp = app.response(false).await;
+            assert!(resp.line.starts_with("HTTP/1.0 200"), "{resp:?}");
+            assert_eq!(resp.header("connection"), Some("keep-alive"), "{resp:?}");
+            // Upstream requests are HTTP/1.1 whatever the app spoke.
+            assert_eq!(resp.text(), format!("GET {path} HTTP/1.1"));
+        }
+        app.send("GET /z HTTP/1.0\r\nHost: echo\r\n\r\n").await;
+        let resp = app.response(false).await;
+        assert_eq!(resp.header("connection"), Some("close"), "{resp:?}");
+        assert!(app.closed().await, "HTTP/1.0 without keep-alive must close");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn chunked_bodies_are_chunked_again_or_close_delimited_for_http_1_0() {
+    within(TEST_LIMIT, async {
+        let chunked = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-sum\r\n\r\n\
+            5\r\nhello\r\n6\r\n world\r\n0\r\nx-sum: 42\r\n\r\n";
+        let up = RawUpstream::start(move |_| Reply::keep(pieces(chunked, 7))).await;
+        let proxy = proxy_for(&up).await;
+        let mut app = App::connect(&proxy).await;
+        app.send("GET / HTTP/1.1\r\nHost: echo\r\n\r\n").await;
+        let resp = app.response(false).await;
+        assert_eq!(resp.header("transfer-encoding"), Some("chunked"));
+        assert_eq!(resp.text(), "hello world");
+        assert_eq!(resp.trailers, [("x-sum".to_string(), "42".to_string())]);
+        // HTTP/1.0 cannot take chunks: the decoded body, ended by closing.
+        app.send("GET / HTTP/1.0\r\nHost: echo\r\nConnection: keep-alive\r\n\r\n")
+            .await;
+        let resp = app.response(false).await;
+        assert_eq!(resp.header("transfer-encoding"), None, "{resp:?}");
+        assert_eq!(resp.header("connection"), Some("close"), "{resp:?}");
+        assert_eq!(resp.text(), "hello world");
+        assert!(app.closed().await);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn close_delimited_bodies_close_the_app_connection_too() {
+    within(TEST_LIMIT, async {
+        let up = RawUpstream::start(|_| {
+            Reply::close(vec![
+                b"HTTP/1.1 200 OK\r\n\r\nuntil".to_vec(),
+                b" close".to_vec(),
+            ])
+        })
+        .await;
+        let proxy = proxy_for(&up).await;
+        let mut app = App::connect(&proxy).await;
+        app.send("GET / HTTP/1.1\r\nHost: echo\r\n\r\n").await;
+        let resp = app.response(false).await;
+        assert_eq!(resp.header("connection"), Some("close"), "{resp:?}");
+        assert_eq!(resp.text(), "until close");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn absolute_form_head_requests_and_errors_keep_the_connection() {
+    within(TEST_LIMIT, async {
+        let up = RawUpstream::start(|r: &RawRequest| {
+            if r.method() == "HEAD" {
+                Reply::whole("HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n")
+            } else {
+                Reply::whole(ok(&r.line))
+            }
+        })
+        .await;
+        let proxy = proxy_for(&up).await;
+        let mut app = App::connect(&proxy).await;
+        // Absolute form without Host: origin form upstream, Host from the authority.
+        app.send("GET http://echo:8080/p?q=1 HTTP/1.1\r\n\r\n")
+            .await;
+        assert_eq!(app.response(false).await.text(), "GET /p?q=1 HTTP/1.1");
+        // HEAD: the length is the upstream's, and no body follows.
+        app.send("HEAD / HTTP/1.1\r\nHost: echo\r\n\r\n").await;
+        let resp = app.response(true).await;
+        assert_eq!(resp.header("content-length"), Some("10"), "{resp:?}");
+        // An unknown service is waypost's own 404, on the same connection.
+        app.send("GET / HTTP/1.1\r\nHost: nope\r\n\r\n").await;
+        let resp = app.response(false).await;
+        assert!(resp.line.starts_with("HTTP/1.1 404"), "{resp:?}");
+        assert_eq!(resp.header("x-waypost-error"), Some("unknown_service"));
+        // And the connection still serves.
+        app.send("GET /after HTTP/1.1\r\nHost: echo\r\n\r\n").await;
+        assert_eq!(app.response(false).await.text(), "GET /after HTTP/1.1");
+        let seen = up.requests();
+        assert_eq!(seen[0].header("host"), Some("echo:8080"));
+        assert_eq!(seen.len(), 3, "the 404 never reached the upstream");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn heads_split_across_reads_and_heads_with_many_fields() {
+    within(TEST_LIMIT, async {
+        let up = echo_line().await;
+        let proxy = proxy_for(&up).await;
+        let mut app = App::connect(&proxy).await;
+        // A head that arrives in pieces is waited for.
+        app.send("GET /split HTTP/1.1\r\nHo").await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        app.send("st: echo\r\n\r\n").await;
+        assert_eq!(app.response(false).await.text(), "GET /split HTTP/1.1");
+        // More fields than the own loop takes: hyper serves it (it allows 100).
+        let many: String = (0..80).map(|i| format!("x-f{i}: {i}\r\n")).collect();
+        app.send(&format!("GET /many HTTP/1.1\r\nHost: echo\r\n{many}\r\n"))
+            .await;
+        assert_eq!(app.response(false).await.text(), "GET /many HTTP/1.1");
+        assert_eq!(up.requests()[1].header("x-f79"), Some("79"));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn idle_connections_close_when_waypost_drains() {
+    within(TEST_LIMIT, async {
+        let up = echo_line().await;
+        let proxy = proxy_for(&up).await;
+        let mut app = App::connect(&proxy).await;
+        app.send("GET / HTTP/1.1\r\nHost: echo\r\n\r\n").await;
+        assert_eq!(app.response(false).await.text(), "GET / HTTP/1.1");
+        // Idle on the own loop: the drain closes it, and waypost stops without waiting for it.
+        let stopping = tokio::spawn(proxy.stop());
+        assert!(app.closed().await, "an idle connection must close on drain");
+        stopping.await.unwrap();
+    })
+    .await;
+}
