@@ -82,19 +82,22 @@ def cargo_build(argv: list[str]) -> tuple[bool, str]:
     return r.returncode == 0, r.stderr
 
 
-def build(notes: list[str], skip: bool) -> tuple[Path, Path]:
-    """Release builds of waypost and of the `upstream` example the benchmarks run against."""
+def build(notes: list[str], skip: bool) -> tuple[Path, Path, Path]:
+    """Release builds of waypost, of the `upstream` example the benchmarks run against, and of
+    the `relay` example (the floor: a bare TCP relay, see examples/relay.rs)."""
     waypost = REPO / "target" / "release" / "waypost"
     upstream = REPO / "target" / "release" / "examples" / "upstream"
+    relay = REPO / "target" / "release" / "examples" / "relay"
     if skip:
-        for p in (waypost, upstream):
+        for p in (waypost, upstream, relay):
             if not p.exists():
                 raise HarnessError(f"--no-build, but {p} does not exist")
         notes.append("--no-build: benchmarked the release binaries already in target/release, "
                       "which may not match the source tree")
-        return waypost, upstream
-    print("building waypost and the example upstream (release) …", flush=True)
-    ok, err = cargo_build(["--bin", "waypost", "--example", "upstream"])
+        return waypost, upstream, relay
+    print("building waypost and the example upstream and relay (release) …", flush=True)
+    argv = ["--bin", "waypost", "--example", "upstream", "--example", "relay"]
+    ok, err = cargo_build(argv)
     if not ok:
-        raise HarnessError("cargo build --release --bin waypost --example upstream failed:\n" + err[-3000:])
-    return waypost, upstream
+        raise HarnessError(f"cargo build --release {' '.join(argv)} failed:\n" + err[-3000:])
+    return waypost, upstream, relay

@@ -123,6 +123,7 @@ class Run:
     target: str
     case: str
     rep: int
+    pair: str = "waypost÷haproxy"  # which two sides (the first's numbers ÷ the second's)
     ok: bool = False
     error: str | None = None
     requests: int = 0
@@ -347,12 +348,14 @@ class Side:
 H2H_CASES = ("c64-13B", "c64-64KiB")
 # The second waypost of `--ab`: configs/static.yaml on ports of its own.
 AB_PORT, AB_ADMIN_PORT = 18084, 18094
+# The floor relay of the head-to-head runs.
+FLOOR_PORT = 18085
 
 
 def duel(case: Case, rep: int, procs: Procs, sides: list[Side], seconds: int, warmup: int) -> Duel:
     """Both sides on PROXY_CPU, each under its own wrk on LOAD_CPU, measured over the same
     seconds: the scheduler shares the CPU between them, so the more frugal one serves more."""
-    d = Duel(case.name, rep)
+    d = Duel(case.name, rep, pair=f"{sides[0].name}÷{sides[1].name}")
     started = []
     try:
         for side in sides:
@@ -406,7 +409,7 @@ def ab(args, cases: list[Case]) -> int:
     for p in (old, new):
         if not os.access(p, os.X_OK):
             raise SystemExit(f"--ab: {p} is not an executable")
-    _, upstream = build([], skip=args.no_build)
+    _, upstream, _ = build([], skip=args.no_build)
     tmp = Path(tempfile.mkdtemp(prefix="waypost-ab-"))
     procs = Procs(tmp)
     static = str(REPO / "configs" / "static.yaml")
@@ -535,7 +538,7 @@ def main() -> int:
             bins["envoy"] = envoy
         else:
             targets = [t for t in targets if t.name != "envoy"]
-    waypost, upstream = build(notes, skip=args.no_build)
+    waypost, upstream, relay = build(notes, skip=args.no_build)
     bins["waypost"] = str(waypost)
 
     wait_quiet(notes, 60, "at the start")
@@ -549,6 +552,7 @@ def main() -> int:
     (tmp / "bin").mkdir()
     bins["waypost"] = str(shutil.copy2(waypost, tmp / "bin" / "waypost"))
     upstream = Path(shutil.copy2(upstream, tmp / "bin" / "upstream"))
+    relay = Path(shutil.copy2(relay, tmp / "bin" / "relay"))
     total = reps * sum(t.applies(c) for c in cases for t in targets)
     print(f"{total} runs of {seconds:g}s (+{args.warmup:g}s warm-up) over {len(targets)} targets, "
           f"{len(cases)} cases, {reps} repetitions; configs and logs in {tmp}", flush=True)
@@ -587,6 +591,11 @@ def main() -> int:
         h2h_cases = [c for c in cases if c.name in H2H_CASES]
         sides = [Side(t.name, proxy_argv(t.name, cfg, bins), t.port) for t in TARGETS
                  if t.name in ("waypost", "haproxy")]
+        # The floor: a bare TCP relay (examples/relay.rs) making the same system calls per
+        # request as any proxy and nothing else, against HAProxy in the same way (c64, 13 B).
+        floor = [Side("floor", [str(relay), "--listen", f"127.0.0.1:{FLOOR_PORT}",
+                                *[f"--upstream=127.0.0.1:{p}={w}" for p, w in UPSTREAMS]], FLOOR_PORT),
+                 sides[1]]
         if h2h_reps and h2h_cases and {"waypost", "haproxy"} <= wanted:
             wait_quiet(notes, 30, "before the head-to-head runs")
             ups = start_upstreams(procs, upstream, True)
@@ -596,6 +605,10 @@ def main() -> int:
                         d = duel(case, rep, procs, sides, seconds, args.warmup)
                         duels.append(d)
                         print(report.duel_line(d), flush=True)
+                        if case.name == "c64-13B":
+                            d = duel(case, rep, procs, floor, seconds, args.warmup)
+                            duels.append(d)
+                            print(report.duel_line(d), flush=True)
             finally:
                 for p in ups:
                     procs.stop(p)

@@ -231,6 +231,7 @@ impl Downstream {
                 }
                 Ok(data) => write_all(&mut self.stream, &mut [head, &data]).await?,
                 Err(frame) => {
+                    // Trailers come last, after the last chunk (only chunked bodies have them).
                     let Ok(trailers) = frame.into_trailers() else {
                         continue;
                     };
@@ -238,7 +239,7 @@ impl Downstream {
                         continue;
                     }
                     let mut last = Vec::with_capacity(64);
-                    wire::last_chunk(&mut last, Some(&trailers));
+                    wire::last_chunk(&mut last, reply.trailers.then_some(&trailers));
                     write_all(&mut self.stream, &mut [head, &last]).await?;
                     return finish(close);
                 }

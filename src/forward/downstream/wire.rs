@@ -56,6 +56,8 @@ pub(super) struct Reply {
     pub close: bool,
     /// An HTTP/1.0 request: its response cannot be chunked, and keep-alive must be said.
     pub http10: bool,
+    /// The app accepts trailer fields (`TE: trailers`); hyper sends none otherwise either.
+    pub trailers: bool,
 }
 
 /// Parses the request head at the front of `buf` and routes it: a bodiless HTTP/1.x request
@@ -104,12 +106,19 @@ pub(super) fn parse(
         }
     };
     let (mut host, mut close, mut keep_alive, mut has_length) = (None, false, false, false);
+    let mut trailers = false;
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
         match name.len() {
             // Two Host fields: hyper answers 400.
             4 if is("host") && host.replace(h.value).is_some() => return Parsed::Hyper,
+            2 if is("te") => {
+                let tokens = h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii);
+                trailers |= tokens
+                    .map(|t| t.split(|&b| b == b';').next().unwrap_or_default())
+                    .any(|t| t.eq_ignore_ascii_case(b"trailers"));
+            }
             6 if is("expect") => return Parsed::Hyper,
             7 if is("upgrade") => return Parsed::Hyper,
             10 if is("connection") => {
@@ -179,6 +188,7 @@ pub(super) fn parse(
         reply: Reply {
             close: close || (minor == 0 && !keep_alive),
             http10: minor == 0,
+            trailers,
         },
     })
 }
