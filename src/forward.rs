@@ -1,10 +1,12 @@
-//! Stage 5 — forwarding: the hyper server apps call on localhost, and the request path
+//! Stage 5 — forwarding: the listeners apps call on localhost, and the request path
 //! route → look up → pick → send → respond.
 //!
 //! A request is only ever sent to an address picked from a service's current table, which only
 //! discovery fills: waypost is never an open proxy. Failures become [`ForwardError`]s, turned into
-//! responses in one place ([`rescue`]). Connections are served by hyper-util's auto builder
-//! (HTTP/1.1 with keep-alive, or h2c with prior knowledge) and drained gracefully on shutdown.
+//! responses in one place ([`rescue`]). Each connection starts on waypost's own HTTP/1.1 loop for
+//! bodiless requests ([`downstream`]), which hands it to hyper-util's auto builder (HTTP/1.1 with
+//! keep-alive, or h2c with prior knowledge) at the first request it does not serve; both paths
+//! share [`Proxy`]'s routing, picking, errors and metrics, and drain gracefully on shutdown.
 
 mod downstream;
 pub mod h1;

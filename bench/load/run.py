@@ -123,7 +123,6 @@ class Run:
     target: str
     case: str
     rep: int
-    pair: str = "waypost÷haproxy"  # which two sides (the first's numbers ÷ the second's)
     ok: bool = False
     error: str | None = None
     requests: int = 0
@@ -327,6 +326,7 @@ class Duel:
 
     case: str
     rep: int
+    pair: str = "waypost÷haproxy"  # which two sides (the first's numbers ÷ the second's)
     ok: bool = False
     error: str | None = None
     # Per side, in order (first, second): requests, rps, cpu_us_per_req.
