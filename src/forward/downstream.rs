@@ -75,7 +75,7 @@ pub(super) async fn serve(stream: TcpStream, shared: Shared, drain: Shutdown) {
     let limit = shared.proxy.buffer_size;
     loop {
         let mut head_started = None;
-        let parsed = loop {
+        let req = loop {
             if !conn.buf.is_empty() {
                 match wire::parse(
                     &conn.buf,
@@ -90,7 +90,7 @@ pub(super) async fn serve(stream: TcpStream, shared: Shared, drain: Shutdown) {
                         let read = conn.buf.split().freeze();
                         return hand_over(conn.stream, read, &shared, stopped.recv).await;
                     }
-                    parsed @ Parsed::Request(_) => break parsed,
+                    Parsed::Request(req) => break req,
                 }
             }
             if conn.buf.capacity() - conn.buf.len() < READ / 4 {
@@ -118,9 +118,6 @@ pub(super) async fn serve(stream: TcpStream, shared: Shared, drain: Shutdown) {
                 Ok(0) | Err(_) => return,
                 Ok(_) => {}
             }
-        };
-        let Parsed::Request(req) = parsed else {
-            return;
         };
         conn.buf.advance(req.len);
         if conn.exchange(&shared.proxy, req).await.is_err() {
