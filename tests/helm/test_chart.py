@@ -631,6 +631,38 @@ def test_schema_accepts_on_demand_resolvers(chart, resolver):
     chart.render(on_demand_values(resolver), name=RELEASE, namespace=NAMESPACE)
 
 
+#: A service's DNS resolvers waypost refuses: it needs `port` (A/AAAA of `name`) or `srv` alone.
+SERVICE_DNS_REFUSED = {
+    "empty": {},
+    "weight-only": {"weight": 2},
+    "srv-and-port": {"srv": "_http._tcp.users.shop.svc.cluster.local", "port": 80},
+    "srv-and-name": {"srv": "_http._tcp.users.shop.svc.cluster.local", "name": "users"},
+}
+
+
+def service_dns_values(dns: dict) -> dict:
+    return {"config": {"services": {"users": {"resolver": {"dns": dns}}}}}
+
+
+@pytest.mark.parametrize("case", SERVICE_DNS_REFUSED)
+def test_schema_rejects_service_dns_resolvers_waypost_refuses_too(chart, case, waypost_bin, tmp_path):
+    dns = SERVICE_DNS_REFUSED[case]
+    message = render_error(chart, service_dns_values(dns))
+    assert "/config/services/users/resolver/dns" in message, message
+    text = yaml.safe_dump(service_dns_values(dns)["config"])
+    result = waypost_check(waypost_bin, text, {}, tmp_path)
+    assert result.returncode == 2 and "services.users.resolver.dns" in result.stderr, (
+        f"waypost check now accepts {dns} ({result.returncode}): relax values.schema.json's dns resolver\n"
+        f"{result.stderr}")
+
+
+@pytest.mark.parametrize("dns", [{"port": 80}, {"name": "users.shop", "port": 80, "weight": 3},
+                                 {"srv": "_http._tcp.users.shop.svc.cluster.local", "weight": 2}],
+                         ids=["port", "name-port-weight", "srv-weight"])
+def test_schema_accepts_service_dns_resolvers(chart, dns):
+    chart.render(service_dns_values(dns), name=RELEASE, namespace=NAMESPACE)
+
+
 #: Paths under `config` that tests/helm/values/every-key.yaml does not set, with the reason. Keys
 #: that exclude each other within one object (a service's `static`/`file`/`dns` resolver, `dns`
 #: `name`+`port` vs `srv`, an on-demand rule's `dns` vs `file`) are not excluded: every-key.yaml
@@ -645,8 +677,11 @@ def schema_leaf_paths(schema: dict, node: dict, path: tuple[str, ...] = ()) -> l
     array's items as `[]`. A node with none of these (a scalar, `file: {}`) is a leaf."""
     while "$ref" in node:
         node = functools.reduce(lambda n, part: n[part], node["$ref"].removeprefix("#/").split("/"), schema)
-    # Combinators would hide paths from this walk: extend it before the schema uses one.
-    unsupported = {"oneOf", "anyOf", "allOf", "not", "if", "patternProperties", "dependencies"} & node.keys()
+    # Combinators would hide paths from this walk (extend it before the schema uses one that
+    # declares properties); those that only say which properties must or must not be present
+    # together (a dns resolver's `port` vs `srv`) hide none.
+    unsupported = {k for k in {"oneOf", "anyOf", "allOf", "not", "if", "patternProperties", "dependencies"} & node.keys()
+                   if not presence_only(node[k])}
     assert not unsupported, f"{'.'.join(path)}: schema_leaf_paths does not follow {sorted(unsupported)}"
     found = []
     for key, child in (node.get("properties") or {}).items():
@@ -656,6 +691,14 @@ def schema_leaf_paths(schema: dict, node: dict, path: tuple[str, ...] = ()) -> l
     if isinstance(node.get("items"), dict):
         found += schema_leaf_paths(schema, node["items"], path + ("[]",))
     return found or [path]
+
+
+def presence_only(sub) -> bool:
+    """Whether a combinator's subschema(s) only require or forbid properties, declaring none."""
+    if isinstance(sub, list):
+        return all(presence_only(s) for s in sub)
+    return isinstance(sub, dict) and set(sub) <= {"required", "not", "anyOf", "oneOf", "allOf"} and all(
+        presence_only(v) for k, v in sub.items() if k != "required")
 
 
 def dotted(path: tuple[str, ...]) -> str:
