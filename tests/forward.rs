@@ -82,10 +82,17 @@ async fn three_addressing_modes_and_h2c() {
         .unwrap();
     assert_eq!((got.status, got.header("x-instance")), (200, "only"));
     // h2c with prior knowledge: the service comes from :authority (what `curl
-    // --http2-prior-knowledge -H 'Host: echo'` sends), over a connection to the proxy.
-    let tcp = tokio::net::TcpStream::connect(proxy.addrs.outbound)
-        .await
-        .unwrap();
+    // --http2-prior-knowledge -H 'Host: echo'` sends), over a connection to the proxy; on the
+    // service's own listener, whatever the authority says.
+    for (listener, authority) in [(proxy.addrs.outbound, "echo"), (own, "whatever")] {
+        h2c_twice(listener, authority).await;
+    }
+}
+
+/// Two requests over one h2c (prior knowledge) connection to `listener`, naming `authority`;
+/// both must reach the service's only instance over HTTP/2.
+async fn h2c_twice(listener: std::net::SocketAddr, authority: &str) {
+    let tcp = tokio::net::TcpStream::connect(listener).await.unwrap();
     let (mut h2, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
         hyper_util::rt::TokioIo::new(tcp),
@@ -94,7 +101,7 @@ async fn three_addressing_modes_and_h2c() {
     .unwrap();
     tokio::spawn(conn);
     for path in ["/h2", "/h2-again"] {
-        let req = Request::get(format!("http://echo{path}"))
+        let req = Request::get(format!("http://{authority}{path}"))
             .version(http::Version::HTTP_2)
             .body(empty())
             .unwrap();
