@@ -210,6 +210,35 @@ async fn sigterm_drains_in_flight_requests_and_refuses_new_connections() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_grace_cuts_off_a_request_that_runs_over_it() {
+    let up = Upstream::start("slow").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let yaml = proxy_yaml(port, admin, &static_service("echo", &[(up.addr, 1)]))
+        .replace("grace: 10s", "grace: 300ms");
+    let mut proc = spawn_waypost("waypost", &yaml, dir.path());
+    wait_ready_at(([127, 0, 0, 1], admin).into()).await;
+    let url = format!("http://127.0.0.1:{port}/slow?ms=8000");
+    let in_flight = tokio::spawn(async move { get(&url, &[("host", "echo")]).await });
+    eventually(Duration::from_secs(5), || async {
+        up.hits.load(std::sync::atomic::Ordering::Relaxed) == 1
+    })
+    .await;
+    proc.signal("TERM");
+    // waypost exits once the grace period is over, long before the slow request would end...
+    let code = tokio::task::spawn_blocking(move || proc.wait_exit(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0), "clean exit at the end of the grace period");
+    // ...and the request that ran over it was cut off, not answered.
+    let got = in_flight.await.unwrap();
+    assert!(
+        got.is_err(),
+        "a request past the grace period got an answer: {got:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_registry_shared_by_processes_with_heartbeat_expiry() {
     let dir = tempfile::tempdir().unwrap();
     let registry = dir.path().join("registry");
