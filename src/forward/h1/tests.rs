@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::Request;
+use http::{HeaderMap, Request};
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
