@@ -374,3 +374,30 @@ async fn concurrent_first_requests_cause_one_dns_query() {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aaaa_records_are_instances_too() {
+    within(TEST_DEADLINE, async {
+        // Documentation-prefix addresses (RFC 3849): the test reads the table, sends them nothing.
+        let dns = Dnsmasq::start(
+            &[
+                ("v6.test", "2001:db8::6"),
+                ("dual.test", "127.0.0.4"),
+                ("dual.test", "2001:db8::4"),
+            ],
+            &[],
+        );
+        let services = a_service("v6", "v6.test", 8080) + &a_service("dual", "dual.test", 8080);
+        let proxy = TestProxy::start(&config(&dns.nameserver(), "", "", &services)).await;
+        assert_eq!(
+            instance_addrs(&proxy, "v6").await,
+            [addr("2001:db8::6", 8080)]
+        );
+        // A dual-stack name gives both families, each address one instance.
+        assert_eq!(
+            instance_addrs(&proxy, "dual").await,
+            [addr("127.0.0.4", 8080), addr("2001:db8::4", 8080)]
+        );
+    })
+    .await
+}
