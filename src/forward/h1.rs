@@ -231,21 +231,17 @@ impl Conn {
     }
 }
 
-/// The request head to write upstream, and how its body follows.
-pub struct Encoded {
-    /// The encoded head.
-    pub head: Vec<u8>,
-    /// How the body is framed ([`Framing::Empty`]: nothing follows the head).
-    pub framing: Framing,
-}
-
 /// Encodes the request head (origin-form target, HTTP/1.1, hop-by-hop headers left out) and
 /// settles its body framing: `Content-Length` when the body's length is known,
 /// `Transfer-Encoding: chunked` when it is not, nothing for no body — except
 /// `Content-Length: 0` for methods that define a body, which some servers require (RFC 9110
 /// §8.6). Framing headers from the app are replaced, as the app's framing belonged to its own
-/// hop.
-pub fn encode_request<B: http_body::Body>(parts: &mut request::Parts, body: &B) -> Encoded {
+/// hop. The head goes into `head` (cleared first); the framing is returned.
+pub fn encode_request<B: http_body::Body>(
+    parts: &mut request::Parts,
+    body: &B,
+    head: &mut Vec<u8>,
+) -> Framing {
     let framing = if body.is_end_stream() {
         Framing::Empty
     } else {
@@ -272,30 +268,44 @@ pub fn encode_request<B: http_body::Body>(parts: &mut request::Parts, body: &B) 
             }
         }
         Framing::Empty | Framing::Close => {
-            let defines_body = matches!(parts.method, Method::POST | Method::PUT | Method::PATCH);
-            if defines_body && !headers.contains_key(header::CONTENT_LENGTH) {
+            if defines_body(&parts.method) && !headers.contains_key(header::CONTENT_LENGTH) {
                 headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
             }
         }
     }
     let (_, named) = headers::connection_tokens(headers::connection_values(&parts.headers));
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut head = Vec::with_capacity(256);
-    head.extend_from_slice(parts.method.as_str().as_bytes());
-    head.push(b' ');
-    head.extend_from_slice(target.as_bytes());
-    head.extend_from_slice(b" HTTP/1.1\r\n");
+    head.clear();
+    request_line(head, &parts.method, target);
     for (name, value) in parts.headers.iter() {
-        if headers::is_hop_by_hop(name) || named.contains(name) {
-            continue;
+        if !headers::is_hop_by_hop(name) && !named.contains(name) {
+            field(head, name.as_str().as_bytes(), value.as_bytes());
         }
-        head.extend_from_slice(name.as_str().as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
-        head.extend_from_slice(b"\r\n");
     }
     head.extend_from_slice(b"\r\n");
-    Encoded { head, framing }
+    framing
+}
+
+/// Whether a request with this method and no body still goes out with `Content-Length: 0`: the
+/// methods that define a body, whose length some servers require (RFC 9110 §8.6).
+pub fn defines_body(method: &Method) -> bool {
+    matches!(*method, Method::POST | Method::PUT | Method::PATCH)
+}
+
+/// `METHOD target HTTP/1.1` and its CRLF: every request goes upstream as HTTP/1.1.
+pub fn request_line(out: &mut Vec<u8>, method: &Method, target: &str) {
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+}
+
+/// One `name: value` field line and its CRLF.
+pub fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
 }
 
 #[cfg(test)]

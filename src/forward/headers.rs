@@ -5,28 +5,16 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1 and the de-facto
+/// Whether `name` is hop-by-hop by itself (headers a `Connection` header names come on top):
+/// the headers that describe one connection, not the message (RFC 9110 §7.6.1 and the de-facto
 /// `Proxy-Connection`/`Keep-Alive`). `Trailer` is not one of them: it announces the trailer
 /// fields end to end, and HTTP/1.1 servers send only the trailers it names.
-static HOP_BY_HOP: [HeaderName; 7] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::UPGRADE,
-];
-
-/// Whether `name` is hop-by-hop by itself (headers a `Connection` header names come on top).
 pub fn is_hop_by_hop(name: &HeaderName) -> bool {
-    // Every hop-by-hop name is 2, 7, 10, 16, 18 or 19 bytes long: most names are ruled out by
-    // their length alone, before any comparison.
-    matches!(name.as_str().len(), 2 | 7 | 10 | 16 | 18 | 19) && HOP_BY_HOP.contains(name)
+    is_hop_by_hop_bytes(name.as_str().as_bytes())
 }
 
-/// [`is_hop_by_hop`] for a name as it arrived on the wire (any letter case): one comparison at
-/// most, chosen by length.
+/// [`is_hop_by_hop`] for a name as it arrived on the wire (any letter case): every hop-by-hop
+/// name is 2, 7, 10, 16, 18 or 19 bytes long, so one comparison at most, chosen by length.
 pub fn is_hop_by_hop_bytes(name: &[u8]) -> bool {
     let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
     match name.len() {
@@ -48,10 +36,10 @@ pub fn connection_tokens<'a>(
     let mut close = false;
     let mut named = Vec::new();
     for value in values {
-        for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+        for token in tokens(value) {
             if token.eq_ignore_ascii_case(b"close") {
                 close = true;
-            } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"keep-alive") {
+            } else if !token.eq_ignore_ascii_case(b"keep-alive") {
                 if let Ok(name) = HeaderName::from_bytes(token) {
                     named.push(name);
                 }
@@ -59,6 +47,15 @@ pub fn connection_tokens<'a>(
         }
     }
     (close, named)
+}
+
+/// The elements of a comma-separated header value (RFC 9110 §5.6.1), trimmed, empty ones
+/// skipped.
+pub fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
 }
 
 /// Gives the request a `Host` when the app sent none: the URI's authority (HTTP/2 and
@@ -93,7 +90,16 @@ mod tests {
 
     #[test]
     fn every_hop_by_hop_name_passes_the_length_filter_and_others_do_not() {
-        for name in &HOP_BY_HOP {
+        let hop_by_hop = [
+            header::CONNECTION,
+            HeaderName::from_static("keep-alive"),
+            HeaderName::from_static("proxy-connection"),
+            header::PROXY_AUTHENTICATE,
+            header::PROXY_AUTHORIZATION,
+            header::TE,
+            header::UPGRADE,
+        ];
+        for name in &hop_by_hop {
             assert!(is_hop_by_hop(name), "{name}");
             let upper = name.as_str().to_ascii_uppercase();
             assert!(is_hop_by_hop_bytes(upper.as_bytes()), "{name}");

@@ -123,10 +123,11 @@ impl Pool {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let (mut parts, body) = req.into_parts();
-        let encoded = h1::encode_request(&mut parts, &body);
+        let mut head = Vec::with_capacity(256);
+        let framing = h1::encode_request(&mut parts, &body, &mut head);
         let out = Outgoing {
-            head: &encoded.head,
-            framing: encoded.framing,
+            head: &head,
+            framing,
         };
         let head_request = parts.method == Method::HEAD;
         let replayable = idempotent(&parts.method);

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{HeaderMap, Method, Response, StatusCode};
 
-use super::super::h1::{Framing, Head};
+use super::super::h1::{self, field, Framing, Head};
 use super::super::{headers, pool, route, ForwardError, Proxy, ServiceHandle};
 use crate::cache::Target;
 
@@ -20,7 +20,7 @@ pub(super) enum Parsed {
     Partial,
     /// Something for hyper to serve (see the module docs of `downstream`).
     Hyper,
-    /// A bodiless HTTP/1.1 request this loop serves.
+    /// A bodiless HTTP/1.x request this loop serves.
     Request(Request),
 }
 
@@ -114,20 +114,19 @@ pub(super) fn parse(
             // Two Host fields: hyper answers 400.
             4 if is("host") && host.replace(h.value).is_some() => return Parsed::Hyper,
             2 if is("te") => {
-                let tokens = h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii);
-                trailers |= tokens
+                trailers |= headers::tokens(h.value)
                     .map(|t| t.split(|&b| b == b';').next().unwrap_or_default())
                     .any(|t| t.eq_ignore_ascii_case(b"trailers"));
             }
             6 if is("expect") => return Parsed::Hyper,
             7 if is("upgrade") => return Parsed::Hyper,
             10 if is("connection") => {
-                for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                for token in headers::tokens(h.value) {
                     if token.eq_ignore_ascii_case(b"close") {
                         close = true;
                     } else if token.eq_ignore_ascii_case(b"keep-alive") {
                         keep_alive = true;
-                    } else if !token.is_empty() {
+                    } else {
                         return Parsed::Hyper;
                     }
                 }
@@ -158,10 +157,7 @@ pub(super) fn parse(
         }
     };
     head.clear();
-    head.extend_from_slice(method.as_str().as_bytes());
-    head.push(b' ');
-    head.extend_from_slice(path.as_bytes());
-    head.extend_from_slice(b" HTTP/1.1\r\n");
+    h1::request_line(head, &method, path);
     for h in req.headers.iter() {
         if !headers::is_hop_by_hop_bytes(h.name.as_bytes()) {
             field(head, h.name.as_bytes(), h.value);
@@ -175,8 +171,7 @@ pub(super) fn parse(
         };
         field(head, b"host", host.as_bytes());
     }
-    // Some servers require a length on methods that define a body (RFC 9110 §8.6).
-    if !has_length && matches!(method, Method::POST | Method::PUT | Method::PATCH) {
+    if !has_length && h1::defines_body(&method) {
         head.extend_from_slice(b"content-length: 0\r\n");
     }
     head.extend_from_slice(b"\r\n");
@@ -285,12 +280,5 @@ fn status_line(out: &mut Vec<u8>, status: StatusCode, reply: Reply) {
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
-}
-
-fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
 }

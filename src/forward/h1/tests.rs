@@ -16,8 +16,9 @@ use super::*;
 
 fn head_of<B: http_body::Body>(req: Request<B>) -> (String, Framing) {
     let (mut parts, body) = req.into_parts();
-    let out = encode_request(&mut parts, &body);
-    (String::from_utf8(out.head).unwrap(), out.framing)
+    let mut head = Vec::new();
+    let framing = encode_request(&mut parts, &body, &mut head);
+    (String::from_utf8(head).unwrap(), framing)
 }
 
 #[test]
