@@ -29,43 +29,46 @@ const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:4191";
 
 /// The whole configuration of one waypost process.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Outbound listener: apps address services by Host header or absolute-form URI here.
-    #[serde(default = "default_listen")]
     pub listen: Addr,
     /// Admin listener (metrics, health, debug).
-    #[serde(default)]
     pub admin: AdminConfig,
     /// Tokio runtime sizing.
-    #[serde(default)]
     pub runtime: RuntimeConfig,
     /// Logging.
-    #[serde(default)]
     pub log: LogConfig,
     /// Defaults for talking to upstream instances; each service may override them.
-    #[serde(default)]
     pub upstream: UpstreamConfig,
     /// Discovery cache defaults; each service may override the intervals.
-    #[serde(default)]
     pub discovery: DiscoveryConfig,
     /// Registries waypost reads from (and, for the file registry, writes to).
-    #[serde(default)]
     pub registry: RegistryConfig,
     /// The DNS client shared by every `dns` resolver.
-    #[serde(default)]
     pub dns: DnsConfig,
     /// Shutdown behaviour.
-    #[serde(default)]
     pub shutdown: ShutdownConfig,
     /// Declared outbound services, by name. Names are matched case-insensitively against the
     /// Host header / absolute-form authority (without port).
-    #[serde(default)]
     pub services: BTreeMap<ServiceName, ServiceConfig>,
 }
 
-fn default_listen() -> Addr {
-    Addr::parse(DEFAULT_LISTEN).expect("constant address parses")
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: Addr::parse(DEFAULT_LISTEN).expect("constant address parses"),
+            admin: AdminConfig::default(),
+            runtime: RuntimeConfig::default(),
+            log: LogConfig::default(),
+            upstream: UpstreamConfig::default(),
+            discovery: DiscoveryConfig::default(),
+            registry: RegistryConfig::default(),
+            dns: DnsConfig::default(),
+            shutdown: ShutdownConfig::default(),
+            services: BTreeMap::new(),
+        }
+    }
 }
 
 /// `admin:` — the admin listener.

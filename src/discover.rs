@@ -2,8 +2,8 @@
 //!
 //! In the spirit of CloudWeGo Hertz's `discovery.Resolver`: a [`Resolver`] has a [`name`]
 //! (`"static"`, `"file"`, `"dns"` …), maps a service to its cache key ([`target`]) and
-//! [`resolve`]s a target into a [`Resolution`] — the [`Instance`]s plus where and when they came
-//! from. Resolvers that can push changes also offer [`watch`]. Resolvers know nothing of caching,
+//! [`resolve`]s a target into a [`Resolution`] — the [`Instance`]s plus where they came from
+//! (revision, TTL). Resolvers that can push changes also offer [`watch`]. Resolvers know nothing of caching,
 //! balancing or forwarding: the cache stage drives them and hands results on.
 //!
 //! [`name`]: Resolver::name

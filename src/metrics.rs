@@ -96,13 +96,8 @@ pub struct TargetSeries {
 impl TargetSeries {
     /// Records one refresh.
     pub fn record(&self, outcome: Outcome, state: &TargetState) {
-        let idx = match outcome {
-            Outcome::Changed => 0,
-            Outcome::Unchanged => 1,
-            Outcome::Held => 2,
-            Outcome::Error => 3,
-        };
-        self.results[idx].inc();
+        // `results` is built from `Outcome::ALL`, which lists the variants in declaration order.
+        self.results[outcome as usize].inc();
         self.instances.set(state.current.instances.len() as i64);
         self.stale.set(i64::from(state.status.stale));
     }

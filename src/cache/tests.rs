@@ -428,3 +428,10 @@ async fn names_outside_every_rule_are_refused_without_resolving() {
     settle().await;
     assert_eq!(r.calls(), 0);
 }
+
+#[test]
+fn outcome_all_is_in_declaration_order_which_indexes_the_metric_series() {
+    for (i, outcome) in state::Outcome::ALL.iter().enumerate() {
+        assert_eq!(*outcome as usize, i, "{outcome:?}");
+    }
+}

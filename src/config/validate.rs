@@ -1,7 +1,7 @@
 //! The rules that span several keys, checked once after parsing. Each failure names the dotted
 //! key path; [`super::load_str`] turns it into a line and column with [`super::locate`].
 
-use super::{Config, DnsResolverConfig, ResolverConfig, ServiceName};
+use super::{Config, DnsResolverConfig, Dur, ResolverConfig, ServiceName};
 
 impl Config {
     /// Checks the rules that span several keys. On failure returns the dotted key path of the
@@ -30,9 +30,7 @@ impl Config {
             ("discovery.resolve_timeout", d.resolve_timeout),
             ("discovery.backoff.initial", d.backoff.initial),
         ] {
-            if value.0.is_zero() {
-                return Err((key.into(), "must be greater than 0".into()));
-            }
+            positive(key, Some(value))?;
         }
         if d.backoff.max < d.backoff.initial {
             return Err((
@@ -53,16 +51,12 @@ impl Config {
             ));
         }
         let dns = &self.dns;
-        if dns.timeout.0.is_zero() {
-            return Err(("dns.timeout".into(), "must be greater than 0".into()));
-        }
+        positive("dns.timeout", Some(dns.timeout))?;
         if dns.attempts == 0 {
             return Err(("dns.attempts".into(), "must be at least 1".into()));
         }
-        if dns.min_ttl.0.is_zero() {
-            // A TTL-0 answer would otherwise be re-asked at once, in a loop.
-            return Err(("dns.min_ttl".into(), "must be greater than 0".into()));
-        }
+        // A TTL-0 answer would otherwise be re-asked at once, in a loop.
+        positive("dns.min_ttl", Some(dns.min_ttl))?;
         if dns.max_ttl < dns.min_ttl {
             return Err(("dns.max_ttl".into(), "must be at least dns.min_ttl".into()));
         }
@@ -74,12 +68,7 @@ impl Config {
             if !suffix_ok {
                 return Err((format!("{base}.suffix"), format!("{:?} must be a DNS suffix starting with a dot, such as \".svc.cluster.local\"", rule.suffix)));
             }
-            if rule.refresh_interval.is_some_and(|r| r.0.is_zero()) {
-                return Err((
-                    format!("{base}.refresh_interval"),
-                    "must be greater than 0".into(),
-                ));
-            }
+            positive(&format!("{base}.refresh_interval"), rule.refresh_interval)?;
             match &rule.resolver {
                 ResolverConfig::Static(_) => {
                     return Err((
@@ -110,14 +99,7 @@ impl Config {
             if let Some(addr) = &svc.listen {
                 listeners.push((format!("{base}.listen"), addr.0));
             }
-            if let Some(r) = svc.refresh_interval {
-                if r.0.is_zero() {
-                    return Err((
-                        format!("{base}.refresh_interval"),
-                        "must be greater than 0".into(),
-                    ));
-                }
-            }
+            positive(&format!("{base}.refresh_interval"), svc.refresh_interval)?;
             if let ResolverConfig::Static(s) = &svc.resolver {
                 if s.instances.is_empty() {
                     return Err((
@@ -147,6 +129,14 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+/// A duration (when set) must be greater than 0: a zero interval or timeout would spin.
+fn positive(key: &str, value: Option<Dur>) -> Result<(), (String, String)> {
+    match value {
+        Some(v) if v.0.is_zero() => Err((key.into(), "must be greater than 0".into())),
+        _ => Ok(()),
     }
 }
 

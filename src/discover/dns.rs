@@ -122,7 +122,7 @@ fn glue(additionals: &[Record]) -> Addresses {
         if !ips.contains(&ip) {
             ips.push(ip);
         }
-        *ttl = Some(ttl.map_or(r.ttl, |t| t.min(r.ttl)));
+        *ttl = min_ttl(*ttl, Some(r.ttl));
     }
     found
 }

@@ -15,8 +15,10 @@ use std::time::{Duration, UNIX_EPOCH};
 use super::{BoxFuture, DiscoverError, Instance, Resolution, Resolver, Tags};
 use crate::register::file::{entries, now_ms, service_dir};
 
-/// How often [`FileResolver::watch`] looks at the service directory: one `stat`, so cheap;
-/// short enough that a registration is visible to other processes almost at once.
+/// How often [`FileResolver::watch`] looks at the service directory: one `stat`, run on the
+/// blocking pool so a slow or network filesystem never stalls the proxy's thread (the hand-off
+/// costs more than the `stat` on a local disk, and is the price of that); short enough that a
+/// registration is visible to other processes almost at once.
 pub const WATCH_POLL: Duration = Duration::from_millis(200);
 
 /// Resolves services from a registry directory.
@@ -128,8 +130,8 @@ impl Resolver for FileResolver {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::register::file::testing::{age, registration};
     use crate::register::file::{write_entry, FileEntry, FileRegistrar};
-    use crate::register::Registration;
 
     fn entry(port: u16, heartbeat_ms: u64) -> FileEntry {
         FileEntry {
@@ -149,13 +151,8 @@ mod tests {
         let dir = root.path().join("echo");
         write_entry(&dir, &entry(1, now_ms())).unwrap();
         // Its writer died 10s ago: neither written nor renewed (touched) since.
-        write_entry(&dir, &entry(2, now_ms() - 10_000)).unwrap();
-        std::fs::File::options()
-            .write(true)
-            .open(dir.join("127.0.0.1_2.json"))
-            .unwrap()
-            .set_modified(std::time::SystemTime::now() - Duration::from_secs(10))
-            .unwrap();
+        write_entry(&dir, &entry(2, now_ms())).unwrap();
+        age(&dir, &dir.join("127.0.0.1_2.json"), Duration::from_secs(10));
         std::fs::write(dir.join("broken.json"), b"{nope").unwrap();
         std::fs::write(dir.join(".x.tmp"), b"{}").unwrap();
         let res = read_dir_blocking(&dir).unwrap();
@@ -164,16 +161,6 @@ mod tests {
         assert!(res.revision.unwrap() > 0);
         let missing = read_dir_blocking(&root.path().join("nobody")).unwrap();
         assert!(missing.instances.is_empty());
-    }
-
-    fn registration(port: u16) -> Registration {
-        Registration {
-            service: "echo".into(),
-            address: format!("127.0.0.1:{port}").parse().unwrap(),
-            weight: 1,
-            tags: Default::default(),
-            ttl: Duration::from_secs(30),
-        }
     }
 
     /// Whether `watch` wakes within `within` (on the paused clock: ten polls take no real time).
@@ -187,13 +174,17 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let registrar = FileRegistrar::new(root.path());
         let resolver = FileResolver::new(root.path());
-        registrar.write_blocking(&registration(1)).unwrap();
+        registrar
+            .write_blocking(&registration(1, Duration::from_secs(30)))
+            .unwrap();
         let before = resolver.resolve("echo").await.unwrap();
         assert_eq!(before.instances.len(), 1);
 
         // Real time, well past the file system's timestamp granularity: a rewrite would show.
         std::thread::sleep(std::time::Duration::from_millis(20));
-        registrar.renew_blocking(&registration(1)).unwrap();
+        registrar
+            .renew_blocking(&registration(1, Duration::from_secs(30)))
+            .unwrap();
         let after = resolver.resolve("echo").await.unwrap();
         assert_eq!(after.revision, before.revision, "a renewal is not a change");
         assert!(
@@ -202,7 +193,9 @@ mod tests {
         );
 
         std::thread::sleep(std::time::Duration::from_millis(20));
-        registrar.write_blocking(&registration(2)).unwrap();
+        registrar
+            .write_blocking(&registration(2, Duration::from_secs(30)))
+            .unwrap();
         assert!(
             wakes(&resolver, before.revision, WATCH_POLL * 2).await,
             "a registration is noticed by the next poll"

@@ -179,7 +179,8 @@ impl FileRegistrar {
         service_dir(&self.root, &reg.service).join(entry_file(&reg.address))
     }
 
-    /// Writes the entry for `reg` now (blocking; used by register).
+    /// Writes the entry for `reg` now (blocking; used by register, and by renew when the entry
+    /// is gone).
     pub fn write_blocking(&self, reg: &Registration) -> Result<(), RegisterError> {
         write_entry(&service_dir(&self.root, &reg.service), &Self::entry(reg))
     }
@@ -190,13 +191,12 @@ impl FileRegistrar {
     /// pause, removed by hand) is written again.
     pub fn renew_blocking(&self, reg: &Registration) -> Result<(), RegisterError> {
         let path = self.path(reg);
-        let touched = File::options()
-            .write(true)
-            .open(&path)
-            .and_then(|f| f.set_modified(SystemTime::now()));
-        match touched {
+        match touch(&path, SystemTime::now()) {
             Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.write_blocking(reg),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                tracing::info!(service = %reg.service, address = %reg.address, "registry entry gone at renewal; writing it again");
+                self.write_blocking(reg)
+            }
             Err(source) => Err(RegisterError::Io {
                 path: path.display().to_string(),
                 source,
@@ -273,8 +273,39 @@ async fn blocking<T: Send + 'static>(
     })
 }
 
+/// Sets the modification time of the file at `path` (its heartbeat, for readers) to `at`.
+fn touch(path: &Path, at: SystemTime) -> std::io::Result<()> {
+    File::options().write(true).open(path)?.set_modified(at)
+}
+
+/// Test helpers shared with the file resolver's tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// A registration of service `echo` at `127.0.0.1:port`.
+    pub fn registration(port: u16, ttl: Duration) -> Registration {
+        Registration {
+            service: "echo".into(),
+            address: format!("127.0.0.1:{port}").parse().unwrap(),
+            weight: 1,
+            tags: Default::default(),
+            ttl,
+        }
+    }
+
+    /// Makes the entry at `path` (in `dir`) look written and last renewed `ago`.
+    pub fn age(dir: &Path, path: &Path, ago: Duration) {
+        let mut entry: FileEntry = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        entry.heartbeat_ms -= ago.as_millis() as u64;
+        write_entry(dir, &entry).unwrap();
+        touch(path, SystemTime::now() - ago).unwrap();
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::testing::{age, registration};
     use super::*;
 
     #[test]
@@ -304,16 +335,6 @@ mod tests {
         r.remove_blocking(&reg).unwrap();
     }
 
-    fn registration(port: u16, ttl: Duration) -> Registration {
-        Registration {
-            service: "echo".into(),
-            address: format!("127.0.0.1:{port}").parse().unwrap(),
-            weight: 1,
-            tags: Default::default(),
-            ttl,
-        }
-    }
-
     /// Ports of the entries of `dir` alive now, as a reader sees them.
     fn alive(dir: &Path) -> Vec<u16> {
         let now = now_ms();
@@ -325,19 +346,6 @@ mod tests {
             .collect();
         ports.sort();
         ports
-    }
-
-    /// Makes the entry at `path` look written and last renewed `ago`.
-    fn age(dir: &Path, path: &Path, ago: Duration) {
-        let mut entry: FileEntry = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
-        entry.heartbeat_ms -= ago.as_millis() as u64;
-        write_entry(dir, &entry).unwrap();
-        File::options()
-            .write(true)
-            .open(path)
-            .unwrap()
-            .set_modified(SystemTime::now() - ago)
-            .unwrap();
     }
 
     #[test]
