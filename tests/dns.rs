@@ -12,8 +12,6 @@
 
 mod support;
 
-use std::collections::HashMap;
-
 use support::dnsmasq::{Dnsmasq, Srv};
 use support::dnstest::*;
 use support::*;
@@ -80,22 +78,12 @@ async fn routed_by_srv_weights_within_the_lowest_priority_group() {
         let yaml = config(&dns.nameserver(), "", "", &srv_service("echo", srv));
         let proxy = TestProxy::start(&yaml).await;
 
-        let svc = debug_service(&proxy, "echo").await.unwrap();
-        let weights: HashMap<String, u64> = svc["instances"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|i| {
-                (
-                    i["address"].as_str().unwrap().to_string(),
-                    i["weight"].as_u64().unwrap(),
-                )
-            })
-            .collect();
+        let mut want = vec![(a.addr.to_string(), 3), (b.addr.to_string(), 1)];
+        want.sort();
         assert_eq!(
-            weights,
-            HashMap::from([(a.addr.to_string(), 3), (b.addr.to_string(), 1)]),
-            "{svc}"
+            instance_weights(&proxy, "echo").await,
+            want,
+            "the priority-10 instances with their SRV weights, and not the backup"
         );
 
         // 4000 requests: b's ±10 % band (0.225..0.275) is 3.6 standard deviations wide each side.
@@ -133,17 +121,11 @@ async fn srv_records_whose_weights_are_all_zero_get_equal_shares() {
         .await;
 
         // RFC 2782: all-zero weights mean "no preference" — not "drain every instance".
-        let svc = debug_service(&proxy, "echo").await.unwrap();
-        let weights: Vec<u64> = svc["instances"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|i| i["weight"].as_u64().unwrap())
-            .collect();
-        assert_eq!(weights.len(), 2, "{svc}");
+        let weights = instance_weights(&proxy, "echo").await;
+        assert_eq!(weights.len(), 2, "{weights:?}");
         assert!(
-            weights[0] > 0 && weights[0] == weights[1],
-            "equal, non-zero weights: {svc}"
+            weights[0].1 > 0 && weights[0].1 == weights[1].1,
+            "equal, non-zero weights: {weights:?}"
         );
 
         const N: usize = 1000;

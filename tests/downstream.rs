@@ -256,6 +256,55 @@ async fn close_delimited_bodies_close_the_app_connection_too() {
         let resp = app.response(false).await;
         assert_eq!(resp.header("connection"), Some("close"), "{resp:?}");
         assert_eq!(resp.text(), "until close");
+        assert!(
+            app.closed().await,
+            "a close-delimited upstream body must close the app connection"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn bodiless_204_and_304_send_no_body_bytes_to_the_app() {
+    within(TEST_LIMIT, async {
+        let up = RawUpstream::start(|r: &RawRequest| match r.line.split(' ').nth(1) {
+            Some("/204") => Reply::whole("HTTP/1.1 204 No Content\r\nx-n: 204\r\n\r\n"),
+            // A 304 may announce the representation's length; it still has no body.
+            Some("/304") => Reply::whole(
+                "HTTP/1.1 304 Not Modified\r\netag: \"v1\"\r\ncontent-length: 10\r\n\r\n",
+            ),
+            _ => Reply::whole(ok(&r.line)),
+        })
+        .await;
+        let proxy = proxy_for(&up).await;
+        let mut app = App::connect(&proxy).await;
+        // First on waypost's own loop (bodiless requests), then — after a request with a body
+        // hands the connection to hyper — on hyper's.
+        for phase in ["own loop", "hyper"] {
+            if phase == "hyper" {
+                app.send("POST /in HTTP/1.1\r\nHost: echo\r\nContent-Length: 2\r\n\r\nhi")
+                    .await;
+                assert_eq!(app.response(false).await.text(), "POST /in HTTP/1.1");
+            }
+            for (path, status) in [("/304", "304"), ("/204", "204")] {
+                app.send(&format!("GET {path} HTTP/1.1\r\nHost: echo\r\n\r\n"))
+                    .await;
+                // Only the head: any body byte waypost wrote after it (a chunked terminator, a
+                // body for the 304's content-length) would be read as the next response.
+                let resp = app.response(true).await;
+                assert!(
+                    resp.line.starts_with(&format!("HTTP/1.1 {status} ")),
+                    "{phase}: {resp:?}"
+                );
+                let next = format!("GET /after-{status} HTTP/1.1");
+                app.send(&format!("{next}\r\nHost: echo\r\n\r\n")).await;
+                let resp = app.response(false).await;
+                let what = format!("{phase}: the response after the {status} (stray body bytes?)");
+                assert!(resp.line.starts_with("HTTP/1.1 200 "), "{what}: {resp:?}");
+                assert_eq!(resp.text(), next, "{what}");
+            }
+        }
+        assert_eq!(up.accepted(), 1, "{:?}", up.requests());
     })
     .await;
 }
@@ -329,6 +378,48 @@ async fn idle_connections_close_when_waypost_drains() {
         let stopping = tokio::spawn(proxy.stop());
         assert!(app.closed().await, "an idle connection must close on drain");
         stopping.await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn heads_the_loop_does_not_take_go_to_hyper() {
+    within(TEST_LIMIT, async {
+        let up = echo_line().await;
+        let proxy = proxy_for(&up).await;
+        // hyper's server lowercases field names; the own loop forwards them as the app wrote
+        // them. So the case of `X-Case` upstream tells which of the two served each request.
+        let served_by_hyper = |i: usize| {
+            let raw = String::from_utf8_lossy(&up.requests()[i].raw).into_owned();
+            assert!(raw.contains("x-case: 1") || raw.contains("X-Case: 1"), "{raw}");
+            raw.contains("x-case: 1")
+        };
+        let cases = [
+            ("GET /own HTTP/1.1\r\nHost: echo\r\nX-Case: 1\r\n\r\n", false),
+            ("GET /expect HTTP/1.1\r\nHost: echo\r\nExpect: 100-continue\r\nX-Case: 1\r\n\r\n", true),
+            (
+                "GET /upgrade HTTP/1.1\r\nHost: echo\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\
+                 X-Case: 1\r\n\r\n",
+                true,
+            ),
+        ];
+        for (i, (request, hyper)) in cases.iter().enumerate() {
+            let mut app = App::connect(&proxy).await;
+            app.send(request).await;
+            let mut resp = app.response(false).await;
+            while resp.line.starts_with("HTTP/1.1 1") {
+                resp = app.response(false).await;
+            }
+            let path = request.split(' ').nth(1).unwrap();
+            assert_eq!(resp.text(), format!("GET {path} HTTP/1.1"), "{request:?}");
+            assert_eq!(served_by_hyper(i), *hyper, "{request:?}");
+        }
+        // A head httparse rejects (a field line without a colon): hyper's own 400.
+        let mut app = App::connect(&proxy).await;
+        app.send("GET / HTTP/1.1\r\nHost echo\r\n\r\n").await;
+        let resp = app.response(false).await;
+        assert!(resp.line.starts_with("HTTP/1.1 400"), "{resp:?}");
+        assert_eq!(up.requests().len(), cases.len(), "the malformed request went nowhere");
     })
     .await;
 }

@@ -106,17 +106,22 @@ fn help_version_and_usage_errors() {
     assert_eq!(out.status.code(), Some(2));
 }
 
-fn proxy_yaml(listen: u16, admin: u16, services: &str) -> String {
-    format!("listen: 127.0.0.1:{listen}\nadmin: {{listen: 127.0.0.1:{admin}}}\nshutdown: {{grace: 10s}}\nservices:\n{services}")
+/// A config listening on `listen` (admin on `admin`) with `shutdown.grace` `grace` (`10s`, say).
+fn proxy_yaml(listen: u16, admin: u16, grace: &str, services: &str) -> String {
+    format!("listen: 127.0.0.1:{listen}\nadmin: {{listen: 127.0.0.1:{admin}}}\nshutdown: {{grace: {grace}}}\nservices:\n{services}")
 }
 
-/// The waypost binary in front of `up` as service `echo`, ready: the process, its URL, its
-/// outbound port and its admin port.
-async fn start_binary(up: &Upstream, dir: &std::path::Path) -> (Proc, String, u16, u16) {
+/// The waypost binary in front of `up` as service `echo` with `shutdown.grace` `grace`, ready:
+/// the process, its URL, its outbound port and its admin port.
+async fn start_binary(
+    up: &Upstream,
+    dir: &std::path::Path,
+    grace: &str,
+) -> (Proc, String, u16, u16) {
     let (port, admin) = (free_port(), free_port());
     let proc = spawn_waypost(
         "waypost",
-        &proxy_yaml(port, admin, &static_service("echo", &[(up.addr, 1)])),
+        &proxy_yaml(port, admin, grace, &static_service("echo", &[(up.addr, 1)])),
         dir,
     );
     wait_ready_at(([127, 0, 0, 1], admin).into()).await;
@@ -127,7 +132,7 @@ async fn start_binary(up: &Upstream, dir: &std::path::Path) -> (Proc, String, u1
 async fn streams_50_mb_both_ways_without_buffering() {
     let up = Upstream::start("big").await;
     let dir = tempfile::tempdir().unwrap();
-    let (proc, url, _port, _admin) = start_binary(&up, dir.path()).await;
+    let (proc, url, _port, _admin) = start_binary(&up, dir.path(), "10s").await;
     // Warm up so allocator arenas and the connection pool exist before the baseline.
     for _ in 0..20 {
         assert_eq!(
@@ -169,16 +174,13 @@ async fn streams_50_mb_both_ways_without_buffering() {
 async fn sigterm_drains_in_flight_requests_and_refuses_new_connections() {
     let up = Upstream::start("slow").await;
     let dir = tempfile::tempdir().unwrap();
-    let (mut proc, url, port, admin) = start_binary(&up, dir.path()).await;
+    let (mut proc, url, port, admin) = start_binary(&up, dir.path(), "10s").await;
     let in_flight = tokio::spawn({
         let url = url.clone();
         async move { get(&format!("{url}/slow?ms=1500"), &[("host", "echo")]).await }
     });
     // Let the slow request reach the upstream, then ask waypost to stop.
-    eventually(Duration::from_secs(5), || async {
-        up.hits.load(std::sync::atomic::Ordering::Relaxed) == 1
-    })
-    .await;
+    eventually(Duration::from_secs(5), || async { up.hit_count() == 1 }).await;
     proc.signal("TERM");
     // Readiness fails first, while the admin listener still answers.
     eventually(Duration::from_secs(2), || async {
@@ -213,17 +215,10 @@ async fn sigterm_drains_in_flight_requests_and_refuses_new_connections() {
 async fn shutdown_grace_cuts_off_a_request_that_runs_over_it() {
     let up = Upstream::start("slow").await;
     let dir = tempfile::tempdir().unwrap();
-    let (port, admin) = (free_port(), free_port());
-    let yaml = proxy_yaml(port, admin, &static_service("echo", &[(up.addr, 1)]))
-        .replace("grace: 10s", "grace: 300ms");
-    let mut proc = spawn_waypost("waypost", &yaml, dir.path());
-    wait_ready_at(([127, 0, 0, 1], admin).into()).await;
-    let url = format!("http://127.0.0.1:{port}/slow?ms=8000");
+    let (mut proc, url, _port, _admin) = start_binary(&up, dir.path(), "300ms").await;
+    let url = format!("{url}/slow?ms=8000");
     let in_flight = tokio::spawn(async move { get(&url, &[("host", "echo")]).await });
-    eventually(Duration::from_secs(5), || async {
-        up.hits.load(std::sync::atomic::Ordering::Relaxed) == 1
-    })
-    .await;
+    eventually(Duration::from_secs(5), || async { up.hit_count() == 1 }).await;
     proc.signal("TERM");
     // waypost exits once the grace period is over, long before the slow request would end...
     let code = tokio::task::spawn_blocking(move || proc.wait_exit(Duration::from_secs(5)))

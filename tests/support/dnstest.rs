@@ -67,6 +67,30 @@ pub async fn instance_addrs(proxy: &TestProxy, name: &str) -> Vec<String> {
     addrs
 }
 
+/// The `(address, weight)` of each instance `/debug/services` shows for `name`, sorted (none
+/// when not cached).
+pub async fn instance_weights(proxy: &TestProxy, name: &str) -> Vec<(String, u64)> {
+    let Some(svc) = debug_service(proxy, name).await else {
+        return Vec::new();
+    };
+    let mut weights: Vec<(String, u64)> = svc["instances"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{name}: no `instances` array: {svc}"))
+        .iter()
+        .map(|i| {
+            let address = i["address"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{name}: instance without an address: {svc}"));
+            let weight = i["weight"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{name}: instance without a weight: {svc}"));
+            (address.to_string(), weight)
+        })
+        .collect();
+    weights.sort();
+    weights
+}
+
 /// `waypost_discovery_refresh_total` of `service` with `result` (`changed`, `unchanged`,
 /// `held`, `error`); 0 before the first such refresh.
 pub async fn refreshes(proxy: &TestProxy, service: &str, result: &str) -> f64 {

@@ -38,8 +38,6 @@ pub struct RawRequest {
     pub raw_body: Vec<u8>,
     /// The decoded body.
     pub body: Vec<u8>,
-    /// Whether the body was chunked.
-    pub chunked: bool,
     /// A framing violation found while reading the body (chunked syntax, bad length...).
     pub framing_error: Option<String>,
 }
@@ -414,7 +412,6 @@ async fn read_body(c: &mut Conn, req: &mut RawRequest) -> Option<()> {
         .map(String::from)
         .collect();
     if !te.is_empty() {
-        req.chunked = true;
         if te.trim() != "chunked" {
             req.framing_error = Some(format!("unexpected transfer-encoding {te:?}"));
             return Some(());
