@@ -64,7 +64,8 @@ impl DnsClient {
         };
         let opts = builder.options_mut();
         opts.timeout = cfg.timeout.0;
-        // hickory counts retries after the first query; `dns.attempts` counts queries (≥ 1).
+        // hickory counts retries after the first try; `dns.attempts` counts tries (≥ 1). Within
+        // one try hickory also resends an unanswered UDP query (same ID) about every 333 ms.
         opts.attempts = cfg.attempts.saturating_sub(1);
         // Our cache owns freshness; a second cache underneath would only delay changes.
         opts.cache_size = 0;
