@@ -20,7 +20,8 @@ use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
-use waypost::register::{FileRegistrar, Registrar, Registration};
+use waypost::register::{Registrar, Registration};
+use waypost::registry::file::FileRegistrar;
 
 #[derive(Parser)]
 #[command(

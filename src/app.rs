@@ -15,9 +15,12 @@ use tokio::sync::mpsc;
 use crate::admin::Admin;
 use crate::cache::{Cache, Declared, Policy, Rule};
 use crate::config::{Config, ResolverConfig};
-use crate::discover::{DnsClient, DnsResolver, FileResolver, Resolver, StaticResolver};
+use crate::discover::Resolver;
 use crate::forward::{self, Listener, Pool, Proxy, ServiceHandle};
 use crate::metrics::Metrics;
+use crate::registry::dns::{DnsClient, DnsResolver};
+use crate::registry::file::FileResolver;
+use crate::registry::static_::StaticResolver;
 use crate::shutdown;
 
 /// The addresses the app actually bound (ports resolved when the config says `:0`).

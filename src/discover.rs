@@ -11,19 +11,10 @@
 //! [`resolve`]: Resolver::resolve
 //! [`watch`]: Resolver::watch
 
-pub mod dns;
-pub mod file;
-#[path = "discover/static.rs"]
-pub mod static_;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde::Serialize;
-
-pub use dns::{DnsClient, DnsResolver};
-pub use file::FileResolver;
-pub use static_::StaticResolver;
 
 pub use crate::{BoxFuture, Tags};
 

@@ -9,7 +9,8 @@
 //!
 //! 1. [`config`] — the YAML schema, parsed and validated once.
 //! 2. [`register`] / [`discover`] — the registry seams: write side (`Registrar`) and read side
-//!    (`Resolver`), with the static and embedded file backends.
+//!    (`Resolver`); [`registry`] holds one module per backend (static, dns, the embedded file
+//!    registry), each implementing one seam or both.
 //! 3. [`cache`] — per-target resolution cache: refresh with jitter, watches, backoff,
 //!    stale-on-error, guarded shrinking, idle expiry.
 //! 4. [`balance`] — immutable weighted tables published through `ArcSwap`; lock-free picks.
@@ -30,6 +31,7 @@ pub mod discover;
 pub mod forward;
 pub mod metrics;
 pub mod register;
+pub mod registry;
 pub mod shutdown;
 
 pub use app::App;

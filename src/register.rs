@@ -6,13 +6,9 @@
 //! and deregister when shutdown fires. A failure never ends the loop: it is logged, and the next
 //! renewal registers again.
 
-pub mod file;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-
-pub use file::FileRegistrar;
 
 use crate::shutdown::Shutdown;
 pub use crate::{BoxFuture, Tags};

@@ -410,7 +410,7 @@ async fn a_file_registration_is_applied_by_the_watch_not_the_next_refresh() {
         tags: Default::default(),
         ttl: Duration::from_secs(30),
     };
-    waypost::register::FileRegistrar::new(dir.path())
+    waypost::registry::file::FileRegistrar::new(dir.path())
         .write_blocking(&registration)
         .unwrap();
     eventually(Duration::from_secs(5), || async {

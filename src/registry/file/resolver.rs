@@ -1,4 +1,4 @@
-//! The `file` resolver: reads the embedded file registry (see [`crate::register::file`] for the
+//! The `file` resolver: reads the embedded file registry (see [`super`] for the
 //! format). Entries whose last heartbeat (written in the entry, or the file's mtime, whichever is
 //! later) is older than their TTL, hidden temporary files and files that do not parse are
 //! skipped — one bad file never hides the good ones.
@@ -12,8 +12,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
-use super::{BoxFuture, DiscoverError, Instance, Resolution, Resolver, Tags};
-use crate::register::file::{entries, now_ms, service_dir};
+use super::{entries, now_ms, service_dir};
+use crate::discover::{BoxFuture, DiscoverError, Instance, Resolution, Resolver, Tags};
 
 /// How often [`FileResolver::watch`] looks at the service directory: one `stat`, run on the
 /// blocking pool so a slow or network filesystem never stalls the proxy's thread (the hand-off
@@ -129,9 +129,9 @@ impl Resolver for FileResolver {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::{age, registration};
+    use super::super::{write_entry, FileEntry, FileRegistrar};
     use super::*;
-    use crate::register::file::testing::{age, registration};
-    use crate::register::file::{write_entry, FileEntry, FileRegistrar};
 
     fn entry(port: u16, heartbeat_ms: u64) -> FileEntry {
         FileEntry {

@@ -1,8 +1,8 @@
 //! The `static` resolver: instances listed in the config. Its answer never changes, so the cache
 //! resolves it once and never has to rebuild the table.
 
-use super::{BoxFuture, DiscoverError, Instance, Resolution, Resolver, Tags};
 use crate::config::StaticResolverConfig;
+use crate::discover::{BoxFuture, DiscoverError, Instance, Resolution, Resolver, Tags};
 
 /// Resolves to a fixed list of instances.
 #[derive(Debug, Clone)]

@@ -26,8 +26,8 @@ use hickory_resolver::net::NetError;
 use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
 use hickory_resolver::TokioResolver;
 
-use super::{BoxFuture, DiscoverError, Instance, Resolution, Resolver};
 use crate::config::{DnsConfig, DnsResolverConfig};
+use crate::discover::{BoxFuture, DiscoverError, Instance, Resolution, Resolver};
 
 /// The process-wide DNS client.
 pub struct DnsClient {

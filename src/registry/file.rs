@@ -1,4 +1,5 @@
-//! The embedded file registry, write side — and the on-disk format both sides share.
+//! The embedded file registry: the on-disk format both sides share, and the write side
+//! ([`FileRegistrar`]); the read side is [`resolver`] ([`FileResolver`]).
 //!
 //! Layout: `<dir>/<service>/<ip>_<port>.json`, one small JSON [`FileEntry`] per instance. Every
 //! write goes to a hidden temporary file in the same directory and is `rename`d into place, which
@@ -20,7 +21,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use super::{BoxFuture, RegisterError, Registrar, Registration};
+use crate::register::{BoxFuture, RegisterError, Registrar, Registration};
+
+pub mod resolver;
+pub use resolver::FileResolver;
 
 /// One instance as stored in the file registry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
