@@ -28,7 +28,7 @@ pub struct Registration {
     pub ttl: Duration,
 }
 
-/// Why a registry operation failed.
+/// Why a registry operation failed; [`RegisterError::kind`] is the bounded metric label.
 #[derive(Debug, thiserror::Error)]
 pub enum RegisterError {
     /// Local I/O failed (file registry).
@@ -40,21 +40,58 @@ pub enum RegisterError {
         #[source]
         source: std::io::Error,
     },
-    /// The registry could not be reached.
+    /// The registry could not be reached or did not answer in time.
     #[error("registry unavailable: {0}")]
     Unavailable(String),
+    /// The registry refused the request (authentication, permission, invalid request).
+    #[error("registry rejected the request: {0}")]
+    Rejected(String),
+    /// The registry no longer holds the entry: its lease or session is gone, or the entry was
+    /// removed behind our back. The lifecycle registers again at once.
+    #[error("registration lost: {0}")]
+    Lost(String),
 }
 
-/// The write side of a service registry.
+impl RegisterError {
+    /// Every value [`RegisterError::kind`] returns, for metric series created up front.
+    pub const KINDS: [&'static str; 4] = ["io", "unavailable", "rejected", "lost"];
+
+    /// The error's kind, a bounded metric label: `io`, `unavailable`, `rejected` or `lost`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Io { .. } => "io",
+            Self::Unavailable(_) => "unavailable",
+            Self::Rejected(_) => "rejected",
+            Self::Lost(_) => "lost",
+        }
+    }
+}
+
+/// The write side of a service registry. One value per (registry, layout) combination; the
+/// lifecycle calls it for each registration entry that names it. The lifecycle owns *when*
+/// (health gate, backoff, lost → register again, shutdown); the registrar owns *how*.
 pub trait Registrar: Send + Sync + 'static {
-    /// The registry's kind (`"file"`, `"etcd"`…).
+    /// The registry's kind (`"file"`, `"etcd"`…), for logs, metrics and /debug/registrations.
     fn name(&self) -> &'static str;
-    /// Announces `reg`, replacing any earlier entry for the same instance.
+    /// Puts `reg` in the registry (creating the lease/session it needs), replacing any earlier
+    /// entry for the same instance. Returns once the entry is in place.
     fn register<'a>(&'a self, reg: &'a Registration) -> BoxFuture<'a, Result<(), RegisterError>>;
-    /// Renews `reg` before its TTL runs out.
+    /// Keeps `reg` alive; the lifecycle calls it every `self.renew_interval(reg)` (jittered).
+    /// `Err(RegisterError::Lost(_))` when the registry no longer holds the entry (lease revoked
+    /// or expired, session gone, key deleted behind our back): the lifecycle registers again at
+    /// once. Other errors: retried with capped, jittered backoff, forever.
     fn renew<'a>(&'a self, reg: &'a Registration) -> BoxFuture<'a, Result<(), RegisterError>>;
-    /// Removes `reg`.
+    /// Removes `reg` and releases what it held (etcd: delete the key and revoke the lease).
     fn deregister<'a>(&'a self, reg: &'a Registration) -> BoxFuture<'a, Result<(), RegisterError>>;
+    /// How often `renew` runs for `reg` (default [`renew_interval`]`(reg.ttl)`, a third of the TTL).
+    fn renew_interval(&self, reg: &Registration) -> Duration {
+        renew_interval(reg.ttl)
+    }
+    /// What `/debug/registrations` shows of `reg`'s state in the registry (key, lease id,
+    /// session…), as JSON; `Null` when there is nothing to say.
+    fn describe(&self, _reg: &Registration) -> serde_json::Value {
+        serde_json::Value::Null
+    }
 }
 
 /// When to renew a registration with time-to-live `ttl`: at a third of it, so two renewals can
@@ -69,7 +106,7 @@ impl Registration {
     /// next tick; a failed renewal re-registers.
     pub async fn run(self, registrar: Arc<dyn Registrar>, mut shutdown: Shutdown) {
         let mut registered = false;
-        let every = renew_interval(self.ttl);
+        let every = registrar.renew_interval(&self);
         loop {
             let result = if registered {
                 registrar.renew(&self).await
@@ -82,6 +119,11 @@ impl Registration {
                         tracing::info!(service = %self.service, address = %self.address, registry = registrar.name(), "registered");
                     }
                     registered = true;
+                }
+                Err(RegisterError::Lost(why)) if registered => {
+                    tracing::warn!(service = %self.service, address = %self.address, reason = %why, "registration lost; registering again");
+                    registered = false;
+                    continue;
                 }
                 Err(e) => {
                     tracing::warn!(service = %self.service, address = %self.address, error = %e, "registration failed; retrying");

@@ -192,14 +192,13 @@ impl FileRegistrar {
     /// Renews the entry for `reg` (blocking): sets its file's modification time to now, which
     /// readers take as its heartbeat. Not rewriting it leaves the service directory unchanged,
     /// so a renewal wakes no watching resolver. An entry that is gone (swept after a long
-    /// pause, removed by hand) is written again.
+    /// pause, removed by hand) is [`RegisterError::Lost`]: the lifecycle registers it again.
     pub fn renew_blocking(&self, reg: &Registration) -> Result<(), RegisterError> {
         let path = self.path(reg);
         match touch(&path, SystemTime::now()) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                tracing::info!(service = %reg.service, address = %reg.address, "registry entry gone at renewal; writing it again");
-                self.write_blocking(reg)
+                Err(RegisterError::Lost(format!("{} is gone", path.display())))
             }
             Err(source) => Err(RegisterError::Io {
                 path: path.display().to_string(),
@@ -264,6 +263,10 @@ impl Registrar for FileRegistrar {
         let this = self.clone();
         let reg = reg.clone();
         Box::pin(async move { blocking(move || this.remove_blocking(&reg)).await })
+    }
+
+    fn describe(&self, reg: &Registration) -> serde_json::Value {
+        serde_json::json!({ "path": self.path(reg).display().to_string() })
     }
 }
 
@@ -380,12 +383,16 @@ mod tests {
     }
 
     #[test]
-    fn renewing_a_vanished_entry_writes_it_again() {
+    fn renewing_a_vanished_entry_reports_it_lost() {
         let root = tempfile::tempdir().unwrap();
         let r = FileRegistrar::new(root.path());
         let reg = registration(7001, Duration::from_secs(5));
-        r.renew_blocking(&reg).unwrap();
-        assert_eq!(alive(&root.path().join("echo")), [7001]);
+        r.write_blocking(&reg).unwrap();
+        std::fs::remove_file(root.path().join("echo").join("127.0.0.1_7001.json")).unwrap();
+        let err = r.renew_blocking(&reg).unwrap_err();
+        assert_eq!(err.kind(), "lost", "{err}");
+        // Renewing does not bring it back behind the lifecycle's back: registering does.
+        assert_eq!(alive(&root.path().join("echo")), [0u16; 0]);
     }
 
     #[test]
