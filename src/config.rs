@@ -10,6 +10,7 @@
 mod discovery;
 mod env;
 mod locate;
+mod register;
 mod types;
 mod validate;
 
@@ -20,6 +21,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use discovery::{BackoffConfig, DiscoveryConfig, DnsConfig, GuardConfig, OnDemandRule};
+pub use register::{
+    default_register_weight, CheckConfig, HttpUrl, ProbeConfig, RegisterEntry, RegistryKind,
+};
 pub use types::{Addr, Dur, ServiceName};
 
 /// Where the outbound listener binds when the config does not say (linkerd's outbound port).
@@ -49,6 +53,8 @@ pub struct Config {
     pub dns: DnsConfig,
     /// Shutdown behaviour.
     pub shutdown: ShutdownConfig,
+    /// Instances of the local app to announce in a registry, each behind a health gate.
+    pub register: Vec<RegisterEntry>,
     /// Declared outbound services, by name. Names are matched case-insensitively against the
     /// Host header / absolute-form authority (without port).
     pub services: BTreeMap<ServiceName, ServiceConfig>,
@@ -66,6 +72,7 @@ impl Default for Config {
             registry: RegistryConfig::default(),
             dns: DnsConfig::default(),
             shutdown: ShutdownConfig::default(),
+            register: Vec::new(),
             services: BTreeMap::new(),
         }
     }
@@ -193,12 +200,16 @@ pub struct RegistryConfig {
 pub struct FileRegistryConfig {
     /// Directory holding one sub-directory per service, one file per instance.
     pub dir: PathBuf,
+    /// Time-to-live of the entries `register:` writes here (default 10s, renewed at a third of
+    /// it): how long readers keep seeing an instance whose waypost died without deregistering.
+    pub ttl: Dur,
 }
 
 impl Default for FileRegistryConfig {
     fn default() -> Self {
         Self {
             dir: PathBuf::from("/tmp/waypost/registry"),
+            ttl: Dur::from_secs(10),
         }
     }
 }
@@ -209,12 +220,16 @@ impl Default for FileRegistryConfig {
 pub struct ShutdownConfig {
     /// How long in-flight requests may take to finish after SIGTERM (default 10s).
     pub grace: Dur,
+    /// After the registrations are removed, how long peers may keep routing here before the
+    /// listeners stop (default 5s); cut short once waypost's own resolvers no longer see them.
+    pub deregister_wait: Dur,
 }
 
 impl Default for ShutdownConfig {
     fn default() -> Self {
         Self {
             grace: Dur::from_secs(10),
+            deregister_wait: Dur::from_secs(5),
         }
     }
 }

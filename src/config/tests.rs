@@ -3,13 +3,13 @@
 
 use super::*;
 
-fn parse(text: &str) -> Result<Config, ConfigError> {
+pub(super) fn parse(text: &str) -> Result<Config, ConfigError> {
     load_str("test.yaml", text, &|name| {
         (name == "POD_IP").then(|| "10.0.0.7".to_string())
     })
 }
 
-fn rejects(text: &str, line: usize, needle: &str) {
+pub(super) fn rejects(text: &str, line: usize, needle: &str) {
     let e = parse(text).expect_err("must be rejected");
     let shown = e.to_string();
     assert_eq!(e.line, Some(line), "wrong line in: {shown}");

@@ -117,6 +117,7 @@ impl Config {
                 }
             }
         }
+        super::register::validate(self)?;
         for (i, (key, addr)) in listeners.iter().enumerate() {
             if addr.port() == 0 {
                 continue; // ephemeral: never conflicts
@@ -133,7 +134,7 @@ impl Config {
 }
 
 /// A duration (when set) must be greater than 0: a zero interval or timeout would spin.
-fn positive(key: &str, value: Option<Dur>) -> Result<(), (String, String)> {
+pub(super) fn positive(key: &str, value: Option<Dur>) -> Result<(), (String, String)> {
     match value {
         Some(v) if v.0.is_zero() => Err((key.into(), "must be greater than 0".into())),
         _ => Ok(()),
