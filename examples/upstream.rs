@@ -5,11 +5,16 @@
 //! - `GET /` answers `Hello world!\n` (13 bytes), `GET /64k` 64 KiB, `GET /whoami` the instance
 //!   name; every response carries `x-instance: <name>`.
 //! - `GET /slow?ms=N` waits N ms first; any other request echoes its body back, streamed.
-//! - With `--registry-dir`, the instance registers itself in the embedded file registry (renewed
-//!   every TTL/3) and deregisters on SIGINT/SIGTERM.
+//! - `GET /healthz` answers 200 `ok`, or 503 `failing` after `POST /healthz/fail` (until
+//!   `POST /healthz/ok`): a health endpoint to point waypost's `register[].check` at.
+//! - With `--registry-dir`, the instance registers itself in the embedded file registry through
+//!   waypost's registration lifecycle (no health check; renewed every TTL/3, registered again if
+//!   the entry vanishes, retried while the directory is unusable) and deregisters on
+//!   SIGINT/SIGTERM.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +25,7 @@ use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
-use waypost::register::{Registrar, Registration};
+use waypost::register::{Entry, Registrar, Registration, Registrations};
 use waypost::registry::file::FileRegistrar;
 
 #[derive(Parser)]
@@ -57,8 +62,25 @@ fn full(b: Bytes) -> Body {
     Full::new(b).map_err(|never| match never {}).boxed()
 }
 
+/// Cleared by `POST /healthz/fail`, set again by `POST /healthz/ok`.
+static HEALTHY: AtomicBool = AtomicBool::new(true);
+
 async fn handle(req: Request<Incoming>, name: Arc<str>) -> Result<Response<Body>, Infallible> {
+    let mut status = http::StatusCode::OK;
     let body = match (req.method(), req.uri().path()) {
+        (&http::Method::GET, "/healthz") => {
+            if HEALTHY.load(Ordering::Relaxed) {
+                full(Bytes::from_static(b"ok\n"))
+            } else {
+                status = http::StatusCode::SERVICE_UNAVAILABLE;
+                full(Bytes::from_static(b"failing\n"))
+            }
+        }
+        (&http::Method::POST, "/healthz/fail") | (&http::Method::POST, "/healthz/ok") => {
+            let ok = req.uri().path().ends_with("/ok");
+            HEALTHY.store(ok, Ordering::Relaxed);
+            full(Bytes::from_static(if ok { b"ok\n" } else { b"failing\n" }))
+        }
         (&http::Method::GET, "/") => full(Bytes::from_static(HELLO)),
         (&http::Method::GET, "/64k") => full(Bytes::from_static(&BIG)),
         (&http::Method::GET, "/whoami") => full(Bytes::from(format!("{name}\n"))),
@@ -75,6 +97,7 @@ async fn handle(req: Request<Incoming>, name: Arc<str>) -> Result<Response<Body>
         _ => req.into_body().boxed(),
     };
     let mut resp = Response::new(body);
+    *resp.status_mut() = status;
     if let Ok(v) = http::HeaderValue::from_str(&name) {
         resp.headers_mut().insert("x-instance", v);
     }
@@ -94,8 +117,7 @@ async fn main() {
             std::process::exit(1);
         }
     };
-    let (trigger, stop) = waypost::shutdown::channel();
-    let registration = args.registry_dir.as_ref().map(|dir| {
+    let registrations = args.registry_dir.as_ref().map(|dir| {
         let reg = Registration {
             service: args.service.clone(),
             address: args.listen,
@@ -108,7 +130,10 @@ async fn main() {
             ttl: Duration::from_millis(args.ttl_ms),
         };
         let registrar: Arc<dyn Registrar> = Arc::new(FileRegistrar::new(dir));
-        tokio::spawn(reg.run(registrar, stop.clone()))
+        let metrics = waypost::metrics::Metrics::new();
+        let mut set = Registrations::new(vec![Entry::new(reg, registrar, None, &metrics.register)]);
+        set.start();
+        set
     });
     eprintln!(
         "upstream {} listening on {} (weight {})",
@@ -135,8 +160,7 @@ async fn main() {
             let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
         });
     }
-    trigger.fire();
-    if let Some(task) = registration {
-        let _ = task.await; // deregisters before we exit
+    if let Some(set) = registrations {
+        set.deregister_all().await; // before we exit
     }
 }

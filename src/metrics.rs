@@ -14,6 +14,9 @@ use prometheus::{
 
 use crate::cache::state::{Outcome, TargetState};
 
+pub mod register;
+pub use register::RegisterMetrics;
+
 /// Request latency buckets (seconds): sub-millisecond resolution for a localhost proxy, up to
 /// the default 15 s upstream timeout.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -31,6 +34,8 @@ pub struct Metrics {
     pub discovery: DiscoveryMetrics,
     /// Forwarding families.
     pub forward: ForwardMetrics,
+    /// Registration families.
+    pub register: RegisterMetrics,
 }
 
 /// Discovery and cache families.
@@ -261,6 +266,7 @@ impl Metrics {
                 .expect("process collector registers once");
         }
         Self {
+            register: RegisterMetrics::new(&r),
             registry: r,
             discovery,
             forward,

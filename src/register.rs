@@ -1,17 +1,30 @@
-//! Stage 1 — registration: announcing an instance in a service registry while it is alive.
+//! Stage 1 — registration: announcing the local app in a service registry while it is healthy.
 //!
-//! A [`Registrar`] is the write side of a registry (Hertz's `registry.Registry{Register,
-//! Deregister}`, plus the keepalive every TTL-based registry needs). [`Registration::run`] is the
-//! one loop that drives any registrar: register, renew on a jittered schedule derived from the TTL,
-//! and deregister when shutdown fires. A failure never ends the loop: it is logged, and the next
-//! renewal registers again.
+//! The seam is [`Registrar`], the write side of a registry (Hertz's `registry.Registry{Register,
+//! Deregister}`, plus the keepalive every TTL-based registry needs): a backend knows *how* to
+//! put, renew and remove an entry. The lifecycle here owns *when*:
+//!
+//! - [`health`] — the probe of the app and Nerve's rise/fall gate;
+//! - [`lifecycle`] — one loop per `register:` entry: register once healthy, renew, withdraw when
+//!   unhealthy, retry failures forever with capped jittered backoff, register again at once when
+//!   the registry lost the entry, deregister at shutdown; [`Registrations`] holds every entry and
+//!   [`RegistrationsView`] is what the admin endpoints read.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::watch;
+
 use crate::shutdown::Shutdown;
+
 pub use crate::{BoxFuture, Tags};
+
+pub mod health;
+pub mod lifecycle;
+
+pub use health::Check;
+pub use lifecycle::{Entry, State, DEREGISTER_TIMEOUT};
 
 /// What to register: one instance of one service.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,51 +113,103 @@ pub fn renew_interval(ttl: Duration) -> Duration {
     (ttl / 3).max(Duration::from_millis(100))
 }
 
-impl Registration {
-    /// Registers, renews every [`renew_interval`] (±10 % jitter so a fleet does not renew in
-    /// lockstep) until `shutdown` fires, then deregisters. Failures are logged and retried at the
-    /// next tick; a failed renewal re-registers.
-    pub async fn run(self, registrar: Arc<dyn Registrar>, mut shutdown: Shutdown) {
-        let mut registered = false;
-        let every = registrar.renew_interval(&self);
-        loop {
-            let result = if registered {
-                registrar.renew(&self).await
-            } else {
-                registrar.register(&self).await
-            };
-            match result {
-                Ok(()) => {
-                    if !registered {
-                        tracing::info!(service = %self.service, address = %self.address, registry = registrar.name(), "registered");
-                    }
-                    registered = true;
-                }
-                Err(RegisterError::Lost(why)) if registered => {
-                    tracing::warn!(service = %self.service, address = %self.address, reason = %why, "registration lost; registering again");
-                    registered = false;
-                    continue;
-                }
-                Err(e) => {
-                    tracing::warn!(service = %self.service, address = %self.address, error = %e, "registration failed; retrying");
-                    registered = false;
-                }
-            }
-            let delay = every.mul_f64(0.9 + 0.2 * fastrand::f64());
-            tokio::select! {
-                biased;
-                _ = shutdown.recv() => break,
-                _ = tokio::time::sleep(delay) => {}
-            }
+/// Every entry of one process, its tasks, and the trigger that deregisters them.
+pub struct Registrations {
+    entries: Arc<[Arc<Entry>]>,
+    trigger: crate::shutdown::Trigger,
+    stop: Shutdown,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// What the admin endpoints read of the registrations. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct RegistrationsView {
+    entries: Arc<[Arc<Entry>]>,
+}
+
+impl Registrations {
+    /// The entries, not running yet.
+    pub fn new(entries: Vec<Entry>) -> Self {
+        let (trigger, stop) = crate::shutdown::channel();
+        Self {
+            entries: entries.into_iter().map(Arc::new).collect(),
+            trigger,
+            stop,
+            tasks: Vec::new(),
         }
-        match registrar.deregister(&self).await {
-            Ok(()) => {
-                tracing::info!(service = %self.service, address = %self.address, "deregistered")
-            }
-            Err(e) => {
-                tracing::warn!(service = %self.service, address = %self.address, error = %e, "deregistration failed")
-            }
+    }
+
+    /// A read-only view for `/ready` and `/debug/registrations`.
+    pub fn view(&self) -> RegistrationsView {
+        RegistrationsView {
+            entries: self.entries.clone(),
         }
+    }
+
+    /// Spawns each entry's health checker (when it has a check) and registration loop.
+    pub fn start(&mut self) {
+        for entry in self.entries.iter() {
+            let (tx, rx) = watch::channel(entry.check().is_none());
+            if let Some(check) = entry.check().cloned() {
+                self.tasks.push(tokio::spawn(health::run(
+                    entry.clone(),
+                    check,
+                    tx,
+                    self.stop.clone(),
+                )));
+            }
+            self.tasks
+                .push(tokio::spawn(entry.clone().run(rx, self.stop.clone())));
+        }
+    }
+
+    /// Stops the checks and deregisters every entry at once, each within
+    /// [`DEREGISTER_TIMEOUT`]; returns when all are done.
+    pub async fn deregister_all(self) {
+        self.trigger.fire();
+        for task in self.tasks {
+            let _ = task.await; // a task only ends by returning; a panic was already logged
+        }
+    }
+}
+
+impl RegistrationsView {
+    /// Every entry, in config order.
+    pub fn entries(&self) -> &[Arc<Entry>] {
+        &self.entries
+    }
+
+    /// Why the registrations keep the process unready, or `None`: every entry must have been
+    /// registered at least once since start. Later registry failures do not count, so a registry
+    /// outage does not make a whole fleet unready at once.
+    pub fn not_ready(&self) -> Option<String> {
+        let waiting: Vec<String> = self
+            .entries
+            .iter()
+            .filter_map(|e| {
+                let s = e.status();
+                (!s.ever_registered).then(|| {
+                    format!(
+                        "{} at {} ({})",
+                        e.registration().service,
+                        e.registration().address,
+                        s.state.as_str()
+                    )
+                })
+            })
+            .collect();
+        (!waiting.is_empty()).then(|| {
+            format!(
+                "waiting for the first registration of: {}",
+                waiting.join(", ")
+            )
+        })
+    }
+
+    /// `/debug/registrations`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let entries: Vec<_> = self.entries.iter().map(|e| e.to_json()).collect();
+        serde_json::json!({ "registrations": entries })
     }
 }
 
