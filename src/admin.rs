@@ -1,11 +1,12 @@
 //! Stage 6 — the admin listener, on its own port:
 //!
-//! | path              | answers |
-//! |-------------------|---------|
-//! | `/metrics`        | Prometheus text exposition of every family |
-//! | `/live`           | 200 while the process runs |
-//! | `/ready`          | 200 once every declared service resolved successfully once and until shutdown begins; 503 with the reason otherwise |
-//! | `/debug/services` | JSON: every cached service, its instances and weights, resolver and full cache status |
+//! | path                   | answers |
+//! |------------------------|---------|
+//! | `/metrics`             | Prometheus text exposition of every family |
+//! | `/live`                | 200 while the process runs |
+//! | `/ready`               | 200 once every declared service resolved successfully once and every `register:` entry was registered once, until shutdown begins; 503 with the reason otherwise |
+//! | `/debug/services`      | JSON: every cached service, its instances and weights, resolver and full cache status |
+//! | `/debug/registrations` | JSON: every `register:` entry, its state, health checks, last registry error and the registrar's view of it |
 //!
 //! Anything else is 404; methods other than GET/HEAD are 405.
 
@@ -24,6 +25,7 @@ use tokio::net::TcpListener;
 use crate::cache::Cache;
 use crate::forward::ServiceHandle;
 use crate::metrics::Metrics;
+use crate::register::RegistrationsView;
 use crate::shutdown::Shutdown;
 
 /// What the admin endpoints read.
@@ -32,6 +34,7 @@ pub struct Admin {
     metrics: Metrics,
     /// Cleared by `app.rs` when shutdown begins, so `/ready` fails before anything stops.
     accepting: Arc<AtomicBool>,
+    registrations: RegistrationsView,
 }
 
 #[derive(Serialize)]
@@ -54,12 +57,19 @@ struct InstanceView<'a> {
 }
 
 impl Admin {
-    /// The admin endpoints over `cache` and `metrics`; `accepting` is the readiness switch.
-    pub fn new(cache: Cache<ServiceHandle>, metrics: Metrics, accepting: Arc<AtomicBool>) -> Self {
+    /// The admin endpoints over `cache`, `metrics` and `registrations`; `accepting` is the
+    /// readiness switch.
+    pub fn new(
+        cache: Cache<ServiceHandle>,
+        metrics: Metrics,
+        accepting: Arc<AtomicBool>,
+        registrations: RegistrationsView,
+    ) -> Self {
         Self {
             cache,
             metrics,
             accepting,
+            registrations,
         }
     }
 
@@ -79,12 +89,13 @@ impl Admin {
             })
             .map(|t| t.name().to_string())
             .collect();
-        (!waiting.is_empty()).then(|| {
-            format!(
+        if !waiting.is_empty() {
+            return Some(format!(
                 "waiting for the first resolution of: {}",
                 waiting.join(", ")
-            )
-        })
+            ));
+        }
+        self.registrations.not_ready()
     }
 
     fn metrics_text(&self) -> Vec<u8> {
@@ -177,17 +188,14 @@ impl Admin {
                     format!("not ready: {why}\n"),
                 ),
             },
-            "/debug/services" => {
-                let mut r = Response::new(Full::new(Bytes::from(self.services_json())));
-                r.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    header::HeaderValue::from_static("application/json"),
-                );
-                r
+            "/debug/services" => json(self.services_json()),
+            "/debug/registrations" => {
+                json(serde_json::to_vec_pretty(&self.registrations.to_json()).unwrap_or_default())
             }
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found: try /metrics, /live, /ready, /debug/services\n".into(),
+                "not found: try /metrics, /live, /ready, /debug/services, /debug/registrations\n"
+                    .into(),
             ),
         }
     }
@@ -220,6 +228,15 @@ impl Admin {
             });
         }
     }
+}
+
+fn json(body: Vec<u8>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    r
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {

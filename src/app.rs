@@ -7,19 +7,21 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use crate::admin::Admin;
-use crate::cache::{Cache, Declared, Policy, Rule};
-use crate::config::{Config, ResolverConfig};
+use crate::cache::{Cache, Declared, Lookup, Policy, Rule};
+use crate::config::{CheckConfig, Config, RegisterEntry, RegistryKind, ResolverConfig};
 use crate::discover::Resolver;
 use crate::forward::{self, Listener, Pool, Proxy, ServiceHandle};
 use crate::metrics::Metrics;
+use crate::register::{Check, Entry, Registrar, Registration, Registrations};
 use crate::registry::dns::{DnsClient, DnsResolver};
-use crate::registry::file::FileResolver;
+use crate::registry::file::{FileRegistrar, FileResolver};
 use crate::registry::static_::StaticResolver;
 use crate::shutdown;
 
@@ -46,6 +48,88 @@ pub struct App {
     refresh_trigger: shutdown::Trigger,
     /// Every distinct upstream pool, each to be swept.
     pools: Vec<Pool>,
+    /// The `register:` entries, not running yet.
+    registrations: Registrations,
+    /// Where waypost sees its own registrations through its own resolvers (declared service,
+    /// registered address); `None` when some entry cannot be seen, so shutdown waits the whole
+    /// `shutdown.deregister_wait`.
+    observed: Option<Vec<(String, SocketAddr)>>,
+}
+
+/// Builds the registrars `register:` entries name, one per registry (and options), shared by
+/// the entries that name the same one. Each backend has one arm in [`RegistrarFactory::build`].
+struct RegistrarFactory<'a> {
+    config: &'a Config,
+    file: Option<Arc<FileRegistrar>>,
+}
+
+impl<'a> RegistrarFactory<'a> {
+    fn new(config: &'a Config) -> Self {
+        Self { config, file: None }
+    }
+
+    /// The registrar for `entry`, and the time-to-live of its registrations.
+    fn build(&mut self, entry: &RegisterEntry) -> anyhow::Result<(Arc<dyn Registrar>, Duration)> {
+        let registry = &self.config.registry;
+        match entry.registry {
+            RegistryKind::File => {
+                let file = self
+                    .file
+                    .get_or_insert_with(|| Arc::new(FileRegistrar::new(&registry.file.dir)));
+                Ok((file.clone(), registry.file.ttl.0))
+            }
+            // The etcd backend's arm: its registrar for the entry's layout and prefix
+            // (`entry.etcd`, defaults from `registry.etcd`), and `registry.etcd.lease_ttl`.
+            RegistryKind::Etcd => anyhow::bail!("the etcd registry is not available in this build"),
+        }
+    }
+
+    /// The running form of every `register:` entry.
+    fn entries(&mut self, metrics: &Metrics) -> anyhow::Result<Vec<Entry>> {
+        let config = self.config;
+        let mut entries = Vec::new();
+        for (i, e) in config.register.iter().enumerate() {
+            let (registrar, ttl) = self.build(e).with_context(|| format!("register.{i}"))?;
+            let reg = Registration {
+                service: e.service.to_string(),
+                address: e.address.0,
+                weight: e.weight,
+                tags: Arc::new(e.tags.clone()),
+                ttl,
+            };
+            let check = match &e.check {
+                Some(CheckConfig::Probe(p)) => Some(
+                    Check::from_config(p)
+                        .with_context(|| format!("register.{i}.check names no probe"))?,
+                ),
+                Some(CheckConfig::None) | None => None,
+            };
+            entries.push(Entry::new(reg, registrar, check, &metrics.register));
+        }
+        Ok(entries)
+    }
+
+    /// For each entry, the declared service whose resolver reads that entry back from the same
+    /// registry, with the entry's address; `None` when some entry has no such service.
+    fn observed(&self) -> Option<Vec<(String, SocketAddr)>> {
+        let config = self.config;
+        config
+            .register
+            .iter()
+            .map(|e| {
+                let (name, _) = config.services.iter().find(|(name, svc)| {
+                    match (&svc.resolver, e.registry) {
+                        (ResolverConfig::File(f), RegistryKind::File) => {
+                            f.name.as_ref().unwrap_or(name) == &e.service
+                        }
+                        // The etcd backend's arm: an etcd resolver with the entry's layout and prefix.
+                        _ => false,
+                    }
+                })?;
+                Some((name.to_string(), e.address.0))
+            })
+            .collect()
+    }
 }
 
 /// Builds resolvers from config, sharing one DNS client (created on first use) between them.
@@ -168,6 +252,9 @@ impl App {
             }
         }
         let admin_listener = bind(config.admin.listen.0, "admin.listen").await?;
+        let mut registrars = RegistrarFactory::new(&config);
+        let registrations = Registrations::new(registrars.entries(&metrics)?);
+        let observed = registrars.observed();
         let addrs = Addrs {
             outbound: listeners[0].0.local_addr()?,
             admin: admin_listener.local_addr()?,
@@ -183,6 +270,8 @@ impl App {
             addrs,
             refresh_trigger,
             pools,
+            registrations,
+            observed,
         })
     }
 
@@ -203,6 +292,8 @@ impl App {
             addrs,
             refresh_trigger,
             pools,
+            mut registrations,
+            observed,
         } = self;
         cache.start(declared);
         for pool in pools {
@@ -214,6 +305,7 @@ impl App {
             cache.clone(),
             metrics.clone(),
             accepting.clone(),
+            registrations.view(),
         ));
         let admin_task = tokio::spawn(admin.serve(admin_listener, admin_stop));
 
@@ -237,13 +329,36 @@ impl App {
             )));
         }
         drop(drained_tx);
-        tracing::info!(outbound = %addrs.outbound, admin = %addrs.admin, services = config.services.len(), "waypost started");
+        registrations.start();
+        tracing::info!(outbound = %addrs.outbound, admin = %addrs.admin, services = config.services.len(), registrations = config.register.len(), "waypost started");
 
         signal.await;
         tracing::info!("shutting down");
+        let (started, took) = (
+            tokio::time::Instant::now(),
+            &metrics.register.shutdown_duration,
+        );
+        let step = || took.set(started.elapsed().as_secs_f64());
         // 1. Fail /ready first, so nothing new is routed to this pod.
         accepting.store(false, Ordering::Release);
-        // 2. Stop accepting: new connections are refused from here on.
+        // 2. Remove every registration, all at once, each bounded: peers stop picking this instance.
+        let removed = registrations.deregister_all().await;
+        metrics
+            .register
+            .deregister_duration
+            .set(started.elapsed().as_secs_f64());
+        step();
+        // 3. Let peers notice, within shutdown.deregister_wait: until our own resolvers no longer see the entries, or the whole wait.
+        if removed > 0 {
+            await_withdrawal(
+                &cache,
+                observed.as_deref(),
+                config.shutdown.deregister_wait.0,
+            )
+            .await;
+        }
+        step();
+        // 4. Stop accepting: new connections are refused from here on.
         accept_trigger.fire();
         for t in accept_tasks {
             let _ = t.await; // the task only ends by returning; a panic was already logged
@@ -257,11 +372,49 @@ impl App {
         {
             tracing::warn!(grace = ?grace, "grace period over; closing connections that are still busy");
         }
-        // 4. Stop refreshing (and sweeping upstream pools), then the admin listener.
+        step();
+        // 5. Stop refreshing (and sweeping upstream pools), then the admin listener.
         refresh_trigger.fire();
         admin_trigger.fire();
         let _ = admin_task.await;
-        tracing::info!("stopped");
+        step();
+        tracing::info!(since_deregistration = ?started.elapsed(), "stopped");
         Ok(())
+    }
+}
+
+/// Step 3 of shutdown: waits until none of `observed` (declared service, registered address)
+/// is in its service's table any more — waypost's own resolvers, reading the registry as peers
+/// do, no longer see the entries — or for the whole `bound` when some entry cannot be observed
+/// (`None`). Never longer than `bound`.
+async fn await_withdrawal(
+    cache: &Cache<ServiceHandle>,
+    observed: Option<&[(String, SocketAddr)]>,
+    bound: Duration,
+) {
+    /// How often the tables are looked at; a table swap is one pointer load away.
+    const POLL: Duration = Duration::from_millis(20);
+    let Some(observed) = observed else {
+        tracing::info!(wait = ?bound, "waiting for peers to notice the deregistration");
+        return tokio::time::sleep(bound).await;
+    };
+    let seen = |(service, addr): &(String, SocketAddr)| match cache.get(service) {
+        Lookup::Found(t) => t
+            .publisher()
+            .balancer
+            .load()
+            .as_ref()
+            .as_ref()
+            .is_some_and(|s| s.table.instances().iter().any(|i| i.address == *addr)),
+        Lookup::OnDemand | Lookup::Unknown => false,
+    };
+    let gone = async {
+        while observed.iter().any(seen) {
+            tokio::time::sleep(POLL).await;
+        }
+    };
+    match tokio::time::timeout(bound, gone).await {
+        Ok(()) => tracing::info!("own resolvers no longer see the registrations"),
+        Err(_) => tracing::warn!(wait = ?bound, "own resolvers still see a registration; going on"),
     }
 }

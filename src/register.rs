@@ -118,7 +118,9 @@ pub struct Registrations {
     entries: Arc<[Arc<Entry>]>,
     trigger: crate::shutdown::Trigger,
     stop: Shutdown,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    checkers: Vec<tokio::task::JoinHandle<()>>,
+    /// Each returns whether its entry may have been in the registry at shutdown.
+    loops: Vec<tokio::task::JoinHandle<bool>>,
 }
 
 /// What the admin endpoints read of the registrations. Cheap to clone.
@@ -135,7 +137,8 @@ impl Registrations {
             entries: entries.into_iter().map(Arc::new).collect(),
             trigger,
             stop,
-            tasks: Vec::new(),
+            checkers: Vec::new(),
+            loops: Vec::new(),
         }
     }
 
@@ -151,25 +154,27 @@ impl Registrations {
         for entry in self.entries.iter() {
             let (tx, rx) = watch::channel(entry.check().is_none());
             if let Some(check) = entry.check().cloned() {
-                self.tasks.push(tokio::spawn(health::run(
-                    entry.clone(),
-                    check,
-                    tx,
-                    self.stop.clone(),
-                )));
+                let checker = health::run(entry.clone(), check, tx, self.stop.clone());
+                self.checkers.push(tokio::spawn(checker));
             }
-            self.tasks
-                .push(tokio::spawn(entry.clone().run(rx, self.stop.clone())));
+            let registration = entry.clone().run(rx, self.stop.clone());
+            self.loops.push(tokio::spawn(registration));
         }
     }
 
     /// Stops the checks and deregisters every entry at once, each within
-    /// [`DEREGISTER_TIMEOUT`]; returns when all are done.
-    pub async fn deregister_all(self) {
+    /// [`DEREGISTER_TIMEOUT`]; returns, when all are done, how many entries may have been in
+    /// a registry and were removed (or left to their TTL when the registry did not answer).
+    pub async fn deregister_all(self) -> usize {
         self.trigger.fire();
-        for task in self.tasks {
+        for task in self.checkers {
             let _ = task.await; // a task only ends by returning; a panic was already logged
         }
+        let mut removed = 0;
+        for task in self.loops {
+            removed += usize::from(task.await.unwrap_or(true));
+        }
+        removed
     }
 }
 

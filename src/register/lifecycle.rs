@@ -325,12 +325,13 @@ impl Entry {
     }
 
     /// The registration loop: follows `healthy` (the gate's verdict) until `shutdown`, then
-    /// deregisters within [`DEREGISTER_TIMEOUT`].
+    /// deregisters within [`DEREGISTER_TIMEOUT`]. Returns whether the entry may have been in the
+    /// registry at shutdown (so it was deregistered).
     pub(super) async fn run(
         self: Arc<Self>,
         mut healthy: watch::Receiver<bool>,
         mut shutdown: Shutdown,
-    ) {
+    ) -> bool {
         let (service, address, registry) = (&self.reg.service, self.reg.address, self.registry());
         let mut registered = false;
         let mut present = false;
@@ -456,6 +457,7 @@ impl Entry {
             }
         }
         self.set_state(State::Deregistered);
+        present || registered
     }
 }
 

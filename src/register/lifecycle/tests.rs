@@ -133,7 +133,7 @@ struct Harness {
     registrar: Arc<Scripted>,
     health: watch::Sender<bool>,
     stop: crate::shutdown::Trigger,
-    task: tokio::task::JoinHandle<()>,
+    task: tokio::task::JoinHandle<bool>,
     metrics: crate::metrics::Metrics,
 }
 
@@ -178,10 +178,15 @@ impl Harness {
         tokio::time::sleep(d).await;
     }
 
-    async fn shut_down(self) -> Arc<Scripted> {
+    /// Fires shutdown and waits for the loop; the registrar and whether the loop deregistered.
+    async fn shut_down_reporting(self) -> (Arc<Scripted>, bool) {
         self.stop.fire();
-        self.task.await.unwrap();
-        self.registrar
+        let removed = self.task.await.unwrap();
+        (self.registrar, removed)
+    }
+
+    async fn shut_down(self) -> Arc<Scripted> {
+        self.shut_down_reporting().await.0
     }
 
     fn metric(&self, name: &str, label: (&str, &str)) -> f64 {
@@ -355,8 +360,9 @@ async fn shutdown_abandons_a_hung_operation_and_still_deregisters() {
     r.hang.store(true, Ordering::Relaxed);
     let h = Harness::start(true, r);
     h.run_for(Duration::from_millis(1)).await;
-    let r = h.shut_down().await;
+    let (r, removed) = h.shut_down_reporting().await;
     assert_eq!(r.ops(), [Op::Register, Op::Deregister]);
+    assert!(removed);
 }
 
 #[tokio::test(start_paused = true)]
@@ -364,7 +370,8 @@ async fn an_entry_never_registered_is_not_deregistered_at_shutdown() {
     let h = Harness::start(false, Scripted::default());
     h.run_for(Duration::from_secs(1)).await;
     let state = h.entry.clone();
-    let r = h.shut_down().await;
+    let (r, removed) = h.shut_down_reporting().await;
     assert!(r.ops().is_empty());
+    assert!(!removed);
     assert_eq!(state.status().state, State::Deregistered);
 }
