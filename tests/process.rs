@@ -1,6 +1,7 @@
 //! The waypost binary as users run it: CLI and config errors (exit code 2 with file:line),
-//! streaming without buffering (RSS bound), graceful shutdown on SIGTERM, the file registry
-//! shared by several processes, and `promtool check metrics` on the live `/metrics`.
+//! streaming without buffering (RSS bound), graceful shutdown on SIGTERM (registrations removed
+//! before the listeners stop), the file registry shared by several processes, and
+//! `promtool check metrics` on the live `/metrics`.
 
 mod support;
 
@@ -63,6 +64,12 @@ fn malformed_configs_exit_2_naming_file_line_and_key() {
             "listen: 127.0.0.1:7000\nadmin: {listen: 127.0.0.1:7000}\n",
             ":2:",
             "admin.listen",
+        ),
+        (
+            "unspecified registration address",
+            "register:\n  - service: shop\n    address: 0.0.0.0:8080\n    registry: file\n    check: none\n",
+            ":3:",
+            "register.0.address: 0.0.0.0 is not an address peers can connect to",
         ),
     ];
     for (what, yaml, line, needle) in cases {
@@ -303,11 +310,118 @@ async fn file_registry_shared_by_processes_with_heartbeat_expiry() {
         .exists());
 }
 
+/// The file `register:` writes for `service` at `addr` under the registry `dir`.
+fn registry_entry(
+    dir: &std::path::Path,
+    service: &str,
+    addr: std::net::SocketAddr,
+) -> std::path::PathBuf {
+    dir.join(service)
+        .join(format!("{}_{}.json", addr.ip(), addr.port()))
+}
+
+/// Config lines registering `up` as `shop` in the file registry `dir`, checked over HTTP every
+/// 100ms.
+fn register_yaml(dir: &std::path::Path, up: &Upstream) -> String {
+    format!(
+        "registry: {{file: {{dir: {}, ttl: 1s}}}}\nregister:\n  - service: shop\n    address: \"{}\"\n    registry: file\n    check: {{http: \"http://{}/\", interval: 100ms, timeout: 50ms, rise: 1}}\n",
+        dir.display(),
+        up.addr,
+        up.addr
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_removes_the_registration_before_the_listener_stops_accepting() {
+    let up = Upstream::start("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let registry = dir.path().join("registry");
+    let (port, admin) = (free_port(), free_port());
+    let yaml = format!(
+        "listen: 127.0.0.1:{port}\nadmin: {{listen: 127.0.0.1:{admin}}}\nshutdown: {{grace: 1s, deregister_wait: 3s}}\n{}services:\n{}",
+        register_yaml(&registry, &up),
+        static_service("echo", &[(up.addr, 1)])
+    );
+    let mut proc = spawn_waypost("waypost", &yaml, dir.path());
+    wait_ready_at(([127, 0, 0, 1], admin).into()).await;
+    let entry = registry_entry(&registry, "shop", up.addr);
+    assert!(entry.exists(), "ready means registered");
+    proc.signal("TERM");
+    let accepting = move || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+    let (entry, proc) = tokio::task::spawn_blocking(move || {
+        // Seen from outside: first the entry leaves the registry, while the listener still
+        // accepts (peers that have not noticed yet are served)...
+        wait_until(
+            Duration::from_secs(5),
+            || !entry.exists(),
+            || "entry still registered".into(),
+        );
+        assert!(
+            accepting(),
+            "the listener stopped before the registration was removed"
+        );
+        // ...then, after deregister_wait (no own resolver observes `shop` here), it stops.
+        wait_until(
+            Duration::from_secs(10),
+            || !accepting(),
+            || "still accepting".into(),
+        );
+        assert_eq!(
+            proc.wait_exit(Duration::from_secs(10)),
+            Some(0),
+            "clean exit"
+        );
+        (entry, proc)
+    })
+    .await
+    .unwrap();
+    assert!(!entry.exists());
+    let log = std::fs::read_to_string(dir.path().join(format!("{}.log", proc.name))).unwrap();
+    assert!(log.contains("deregistered"), "{log}");
+    assert!(log.contains("since_deregistration"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_waits_only_until_its_own_resolver_no_longer_sees_the_registration() {
+    let up = Upstream::start("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let registry = dir.path().join("registry");
+    let (port, admin) = (free_port(), free_port());
+    // waypost registers `shop` and resolves `shop` from the same registry: it can see its own
+    // entry go, so it does not sit out the whole (minute-long) deregister_wait.
+    let yaml = format!(
+        "listen: 127.0.0.1:{port}\nadmin: {{listen: 127.0.0.1:{admin}}}\nshutdown: {{grace: 1s, deregister_wait: 60s}}\ndiscovery: {{refresh_interval: 200ms}}\n{}services:\n  shop:\n    resolver: {{file: {{}}}}\n",
+        register_yaml(&registry, &up)
+    );
+    let mut proc = spawn_waypost("waypost", &yaml, dir.path());
+    wait_ready_at(([127, 0, 0, 1], admin).into()).await;
+    // It routes to the instance it registered itself.
+    let url = format!("http://127.0.0.1:{port}/");
+    eventually(SETTLE, || async {
+        get(&url, &[("host", "shop")])
+            .await
+            .is_ok_and(|r| r.header("x-instance") == "app")
+    })
+    .await;
+    proc.signal("TERM");
+    let code = tokio::task::spawn_blocking(move || proc.wait_exit(Duration::from_secs(20)))
+        .await
+        .unwrap();
+    assert_eq!(
+        code,
+        Some(0),
+        "exited once its own table no longer held the entry"
+    );
+    assert!(!registry_entry(&registry, "shop", up.addr).exists());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn promtool_accepts_live_metrics() {
     let promtool = require("promtool", "apt-get install -y prometheus");
     let up = Upstream::start("a").await;
-    let proxy = TestProxy::in_front_of(&up).await;
+    let dir = tempfile::tempdir().unwrap();
+    let extra = register_yaml(dir.path(), &up);
+    let proxy = TestProxy::in_front_of_with(up.addr, &extra).await;
     for host in ["echo", "nope"] {
         let _ = get(&format!("{}/", proxy.url()), &[("host", host)])
             .await
@@ -323,6 +437,13 @@ async fn promtool_accepts_live_metrics() {
         "waypost_forward_upstream_connect_errors_total",
         "waypost_forward_open_connections",
         "waypost_discovery_instances",
+        "waypost_register_state",
+        "waypost_register_health_checks_total",
+        "waypost_register_health_check_duration_seconds_bucket",
+        "waypost_register_failures_total",
+        "waypost_register_reregistrations_total",
+        "waypost_register_deregister_duration_seconds",
+        "waypost_register_shutdown_duration_seconds",
         "waypost_build_info",
         "process_resident_memory_bytes",
     ] {
