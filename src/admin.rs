@@ -5,6 +5,7 @@
 //! | `/metrics`             | Prometheus text exposition of every family |
 //! | `/live`                | 200 while the process runs |
 //! | `/ready`               | 200 once every declared service resolved successfully once and every `register:` entry was registered once, until shutdown begins; 503 with the reason otherwise |
+//! | `/ready/outbound`      | the same without the registrations: waypost can forward (the native sidecar's startup probe, which must not wait for an app that starts only after it) |
 //! | `/debug/services`      | JSON: every cached service, its instances and weights, resolver and full cache status |
 //! | `/debug/registrations` | JSON: every `register:` entry, its state, health checks, last registry error and the registrar's view of it |
 //!
@@ -73,8 +74,16 @@ impl Admin {
         }
     }
 
-    /// Why the process is not ready, or `None` when it is.
+    /// Why the process is not ready, or `None` when it is: [`Admin::not_ready_outbound`], and
+    /// every `register:` entry registered at least once.
     pub fn not_ready(&self) -> Option<String> {
+        self.not_ready_outbound()
+            .or_else(|| self.registrations.not_ready())
+    }
+
+    /// Why the process cannot forward yet, or `None` when it can: shutdown has not begun and
+    /// every declared service resolved once.
+    pub fn not_ready_outbound(&self) -> Option<String> {
         if !self.accepting.load(Ordering::Acquire) {
             return Some("shutting down".into());
         }
@@ -89,13 +98,12 @@ impl Admin {
             })
             .map(|t| t.name().to_string())
             .collect();
-        if !waiting.is_empty() {
-            return Some(format!(
+        (!waiting.is_empty()).then(|| {
+            format!(
                 "waiting for the first resolution of: {}",
                 waiting.join(", ")
-            ));
-        }
-        self.registrations.not_ready()
+            )
+        })
     }
 
     fn metrics_text(&self) -> Vec<u8> {
@@ -181,13 +189,8 @@ impl Admin {
                 r
             }
             "/live" => text(StatusCode::OK, "live\n".into()),
-            "/ready" => match self.not_ready() {
-                None => text(StatusCode::OK, "ready\n".into()),
-                Some(why) => text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("not ready: {why}\n"),
-                ),
-            },
+            "/ready" => readiness(self.not_ready()),
+            "/ready/outbound" => readiness(self.not_ready_outbound()),
             "/debug/services" => json(self.services_json()),
             "/debug/registrations" => {
                 json(serde_json::to_vec_pretty(&self.registrations.to_json()).unwrap_or_default())
@@ -227,6 +230,16 @@ impl Admin {
                 let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
             });
         }
+    }
+}
+
+fn readiness(not_ready: Option<String>) -> Response<Full<Bytes>> {
+    match not_ready {
+        None => text(StatusCode::OK, "ready\n".into()),
+        Some(why) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        ),
     }
 }
 
