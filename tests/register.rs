@@ -218,6 +218,14 @@ async fn an_app_that_never_becomes_healthy_is_never_registered_and_keeps_waypost
             ),
             "{why}"
         );
+        // Forwarding does not wait for the app: a native sidecar's startup probe uses this.
+        let outbound = get(&format!("{}/ready/outbound", proxy.admin()), &[])
+            .await
+            .unwrap();
+        assert_eq!(
+            (outbound.status, outbound.text().as_str()),
+            (200, "ready\n")
+        );
         proxy.stop().await;
         assert!(
             !dir.path().join("shop").exists(),
