@@ -293,7 +293,7 @@ def check_pod(docs: list[dict]) -> None:
     # The sidecar contract of each layout.
     if native:
         assert wp["restartPolicy"] == "Always"
-        assert wp["startupProbe"]["httpGet"] == {"path": "/ready", "port": admin_port}
+        assert wp["startupProbe"]["httpGet"] == {"path": "/ready/outbound", "port": admin_port}
         assert spec["initContainers"][0]["name"] == "waypost", "waypost must start before other init containers"
         assert "lifecycle" not in wp, "a native sidecar is stopped after the app: no preStop needed"
     else:
@@ -663,6 +663,50 @@ def test_schema_accepts_service_dns_resolvers(chart, dns):
     chart.render(service_dns_values(dns), name=RELEASE, namespace=NAMESPACE)
 
 
+#: A `register:` entry the schema and waypost accept, and changes to it that both refuse, with the
+#: schema's message (None removes the key).
+REGISTER_ENTRY = {"service": "shop", "address": "${POD_IP}:8080", "registry": "file", "check": "none"}
+REGISTER_REFUSED = {
+    "weight-0": ({"weight": 0}, "at '/config/register/0/weight': minimum: got 0, want 1"),
+    "no-check": ({"check": None}, "at '/config/register/0': missing property 'check'"),
+    "check-word": ({"check": "maybe"}, "at '/config/register/0/check'"),
+    "no-probe": ({"check": {"interval": "2s"}}, "at '/config/register/0/check'"),
+    "two-probes": ({"check": {"http": "http://127.0.0.1/", "tcp": "127.0.0.1:1"}}, "at '/config/register/0/check'"),
+    "rise-0": ({"check": {"tcp": "127.0.0.1:1", "rise": 0}}, "at '/config/register/0/check'"),
+    "https": ({"check": {"http": "https://127.0.0.1/"}}, "at '/config/register/0/check'"),
+    "registry": ({"registry": "consul"}, "at '/config/register/0/registry'"),
+}
+
+
+def register_values(change: dict) -> dict:
+    entry = {**REGISTER_ENTRY, **change}
+    return {"config": {"register": [{k: v for k, v in entry.items() if v is not None}]}}
+
+
+@pytest.mark.parametrize("case", REGISTER_REFUSED)
+def test_schema_rejects_register_entries_waypost_refuses_too(chart, case, waypost_bin, tmp_path):
+    change, expected = REGISTER_REFUSED[case]
+    message = render_error(chart, register_values(change))
+    assert expected in message, f"{expected!r} not in:\n{message}"
+    text = yaml.safe_dump(register_values(change)["config"])
+    result = waypost_check(waypost_bin, text, {"POD_IP": "10.1.2.3"}, tmp_path)
+    assert result.returncode == 2 and "register" in result.stderr, (
+        f"waypost check now accepts {change} ({result.returncode}): relax values.schema.json's registerEntry\n"
+        f"{result.stderr}")
+
+
+@pytest.mark.parametrize("check", ["none", {"http": "http://127.0.0.1:8080/healthz"},
+                                   {"tcp": "127.0.0.1:8080", "interval": "500ms", "timeout": "100ms", "rise": 1, "fall": 1}],
+                         ids=["none", "http", "tcp"])
+def test_schema_accepts_register_checks(chart, check):
+    chart.render(register_values({"check": check}), name=RELEASE, namespace=NAMESPACE)
+
+
+def test_notes_point_at_the_registrations():
+    assert "/debug/registrations" in rendered("every-key")["waypost/templates/NOTES.txt"]
+    assert "/debug/registrations" not in rendered("defaults")["waypost/templates/NOTES.txt"]
+
+
 #: Paths under `config` that tests/helm/values/every-key.yaml does not set, with the reason. Keys
 #: that exclude each other within one object (a service's `static`/`file`/`dns` resolver, `dns`
 #: `name`+`port` vs `srv`, an on-demand rule's `dns` vs `file`) are not excluded: every-key.yaml
@@ -680,10 +724,15 @@ def schema_leaf_paths(schema: dict, node: dict, path: tuple[str, ...] = ()) -> l
     # Combinators would hide paths from this walk (extend it before the schema uses one that
     # declares properties); those that only say which properties must or must not be present
     # together (a dns resolver's `port` vs `srv`) hide none.
-    unsupported = {k for k in {"oneOf", "anyOf", "allOf", "not", "if", "patternProperties", "dependencies"} & node.keys()
+    unsupported = {k for k in {"allOf", "not", "if", "patternProperties", "dependencies"} & node.keys()
                    if not presence_only(node[k])}
     assert not unsupported, f"{'.'.join(path)}: schema_leaf_paths does not follow {sorted(unsupported)}"
     found = []
+    # Alternatives (`check: none` or a probe): the leaves of each, at this path.
+    for key in ("oneOf", "anyOf"):
+        for branch in node.get(key) or []:
+            if not presence_only(branch):
+                found += schema_leaf_paths(schema, branch, path)
     for key, child in (node.get("properties") or {}).items():
         found += schema_leaf_paths(schema, child, path + (key,))
     if isinstance(node.get("additionalProperties"), dict):

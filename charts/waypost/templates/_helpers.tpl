@@ -99,7 +99,8 @@ kubelet and Prometheus reach the pod IP, not the container's loopback).
 {{- end }}
 {{- $registry := get $cfg "registry" | default dict }}
 {{- $file := get $registry "file" | default dict }}
-{{- dict "adminPort" ($adminPort | int) "listen" $listen "services" $services "registryDir" (get $file "dir" | default "/tmp/waypost/registry") | toJson }}
+{{- $registrations := get $cfg "register" | default list }}
+{{- dict "adminPort" ($adminPort | int) "listen" $listen "services" $services "registryDir" (get $file "dir" | default "/tmp/waypost/registry") "registrations" (len $registrations) | toJson }}
 {{- end }}
 
 {{/* An address the app can dial: a wildcard listener is reached on loopback. */}}
@@ -160,13 +161,15 @@ The waypost container, as one list item: put it under `initContainers` when
 "waypost.sidecarVolumes" in the same pod.
 
 Native (Kubernetes >= 1.29): an init container with restartPolicy Always; its startup probe on
-/ready holds the app back until waypost has resolved its services, and the kubelet stops it only
+/ready/outbound holds the app back until waypost has resolved its services (not until the app is
+registered: that waits for the app it holds back), and the kubelet stops it only
 after the app containers have exited, so the app never loses its proxy while draining.
 
 Classic: a second container. Both containers get SIGTERM at the same moment, so waypost's preStop
 sleeps first (sidecar.preStopSleepSeconds): the app finishes its outbound calls and endpoints
-drain before waypost starts its own shutdown (fail /ready, deregister, drain in-flight requests
-for config.shutdown.grace, exit).
+drain before waypost starts its own shutdown (fail /ready, deregister, wait up to
+config.shutdown.deregister_wait, stop accepting, drain in-flight requests for config.shutdown.grace,
+exit).
 */}}
 {{- define "waypost.sidecar" -}}
 {{- $cfg := include "waypost.configJson" . | fromJson }}
@@ -218,7 +221,7 @@ for config.shutdown.grace, exit).
   {{- if $native }}
   startupProbe:
     httpGet:
-      path: /ready
+      path: /ready/outbound
       port: {{ $cfg.adminPort }}
     {{- toYaml .Values.waypost.startupProbe | nindent 4 }}
   {{- end }}
