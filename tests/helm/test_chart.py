@@ -612,17 +612,22 @@ def on_demand_values(resolver: dict) -> dict:
     return {"config": {"discovery": {"on_demand": [{"suffix": ".svc.cluster.local", "resolver": resolver}]}}}
 
 
+def refused_by_schema_and_waypost(chart, values: dict, expected: str, key: str, waypost_bin, tmp_path, env=None):
+    """The schema refuses `values` saying `expected`, and is no stricter than waypost: `waypost
+    check` refuses the same config (`env`: its environment), naming `key`."""
+    message = render_error(chart, values)
+    assert expected in message, f"{expected!r} not in:\n{message}"
+    result = waypost_check(waypost_bin, yaml.safe_dump(values["config"]), env or {}, tmp_path)
+    assert result.returncode == 2 and key in result.stderr, (
+        f"waypost check now accepts {values['config']} ({result.returncode}): relax values.schema.json\n"
+        f"{result.stderr}")
+
+
 @pytest.mark.parametrize("case", ON_DEMAND_REFUSED)
 def test_schema_rejects_on_demand_resolvers_waypost_refuses_too(chart, case, waypost_bin, tmp_path):
     resolver, expected = ON_DEMAND_REFUSED[case]
-    message = render_error(chart, on_demand_values(resolver))
-    assert expected in message, f"{expected!r} not in:\n{message}"
-    # The schema is no stricter than waypost: waypost refuses the same rule.
-    text = yaml.safe_dump(on_demand_values(resolver)["config"])
-    result = waypost_check(waypost_bin, text, {}, tmp_path)
-    assert result.returncode == 2 and "discovery.on_demand.0.resolver" in result.stderr, (
-        f"waypost check now accepts {resolver} ({result.returncode}): relax values.schema.json's onDemandResolver\n"
-        f"{result.stderr}")
+    refused_by_schema_and_waypost(chart, on_demand_values(resolver), expected, "discovery.on_demand.0.resolver",
+                                  waypost_bin, tmp_path)
 
 
 @pytest.mark.parametrize("resolver", [{"dns": {"port": 8080, "weight": 2}}, {"dns": {"port": 80}}, {"file": {}}],
@@ -646,14 +651,8 @@ def service_dns_values(dns: dict) -> dict:
 
 @pytest.mark.parametrize("case", SERVICE_DNS_REFUSED)
 def test_schema_rejects_service_dns_resolvers_waypost_refuses_too(chart, case, waypost_bin, tmp_path):
-    dns = SERVICE_DNS_REFUSED[case]
-    message = render_error(chart, service_dns_values(dns))
-    assert "/config/services/users/resolver/dns" in message, message
-    text = yaml.safe_dump(service_dns_values(dns)["config"])
-    result = waypost_check(waypost_bin, text, {}, tmp_path)
-    assert result.returncode == 2 and "services.users.resolver.dns" in result.stderr, (
-        f"waypost check now accepts {dns} ({result.returncode}): relax values.schema.json's dns resolver\n"
-        f"{result.stderr}")
+    refused_by_schema_and_waypost(chart, service_dns_values(SERVICE_DNS_REFUSED[case]), "/config/services/users/resolver/dns",
+                                  "services.users.resolver.dns", waypost_bin, tmp_path)
 
 
 @pytest.mark.parametrize("dns", [{"port": 80}, {"name": "users.shop", "port": 80, "weight": 3},
@@ -686,13 +685,8 @@ def register_values(change: dict) -> dict:
 @pytest.mark.parametrize("case", REGISTER_REFUSED)
 def test_schema_rejects_register_entries_waypost_refuses_too(chart, case, waypost_bin, tmp_path):
     change, expected = REGISTER_REFUSED[case]
-    message = render_error(chart, register_values(change))
-    assert expected in message, f"{expected!r} not in:\n{message}"
-    text = yaml.safe_dump(register_values(change)["config"])
-    result = waypost_check(waypost_bin, text, {"POD_IP": "10.1.2.3"}, tmp_path)
-    assert result.returncode == 2 and "register" in result.stderr, (
-        f"waypost check now accepts {change} ({result.returncode}): relax values.schema.json's registerEntry\n"
-        f"{result.stderr}")
+    refused_by_schema_and_waypost(chart, register_values(change), expected, "register", waypost_bin, tmp_path,
+                                  env={"POD_IP": "10.1.2.3"})
 
 
 @pytest.mark.parametrize("check", ["none", {"http": "http://127.0.0.1:8080/healthz"},

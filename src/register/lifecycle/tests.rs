@@ -59,11 +59,14 @@ fn the_next_operation_follows_health_and_what_the_registry_holds() {
     );
 }
 
+/// The answers scripted for one operation, in order.
+type Answers = VecDeque<Result<(), RegisterError>>;
+
 /// A registrar whose answers the test scripts: each operation pops its next answer from a queue
 /// (`Ok` when empty). Every call is logged with the (paused) time it was made.
 #[derive(Default)]
 struct Scripted {
-    answers: Mutex<Vec<(Op, VecDeque<Result<(), RegisterError>>)>>,
+    answers: Mutex<Vec<(Op, Answers)>>,
     calls: Mutex<Vec<(Op, Instant)>>,
     /// While set, every register hangs (until the loop gives up on it).
     hang: AtomicBool,
@@ -74,7 +77,7 @@ impl Scripted {
         let mut a = self.answers.lock().unwrap();
         match a.iter_mut().find(|(o, _)| *o == op) {
             Some((_, q)) => q.push_back(result),
-            None => a.push((op, VecDeque::from([result]))),
+            None => a.push((op, Answers::from([result]))),
         }
     }
 
