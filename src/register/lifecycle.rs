@@ -408,7 +408,8 @@ impl Entry {
                     due = now
                         + renew_delay(self.registrar.renew_interval(&self.reg), fastrand::f64());
                 }
-                (Op::Deregister, Ok(())) => {
+                // Lost: the entry is not there, which is what deregistering wants.
+                (Op::Deregister, Ok(()) | Err(RegisterError::Lost(_))) => {
                     registered = false;
                     present = false;
                     failures = 0;
@@ -452,7 +453,9 @@ impl Entry {
                     )))
                     });
             match result {
-                Ok(()) => tracing::info!(%service, %address, registry, "deregistered"),
+                Ok(()) | Err(RegisterError::Lost(_)) => {
+                    tracing::info!(%service, %address, registry, "deregistered")
+                }
                 Err(e) => self.failed(Op::Deregister, &e, None),
             }
         }

@@ -358,6 +358,26 @@ async fn a_failed_withdrawal_is_retried() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn withdrawing_an_entry_the_registry_already_lost_is_done() {
+    let r = Scripted::default();
+    r.answer(
+        Op::Deregister,
+        Err(RegisterError::Lost("lease 7 not found".into())),
+    );
+    let h = Harness::start(true, r);
+    h.run_for(Duration::from_millis(1)).await;
+    h.health.send_replace(false);
+    h.run_for(Duration::from_secs(60)).await;
+    assert_eq!(h.state(), State::Withdrawn);
+    let r = h.shut_down().await;
+    assert_eq!(
+        r.ops(),
+        [Op::Register, Op::Deregister],
+        "not retried, nothing left at shutdown"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn shutdown_abandons_a_hung_operation_and_still_deregisters() {
     let r = Scripted::default();
     r.hang.store(true, Ordering::Relaxed);
