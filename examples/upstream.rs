@@ -25,7 +25,7 @@ use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
-use waypost::register::{Entry, Registrar, Registration, Registrations};
+use waypost::register::{Registrar, Registration};
 use waypost::registry::file::FileRegistrar;
 
 #[derive(Parser)]
@@ -117,7 +117,8 @@ async fn main() {
             std::process::exit(1);
         }
     };
-    let registrations = args.registry_dir.as_ref().map(|dir| {
+    let (trigger, stop) = waypost::shutdown::channel();
+    let registration = args.registry_dir.as_ref().map(|dir| {
         let reg = Registration {
             service: args.service.clone(),
             address: args.listen,
@@ -130,10 +131,7 @@ async fn main() {
             ttl: Duration::from_millis(args.ttl_ms),
         };
         let registrar: Arc<dyn Registrar> = Arc::new(FileRegistrar::new(dir));
-        let metrics = waypost::metrics::Metrics::new();
-        let mut set = Registrations::new(vec![Entry::new(reg, registrar, None, &metrics.register)]);
-        set.start();
-        set
+        tokio::spawn(reg.run(registrar, stop.clone()))
     });
     eprintln!(
         "upstream {} listening on {} (weight {})",
@@ -160,7 +158,8 @@ async fn main() {
             let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
         });
     }
-    if let Some(set) = registrations {
-        set.deregister_all().await; // before we exit
+    trigger.fire();
+    if let Some(task) = registration {
+        let _ = task.await; // deregisters before we exit
     }
 }

@@ -107,6 +107,19 @@ pub trait Registrar: Send + Sync + 'static {
     }
 }
 
+impl Registration {
+    /// Registers with `registrar`, without a health gate, until `shutdown` fires, then
+    /// deregisters: the lifecycle of one `check: none` entry (retries, lost entries put back),
+    /// for tools and tests that run no waypost config. Its metrics go to a registry of its own.
+    pub async fn run(self, registrar: Arc<dyn Registrar>, shutdown: Shutdown) {
+        let metrics = crate::metrics::RegisterMetrics::new(&prometheus::Registry::new());
+        let entry = Arc::new(Entry::new(self, registrar, None, &metrics));
+        // Always healthy: the sender may go at once, the verdict stays.
+        let (_, healthy) = watch::channel(true);
+        entry.run(healthy, shutdown).await;
+    }
+}
+
 /// When to renew a registration with time-to-live `ttl`: at a third of it, so two renewals can
 /// be lost before the entry expires, never more often than every 100 ms. Pure, for tests.
 pub fn renew_interval(ttl: Duration) -> Duration {
