@@ -426,7 +426,12 @@ impl Entry {
                 }
                 (_, Err(e)) => {
                     failures = failures.saturating_add(1);
-                    let delay = retry_delay(failures, fastrand::f64());
+                    let mut delay = retry_delay(failures, fastrand::f64());
+                    if current == Op::Renew {
+                        // Never wait longer than a renewal would: the lease may still be alive,
+                        // and a later try would let it lapse once the registry answers again.
+                        delay = delay.min(self.registrar.renew_interval(&self.reg));
+                    }
                     self.failed(current, &e, Some(delay));
                     if current != Op::Deregister {
                         self.set_state(State::Failing);

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::*;
-use crate::register::BoxFuture;
+use crate::register::{renew_interval, BoxFuture};
 
 #[test]
 fn retries_back_off_exponentially_with_a_cap_and_jitter() {
@@ -289,6 +289,38 @@ async fn a_renewal_failure_is_retried_and_a_lost_entry_is_registered_again_at_on
     assert_eq!(
         h.metric("waypost_register_failures_total", ("kind", "lost")),
         1.0
+    );
+    h.shut_down().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_renewals_are_retried_no_slower_than_renewals() {
+    let r = Scripted::default();
+    for _ in 0..30 {
+        r.answer(Op::Renew, unavailable());
+    }
+    let h = Harness::start(true, r);
+    h.run_for(Duration::from_secs(120)).await;
+    let renewals = h.registrar.times(Op::Renew);
+    assert!(renewals.len() >= 30, "{}", renewals.len());
+    let every = renew_interval(TTL);
+    // The 30 failed ones (the last gap is a regular, jittered renewal).
+    for pair in renewals[..30].windows(2) {
+        assert!(
+            pair[1] - pair[0] <= every,
+            "{:?} > {every:?}",
+            pair[1] - pair[0]
+        );
+    }
+    assert_eq!(
+        h.registrar.times(Op::Register).len(),
+        1,
+        "renewed, not registered again"
+    );
+    assert_eq!(
+        h.state(),
+        State::Registered,
+        "back once the registry answers"
     );
     h.shut_down().await;
 }
