@@ -191,17 +191,10 @@ impl fmt::Display for HttpUrl {
 
 impl<'de> Deserialize<'de> for HttpUrl {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = HttpUrl;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a URL such as \"http://127.0.0.1:8080/healthz\"")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<HttpUrl, E> {
-                HttpUrl::parse(v).map_err(E::custom)
-            }
-        }
-        d.deserialize_str(V)
+        d.deserialize_any(super::types::ParseVisitor {
+            parse: HttpUrl::parse,
+            expecting: "a URL such as \"http://127.0.0.1:8080/healthz\"",
+        })
     }
 }
 
