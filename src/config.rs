@@ -9,6 +9,7 @@
 
 mod discovery;
 mod env;
+mod etcd;
 mod locate;
 mod types;
 mod validate;
@@ -20,6 +21,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use discovery::{BackoffConfig, DiscoveryConfig, DnsConfig, GuardConfig, OnDemandRule};
+pub use etcd::{EtcdLayout, EtcdOptions, EtcdRegistryConfig, EtcdResolverConfig, EtcdTlsConfig};
 pub use types::{Addr, Dur, ServiceName};
 
 /// Where the outbound listener binds when the config does not say (linkerd's outbound port).
@@ -185,6 +187,9 @@ pub struct RegistryConfig {
     /// The embedded file registry.
     #[serde(default)]
     pub file: FileRegistryConfig,
+    /// The etcd cluster, shared by etcd resolvers and registrars.
+    #[serde(default)]
+    pub etcd: EtcdRegistryConfig,
 }
 
 /// `registry.file:` — the embedded, serverless registry on local disk.
@@ -245,6 +250,8 @@ pub enum ResolverConfig {
     File(FileResolverConfig),
     /// Instances from DNS: A/AAAA records plus a port, or SRV records.
     Dns(DnsResolverConfig),
+    /// Instances registered in etcd (`registry.etcd`), in the Hertz, Kitex or gRPC layout.
+    Etcd(EtcdResolverConfig),
 }
 
 /// `resolver: {dns: …}` — either `port` (A/AAAA lookup of `name`) or `srv` (SRV lookup).

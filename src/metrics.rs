@@ -14,6 +14,9 @@ use prometheus::{
 
 use crate::cache::state::{Outcome, TargetState};
 
+pub mod etcd;
+pub use etcd::EtcdMetrics;
+
 /// Request latency buckets (seconds): sub-millisecond resolution for a localhost proxy, up to
 /// the default 15 s upstream timeout.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -31,6 +34,8 @@ pub struct Metrics {
     pub discovery: DiscoveryMetrics,
     /// Forwarding families.
     pub forward: ForwardMetrics,
+    /// The etcd backend's families.
+    pub etcd: EtcdMetrics,
 }
 
 /// Discovery and cache families.
@@ -243,6 +248,7 @@ impl Metrics {
                 .expect("valid"),
             ),
         };
+        let etcd = EtcdMetrics::new(&r);
         let build = register(
             &r,
             GaugeVec::new(
@@ -264,6 +270,7 @@ impl Metrics {
             registry: r,
             discovery,
             forward,
+            etcd,
         }
     }
 

@@ -40,9 +40,28 @@ pub enum RegisterError {
         #[source]
         source: std::io::Error,
     },
-    /// The registry could not be reached.
+    /// The registry could not be reached, or did not answer in time.
     #[error("registry unavailable: {0}")]
     Unavailable(String),
+    /// The registry refused the request (authentication, permissions, an invalid request).
+    #[error("registry refused the request: {0}")]
+    Rejected(String),
+    /// The registry no longer holds the entry (lease revoked or expired, session gone, key
+    /// deleted behind our back): register again.
+    #[error("registration lost: {0}")]
+    Lost(String),
+}
+
+impl RegisterError {
+    /// The bounded metric label of the error: `io`, `unavailable`, `rejected`, `lost`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RegisterError::Io { .. } => "io",
+            RegisterError::Unavailable(_) => "unavailable",
+            RegisterError::Rejected(_) => "rejected",
+            RegisterError::Lost(_) => "lost",
+        }
+    }
 }
 
 /// The write side of a service registry.
@@ -55,6 +74,15 @@ pub trait Registrar: Send + Sync + 'static {
     fn renew<'a>(&'a self, reg: &'a Registration) -> BoxFuture<'a, Result<(), RegisterError>>;
     /// Removes `reg`.
     fn deregister<'a>(&'a self, reg: &'a Registration) -> BoxFuture<'a, Result<(), RegisterError>>;
+    /// How often `renew` runs for `reg` (default [`renew_interval`] of its TTL).
+    fn renew_interval(&self, reg: &Registration) -> Duration {
+        renew_interval(reg.ttl)
+    }
+    /// What `/debug/registrations` shows of `reg`'s state in the registry (key, lease…), as
+    /// JSON; `Null` when there is nothing to say.
+    fn describe(&self, _reg: &Registration) -> serde_json::Value {
+        serde_json::Value::Null
+    }
 }
 
 /// When to renew a registration with time-to-live `ttl`: at a third of it, so two renewals can
@@ -69,7 +97,7 @@ impl Registration {
     /// next tick; a failed renewal re-registers.
     pub async fn run(self, registrar: Arc<dyn Registrar>, mut shutdown: Shutdown) {
         let mut registered = false;
-        let every = renew_interval(self.ttl);
+        let every = registrar.renew_interval(&self);
         loop {
             let result = if registered {
                 registrar.renew(&self).await
