@@ -297,6 +297,7 @@ async fn echo_never_reads_echo2_bad_values_are_skipped_and_counted_weight_0_read
             Some(1.0),
             "{text}"
         );
+        support::etcd::promtool_check(&text);
         // A new bad revision of it counts again.
         etcd.put(&format!("{p}/echo/broken"), "{still not json");
         eventually(SETTLE, || async {

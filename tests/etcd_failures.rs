@@ -195,6 +195,11 @@ async fn a_cluster_losing_the_member_in_use_keeps_registration_and_watches_throu
             metric(&text, "waypost_registry_etcd_failovers_total", &[]).unwrap_or(0.0) >= 1.0,
             "{text}"
         );
+        assert!(
+            text.contains("waypost_registry_etcd_watch_restarts_total{"),
+            "{text}"
+        );
+        support::etcd::promtool_check(&text);
         stop_a.fire();
         task_a.await.unwrap();
         assert_eq!(etcd.get(&key(&a)), None, "deregistered through the others");

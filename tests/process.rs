@@ -324,6 +324,7 @@ async fn promtool_accepts_live_metrics() {
         "waypost_forward_open_connections",
         "waypost_discovery_instances",
         "waypost_build_info",
+        "waypost_registry_etcd_failovers_total",
         "process_resident_memory_bytes",
     ] {
         assert!(

@@ -105,9 +105,16 @@ impl Etcd {
         )
     }
 
-    /// Kills member `i` (SIGKILL): its clients see the connection drop.
+    /// Kills member `i` (SIGKILL): its clients see the connection drop. When the others still
+    /// form a quorum, waits until they agree on a leader (a new one, if `i` led).
     pub fn stop_member(&mut self, i: usize) {
         self.members[i].proc = None;
+        if self.running().len() * 2 > self.members.len() {
+            assert!(
+                self.wait_ready(),
+                "the cluster did not recover from losing member {i}"
+            );
+        }
     }
 
     /// Starts member `i` again on its ports and data dir, and waits until the cluster is ready.
@@ -363,4 +370,31 @@ fn base64(text: &str) -> Vec<u8> {
         }
     }
     out
+}
+
+/// Runs `promtool check metrics` on the exposition `text` (Debian `prometheus`); panics with its
+/// complaints.
+pub fn promtool_check(text: &str) {
+    use std::io::Write;
+    let promtool = require("promtool", "apt-get install -y prometheus");
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
