@@ -37,6 +37,27 @@ pub struct Etcd {
     dir: tempfile::TempDir,
     etcd: PathBuf,
     etcdctl: PathBuf,
+    /// Set by [`Etcd::start_secure`].
+    secure: Option<Secure>,
+    /// The server's certificate and key, when secure.
+    server_cert: Option<(PathBuf, PathBuf)>,
+    /// The certificates' directory (secure only).
+    certs: Option<tempfile::TempDir>,
+    /// Whether authentication is on (etcdctl then logs in as `root`).
+    auth: bool,
+}
+
+/// What a secured etcd asks of its clients.
+#[derive(Clone)]
+pub struct Secure {
+    /// The CA that signed the server's and the client's certificates.
+    pub ca: PathBuf,
+    /// A client certificate (CN `waypost-client`, no etcd user: the password is what logs in)
+    /// and its key.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The `root` user's password (authentication is on).
+    pub password: String,
 }
 
 /// A free TCP port below 32768 on 127.0.0.1 (bound, then released).
@@ -55,8 +76,106 @@ impl Etcd {
         Etcd::cluster(1)
     }
 
+    /// A single-member etcd serving clients over TLS only, requiring a client certificate signed
+    /// by its CA, with authentication on (user `root`); ready. Certificates come from `openssl`.
+    pub fn start_secure() -> Etcd {
+        let openssl = require("openssl", "apt-get install -y openssl");
+        let certs_dir = tempfile::tempdir().unwrap();
+        let certs = certs_dir.path().to_path_buf();
+        let ssl = |args: &[&str]| {
+            let out = Command::new(&openssl)
+                .current_dir(&certs)
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ];
+        ssl(&[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=waypost test CA",
+            ],
+        ]
+        .concat());
+        for (name, cn, usage) in [
+            ("server", "etcd", "serverAuth"),
+            ("client", "waypost-client", "clientAuth"),
+        ] {
+            std::fs::write(
+                certs.join(format!("{name}.ext")),
+                format!("subjectAltName=IP:127.0.0.1\nextendedKeyUsage={usage}\n"),
+            )
+            .unwrap();
+            ssl(&[
+                &["req"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    &format!("{name}.key"),
+                    "-out",
+                    &format!("{name}.csr"),
+                    "-subj",
+                    &format!("/CN={cn}"),
+                ],
+            ]
+            .concat());
+            ssl(&[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-out",
+                &format!("{name}.crt"),
+                "-extfile",
+                &format!("{name}.ext"),
+            ]);
+        }
+        let secure = Secure {
+            ca: certs.join("ca.crt"),
+            cert: certs.join("client.crt"),
+            key: certs.join("client.key"),
+            password: "r00t-pw".into(),
+        };
+        let mut e = Etcd::build(1, Some(secure.clone()), &certs);
+        e.etcdctl(&["user", "add", &format!("root:{}", secure.password)]);
+        e.etcdctl(&["auth", "enable"]);
+        e.auth = true;
+        e.certs = Some(certs_dir);
+        e
+    }
+
     /// A cluster of `n` members, ready with a leader.
     pub fn cluster(n: usize) -> Etcd {
+        Etcd::build(n, None, std::path::Path::new("/"))
+    }
+
+    fn build(n: usize, secure: Option<Secure>, certs: &std::path::Path) -> Etcd {
         let etcd = require("etcd", "apt-get install -y etcd-server");
         let etcdctl = require("etcdctl", "apt-get install -y etcd-client");
         // A port taken between the probe and etcd's bind makes a member exit: start over.
@@ -73,6 +192,12 @@ impl Etcd {
                 dir: tempfile::tempdir().unwrap(),
                 etcd: etcd.clone(),
                 etcdctl: etcdctl.clone(),
+                secure: secure.clone(),
+                server_cert: secure
+                    .as_ref()
+                    .map(|_| (certs.join("server.crt"), certs.join("server.key"))),
+                certs: None,
+                auth: false,
             };
             for i in 0..n {
                 e.spawn(i);
@@ -82,6 +207,11 @@ impl Etcd {
             }
         }
         panic!("etcd did not start (ports taken?)");
+    }
+
+    /// What a secured etcd asks of its clients (see [`Etcd::start_secure`]).
+    pub fn secure(&self) -> &Secure {
+        self.secure.as_ref().expect("started with start_secure")
     }
 
     /// `127.0.0.1:<port>` of every member, running or not.
@@ -148,7 +278,12 @@ impl Etcd {
             .collect();
         let token = format!("waypost-test-{}", self.dir.path().display());
         let m = &self.members[i];
-        let client = format!("http://127.0.0.1:{}", m.client_port);
+        let scheme = if self.secure.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let client = format!("{scheme}://127.0.0.1:{}", m.client_port);
         let peer = format!("http://127.0.0.1:{}", m.peer_port);
         let mut cmd = Command::new(&self.etcd);
         cmd.arg("--name")
@@ -170,6 +305,15 @@ impl Etcd {
             .args(["--initial-cluster", &cluster.join(",")])
             .args(["--initial-cluster-token", &token])
             .args(["--initial-cluster-state", "new"]);
+        if let (Some(s), Some((cert, key))) = (&self.secure, &self.server_cert) {
+            cmd.arg("--cert-file")
+                .arg(cert)
+                .arg("--key-file")
+                .arg(key)
+                .arg("--trusted-ca-file")
+                .arg(&s.ca)
+                .arg("--client-cert-auth");
+        }
         let proc = Proc::spawn(&m.name, &mut cmd, self.dir.path());
         self.members[i].proc = Some(proc);
     }
@@ -239,6 +383,19 @@ impl Etcd {
             .env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={}", eps.join(",")))
             .args(["--dial-timeout=1s", "--command-timeout=3s"])
+            .args(self.secure.iter().flat_map(|s| {
+                [
+                    format!("--cacert={}", s.ca.display()),
+                    format!("--cert={}", s.cert.display()),
+                    format!("--key={}", s.key.display()),
+                ]
+            }))
+            .args(
+                self.secure
+                    .iter()
+                    .filter(|_| self.auth)
+                    .map(|s| format!("--user=root:{}", s.password)),
+            )
             .args(args)
             .output()
             .map_err(|e| e.to_string())?;
