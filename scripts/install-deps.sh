@@ -6,6 +6,7 @@ set -euo pipefail
 need=()
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]; }
 have etcd     || need+=(etcd-server)
+have etcdctl  || need+=(etcd-client)
 have dnsmasq  || need+=(dnsmasq-base)
 have promtool || need+=(prometheus)
 have protoc   || need+=(protobuf-compiler)
