@@ -332,14 +332,6 @@ impl EtcdClient {
         })
         .await
     }
-
-    /// Compacts the store up to `revision` (tests and benches).
-    pub async fn compact(&self, revision: i64) -> Result<(), EtcdError> {
-        self.call("compact", |mut c| async move {
-            c.compact(revision, None).await.map(|_| ())
-        })
-        .await
-    }
 }
 
 /// What a PEM file must hold.
