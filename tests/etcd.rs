@@ -12,32 +12,15 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::etcd::Etcd;
+use support::etcd::{cloudwego_value, Etcd};
 use support::external::{free_port, spawn_waypost};
 use support::*;
-use waypost::config::{Dur, EtcdLayout, EtcdRegistryConfig};
-use waypost::metrics::EtcdMetrics;
+use waypost::config::EtcdLayout;
 use waypost::register::{Registrar, Registration};
-use waypost::registry::etcd::{Codec, EtcdClient, EtcdRegistrar};
+use waypost::registry::etcd::{Codec, EtcdRegistrar};
 
 /// Every test finishes within this, or fails.
 const DEADLINE: Duration = Duration::from_secs(60);
-
-/// The value Hertz and Kitex write for an instance at `addr` with weight `w` and no tags.
-fn cloudwego(addr: &str, w: i64) -> String {
-    format!(r#"{{"network":"tcp","address":"{addr}","weight":{w},"tags":null}}"#)
-}
-
-/// A client of `etcd` with test timeouts.
-fn client(etcd: &Etcd) -> Arc<EtcdClient> {
-    let cfg = EtcdRegistryConfig {
-        endpoints: etcd.endpoints(),
-        request_timeout: Dur::from_secs(1),
-        dial_timeout: Dur::from_secs(1),
-        ..EtcdRegistryConfig::default()
-    };
-    Arc::new(EtcdClient::from_config(&cfg, EtcdMetrics::detached()).unwrap())
-}
 
 fn registration(service: &str, addr: &str, weight: u32, tags: &[(&str, &str)]) -> Registration {
     Registration {
@@ -86,13 +69,13 @@ async fn keys_written_as_hertz_kitex_and_grpc_write_them_are_routed_to_by_the_bi
             &format!("hertz/registry-etcd/hz/{}", a(0)),
             &format!(r#"{{"network":"tcp","address":"{}","weight":10,"tags":{{"zone":"a"}}}}"#, a(0)),
         );
-        etcd.put(&format!("kitex/registry-etcd/kx/{}", a(1)), &cloudwego(&a(1), 10));
-        etcd.put(&format!("/kx-old/{}", a(2)), &cloudwego(&a(2), 10));
+        etcd.put(&format!("kitex/registry-etcd/kx/{}", a(1)), &cloudwego_value(&a(1), 10));
+        etcd.put(&format!("/kx-old/{}", a(2)), &cloudwego_value(&a(2), 10));
         etcd.put(
             &format!("foo/bar/grpc-svc/{}", a(3)),
             &format!(r#"{{"Op":0,"Addr":"{}","Metadata":null}}"#, a(3)),
         );
-        etcd.put(&format!("kitex/registry-etcd/Echo.Service/{}", a(4)), &cloudwego(&a(4), 10));
+        etcd.put(&format!("kitex/registry-etcd/Echo.Service/{}", a(4)), &cloudwego_value(&a(4), 10));
 
         let dir = tempfile::tempdir().unwrap();
         let (port, admin) = (free_port(), free_port());
@@ -124,7 +107,7 @@ async fn keys_written_as_hertz_kitex_and_grpc_write_them_are_routed_to_by_the_bi
         let late = Upstream::start("hertz-late").await;
         etcd.put(
             &format!("hertz/registry-etcd/hz/{}", late.addr),
-            &cloudwego(&late.addr.to_string(), 10),
+            &cloudwego_value(&late.addr.to_string(), 10),
         );
         etcd.del(&format!("hertz/registry-etcd/hz/{}", a(0)));
         eventually(SETTLE, || async { routed_to(&url, "hz").await == "hertz-late" }).await;
@@ -139,7 +122,7 @@ async fn keys_written_as_hertz_kitex_and_grpc_write_them_are_routed_to_by_the_bi
 async fn the_registrar_writes_golden_keys_and_values_with_a_lease_and_revokes_it() {
     within(DEADLINE, async {
         let etcd = Etcd::start();
-        let client = client(&etcd);
+        let client = etcd.client();
         let cases = [
             (
                 EtcdLayout::Hertz,
@@ -205,7 +188,7 @@ async fn a_revoked_lease_or_a_deleted_key_is_put_back_by_the_registration_loop()
     within(DEADLINE, async {
         let etcd = Etcd::start();
         let registrar = Arc::new(EtcdRegistrar::new(
-            client(&etcd),
+            etcd.client(),
             Codec::new(EtcdLayout::Kitex, "kitex/registry-etcd"),
             Duration::from_secs(2),
         ));
@@ -240,7 +223,10 @@ async fn a_revoked_lease_or_a_deleted_key_is_put_back_by_the_registration_loop()
             etcd.lease_of(key).is_some_and(|l| &l != second)
         })
         .await;
-        assert_eq!(etcd.get(key).unwrap(), cloudwego("127.0.0.1:9000", 10));
+        assert_eq!(
+            etcd.get(key).unwrap(),
+            cloudwego_value("127.0.0.1:9000", 10)
+        );
 
         trigger.fire();
         task.await.unwrap();
@@ -262,14 +248,14 @@ async fn echo_never_reads_echo2_bad_values_are_skipped_and_counted_weight_0_read
         let b = Upstream::start("b").await;
         let v6 = Upstream::start_on("[::1]:0".parse().unwrap(), "v6").await;
         let p = "hertz/registry-etcd";
-        etcd.put(&format!("{p}/echo/{}", a.addr), &cloudwego(&a.addr.to_string(), 0));
+        etcd.put(&format!("{p}/echo/{}", a.addr), &cloudwego_value(&a.addr.to_string(), 0));
         // Kitex writes IPv6 without brackets.
         etcd.put(
             &format!("{p}/echo/::1:{}", v6.addr.port()),
-            &cloudwego(&format!("::1:{}", v6.addr.port()), 30),
+            &cloudwego_value(&format!("::1:{}", v6.addr.port()), 30),
         );
         etcd.put(&format!("{p}/echo/broken"), "{not json");
-        etcd.put(&format!("{p}/echo2/{}", b.addr), &cloudwego(&b.addr.to_string(), 10));
+        etcd.put(&format!("{p}/echo2/{}", b.addr), &cloudwego_value(&b.addr.to_string(), 10));
         let proxy = TestProxy::start(&format!(
             "{}discovery: {{refresh_interval: 200ms}}\nservices:\n  echo: {{resolver: {{etcd: {{}}}}}}\n  echo2: {{resolver: {{etcd: {{}}}}}}\n",
             etcd.registry_yaml("")
@@ -297,7 +283,7 @@ async fn echo_never_reads_echo2_bad_values_are_skipped_and_counted_weight_0_read
             Some(1.0),
             "{text}"
         );
-        support::etcd::promtool_check(&text);
+        support::external::promtool_check(text.as_bytes());
         // A new bad revision of it counts again.
         etcd.put(&format!("{p}/echo/broken"), "{still not json");
         eventually(SETTLE, || async {

@@ -13,33 +13,18 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::etcd::Etcd;
+use support::etcd::{cloudwego_value, Etcd};
 use support::external::{free_port, spawn_waypost};
 use support::*;
-use waypost::config::{Dur, EtcdLayout, EtcdRegistryConfig};
-use waypost::metrics::EtcdMetrics;
+use waypost::config::EtcdLayout;
 use waypost::register::{Registrar, Registration};
-use waypost::registry::etcd::{Codec, EtcdClient, EtcdRegistrar};
+use waypost::registry::etcd::{Codec, EtcdRegistrar};
 use waypost::shutdown;
 
 /// Every test finishes within this, or fails.
 const DEADLINE: Duration = Duration::from_secs(120);
 /// Lease TTL of the registrations here.
 const TTL: Duration = Duration::from_secs(2);
-
-fn client(etcd: &Etcd) -> Arc<EtcdClient> {
-    let cfg = EtcdRegistryConfig {
-        endpoints: etcd.endpoints(),
-        request_timeout: Dur::from_secs(1),
-        dial_timeout: Dur::from_secs(1),
-        ..EtcdRegistryConfig::default()
-    };
-    Arc::new(EtcdClient::from_config(&cfg, EtcdMetrics::detached()).unwrap())
-}
-
-fn value(addr: &str) -> String {
-    format!(r#"{{"network":"tcp","address":"{addr}","weight":10,"tags":null}}"#)
-}
 
 fn key(up: &Upstream) -> String {
     format!("hertz/registry-etcd/echo/{}", up.addr)
@@ -49,7 +34,7 @@ fn key(up: &Upstream) -> String {
 /// returned trigger fires.
 fn register(etcd: &Etcd, up: &Upstream) -> (shutdown::Trigger, tokio::task::JoinHandle<()>) {
     let registrar = Arc::new(EtcdRegistrar::new(
-        client(etcd),
+        etcd.client(),
         Codec::new(EtcdLayout::Hertz, "hertz/registry-etcd"),
         TTL,
     ));
@@ -101,7 +86,7 @@ async fn an_outage_longer_than_the_ttl_keeps_the_table_then_registration_and_wat
         let a = Upstream::start("a").await;
         let b = Upstream::start("b").await;
         let (stop_a, task_a) = register(&etcd, &a);
-        etcd.put(&key(&b), &value(&b.addr.to_string()));
+        etcd.put(&key(&b), &cloudwego_value(&b.addr.to_string(), 10));
         // `echo` polls often (its staleness shows in the metrics); `watched` reads the same keys
         // and polls hourly.
         let proxy = TestProxy::start(&format!(
@@ -136,7 +121,7 @@ async fn an_outage_longer_than_the_ttl_keeps_the_table_then_registration_and_wat
         registration_holds(&etcd, &key(&a)).await;
         // The watch is back: a new instance reaches the hourly-polled service.
         let c = Upstream::start("c").await;
-        etcd.put(&key(&c), &value(&c.addr.to_string()));
+        etcd.put(&key(&c), &cloudwego_value(&c.addr.to_string(), 10));
         let proxy_ref = &proxy;
         eventually(SETTLE, || async move {
             answering(proxy_ref, "watched", 30).await == ["a", "b", "c"]
@@ -175,7 +160,7 @@ async fn a_cluster_losing_the_member_in_use_keeps_registration_and_watches_throu
         // Both waypost's client and the registrar's talk to the first member: kill it.
         etcd.stop_member(0);
         let b = Upstream::start("b").await;
-        etcd.put(&key(&b), &value(&b.addr.to_string()));
+        etcd.put(&key(&b), &cloudwego_value(&b.addr.to_string(), 10));
         eventually(SETTLE, || async move {
             answering(p, "echo", 30).await == ["a", "b"]
         })
@@ -199,7 +184,7 @@ async fn a_cluster_losing_the_member_in_use_keeps_registration_and_watches_throu
             text.contains("waypost_registry_etcd_watch_restarts_total{"),
             "{text}"
         );
-        support::etcd::promtool_check(&text);
+        support::external::promtool_check(text.as_bytes());
         stop_a.fire();
         task_a.await.unwrap();
         assert_eq!(etcd.get(&key(&a)), None, "deregistered through the others");
@@ -213,7 +198,7 @@ async fn a_compaction_overtaking_the_watch_converges_to_what_a_fresh_read_shows(
         let etcd = Etcd::start();
         let a = Upstream::start("a").await;
         let b = Upstream::start("b").await;
-        etcd.put(&key(&a), &value(&a.addr.to_string()));
+        etcd.put(&key(&a), &cloudwego_value(&a.addr.to_string(), 10));
         let dir = tempfile::tempdir().unwrap();
         let (port, admin) = (free_port(), free_port());
         let yaml = format!(
@@ -234,7 +219,7 @@ async fn a_compaction_overtaking_the_watch_converges_to_what_a_fresh_read_shows(
         // Frozen, waypost reads nothing: etcd's buffers for its watch fill up and the watch
         // falls behind, then the history it still needs is compacted away.
         proc.signal("STOP");
-        let writer = client(&etcd);
+        let writer = etcd.client();
         // Instances nobody listens on, each rewritten many times: 12 MB of events, more than
         // the HTTP/2 windows (hyper's 2 MB per stream, 5 MB per connection) and etcd's buffers.
         let pad = "p".repeat(4000);
@@ -250,7 +235,7 @@ async fn a_compaction_overtaking_the_watch_converges_to_what_a_fresh_read_shows(
             etcd.del(&format!("hertz/registry-etcd/echo/churn-{i}"));
         }
         etcd.del(&key(&a));
-        etcd.put(&key(&b), &value(&b.addr.to_string()));
+        etcd.put(&key(&b), &cloudwego_value(&b.addr.to_string(), 10));
         etcd.compact_all();
         proc.signal("CONT");
 

@@ -8,7 +8,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::etcd::Etcd;
+use support::etcd::{cloudwego_value, Etcd};
 use support::*;
 use waypost::config::EtcdLayout;
 use waypost::register::{Registrar, Registration};
@@ -31,10 +31,6 @@ fn registry(etcd: &Etcd, cert_and_key: bool, password: &str) -> String {
     ))
 }
 
-fn value(addr: &str) -> String {
-    format!(r#"{{"network":"tcp","address":"{addr}","weight":10,"tags":null}}"#)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resolves_and_registers_over_tls_with_a_client_certificate_and_a_password() {
     within(DEADLINE, async {
@@ -42,7 +38,7 @@ async fn resolves_and_registers_over_tls_with_a_client_certificate_and_a_passwor
         let a = Upstream::start("a").await;
         etcd.put(
             &format!("hertz/registry-etcd/echo/{}", a.addr),
-            &value(&a.addr.to_string()),
+            &cloudwego_value(&a.addr.to_string(), 10),
         );
         let password = etcd.secure().password.clone();
         let yaml = format!(
@@ -75,7 +71,7 @@ async fn resolves_and_registers_over_tls_with_a_client_certificate_and_a_passwor
         };
         registrar.register(&reg).await.unwrap();
         let key = "kitex/registry-etcd/shop/10.0.0.7:8080";
-        assert_eq!(etcd.get(key).unwrap(), value("10.0.0.7:8080"));
+        assert_eq!(etcd.get(key).unwrap(), cloudwego_value("10.0.0.7:8080", 10));
         registrar.renew(&reg).await.unwrap();
         registrar.deregister(&reg).await.unwrap();
         assert_eq!(etcd.get(key), None);

@@ -13,6 +13,16 @@ use crate::discover::{BoxFuture, BoxStream, DiscoverError, Instance};
 use crate::metrics::Metrics;
 use crate::shutdown;
 
+/// An answer of instances on 127.0.0.1 at `ports`, weight 1.
+fn answer_of(ports: &[u16]) -> Resolution {
+    Resolution::new(
+        ports
+            .iter()
+            .map(|p| Instance::new(format!("127.0.0.1:{p}").parse().unwrap(), 1))
+            .collect(),
+    )
+}
+
 /// A resolver that answers from a script (the last answer repeats) and records call times.
 struct Scripted {
     answers: Mutex<Vec<Result<Vec<u16>, String>>>,
@@ -60,14 +70,7 @@ impl Resolver for Scripted {
                 }
             };
             answer
-                .map(|ports| {
-                    Resolution::new(
-                        ports
-                            .iter()
-                            .map(|p| Instance::new(format!("127.0.0.1:{p}").parse().unwrap(), 1))
-                            .collect(),
-                    )
-                })
+                .map(|ports| answer_of(&ports))
                 .map_err(DiscoverError::Unavailable)
         })
     }
@@ -456,12 +459,7 @@ impl Pushing {
     }
     /// Pushes instances on `ports` at `revision` into the latest watch.
     fn push(&self, ports: &[u16], revision: u64) {
-        let mut res = Resolution::new(
-            ports
-                .iter()
-                .map(|p| Instance::new(format!("127.0.0.1:{p}").parse().unwrap(), 1))
-                .collect(),
-        );
+        let mut res = answer_of(ports);
         res.revision = Some(revision);
         let watches = self.watches.lock().unwrap();
         let tx = watches

@@ -14,9 +14,13 @@
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
+use waypost::config::{Dur, EtcdRegistryConfig};
+use waypost::metrics::EtcdMetrics;
+use waypost::registry::etcd::EtcdClient;
 
 use super::external::{require, Proc};
 
@@ -212,6 +216,17 @@ impl Etcd {
     /// What a secured etcd asks of its clients (see [`Etcd::start_secure`]).
     pub fn secure(&self) -> &Secure {
         self.secure.as_ref().expect("started with start_secure")
+    }
+
+    /// waypost's etcd client for this etcd (plain, without TLS), with 1 s timeouts.
+    pub fn client(&self) -> Arc<EtcdClient> {
+        let cfg = EtcdRegistryConfig {
+            endpoints: self.endpoints(),
+            request_timeout: Dur::from_secs(1),
+            dial_timeout: Dur::from_secs(1),
+            ..EtcdRegistryConfig::default()
+        };
+        Arc::new(EtcdClient::from_config(&cfg, EtcdMetrics::detached()).unwrap())
     }
 
     /// `127.0.0.1:<port>` of every member, running or not.
@@ -529,29 +544,7 @@ fn base64(text: &str) -> Vec<u8> {
     out
 }
 
-/// Runs `promtool check metrics` on the exposition `text` (Debian `prometheus`); panics with its
-/// complaints.
-pub fn promtool_check(text: &str) {
-    use std::io::Write;
-    let promtool = require("promtool", "apt-get install -y prometheus");
-    let mut child = Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// The value Hertz and Kitex write for an instance at `addr` with weight `weight` and no tags.
+pub fn cloudwego_value(addr: &str, weight: i64) -> String {
+    format!(r#"{{"network":"tcp","address":"{addr}","weight":{weight},"tags":null}}"#)
 }
