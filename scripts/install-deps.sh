@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
-# Installs what the tests need when it is missing, on Debian: etcd, dnsmasq, promtool, protoc
-# (for the registry backends' tests), curl (used by `make run`), and Python 3 with venv (the
-# chart tests' virtualenv). Idempotent: does nothing when everything is there.
+# Installs what the builds and tests need when it is missing, on Debian: etcd, dnsmasq, promtool,
+# protoc and protobuf's well-known .proto files (etcd-client's build script), curl (used by
+# `make run`), openssl (test certificates), and Python 3 with venv (the chart tests' virtualenv). Idempotent: does nothing when everything is there.
 set -euo pipefail
 need=()
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]; }
 have etcd     || need+=(etcd-server)
+have etcdctl  || need+=(etcd-client)
 have dnsmasq  || need+=(dnsmasq-base)
 have promtool || need+=(prometheus)
 have protoc   || need+=(protobuf-compiler)
+# etcd-client's build script compiles etcd's protos, which import protobuf's well-known types.
+[ -f /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
 have curl     || need+=(curl)
+# The etcd TLS tests make their certificates with it.
+have openssl  || need+=(openssl)
 have python3  || need+=(python3)
 # tests/helm/run.sh makes a virtualenv: Debian's python3 needs python3-venv for that.
 if ! have python3 || ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then

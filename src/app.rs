@@ -18,9 +18,11 @@ use crate::cache::{Cache, Declared, Lookup, Policy, Rule};
 use crate::config::{CheckConfig, Config, RegisterEntry, RegistryKind, ResolverConfig};
 use crate::discover::Resolver;
 use crate::forward::{self, Listener, Pool, Proxy, ServiceHandle};
+use crate::metrics::EtcdMetrics;
 use crate::metrics::Metrics;
 use crate::register::{Check, Entry, Registrar, Registration, Registrations};
 use crate::registry::dns::{DnsClient, DnsResolver};
+use crate::registry::etcd::{Codec, EtcdClient, EtcdResolver};
 use crate::registry::file::{FileRegistrar, FileResolver};
 use crate::registry::static_::StaticResolver;
 use crate::shutdown;
@@ -132,16 +134,39 @@ impl<'a> RegistrarFactory<'a> {
     }
 }
 
-/// Builds resolvers from config, sharing one DNS client (created on first use) between them.
+/// Builds resolvers from config, sharing one DNS client and one etcd client (each created on
+/// first use) between them.
 struct ResolverFactory<'a> {
     config: &'a Config,
     dns: Option<Arc<DnsClient>>,
+    etcd: Option<Arc<EtcdClient>>,
+    etcd_metrics: EtcdMetrics,
 }
 
 impl<'a> ResolverFactory<'a> {
     /// A factory for `config`.
-    fn new(config: &'a Config) -> Self {
-        Self { config, dns: None }
+    fn new(config: &'a Config, etcd_metrics: EtcdMetrics) -> Self {
+        Self {
+            config,
+            dns: None,
+            etcd: None,
+            etcd_metrics,
+        }
+    }
+
+    /// The process's etcd client (`registry.etcd`), shared by every etcd resolver and
+    /// registrar; built on first use, connecting to nothing yet.
+    fn etcd(&mut self) -> anyhow::Result<Arc<EtcdClient>> {
+        if let Some(c) = &self.etcd {
+            return Ok(c.clone());
+        }
+        let client = Arc::new(
+            EtcdClient::from_config(&self.config.registry.etcd, self.etcd_metrics.clone())
+                .map_err(anyhow::Error::msg)
+                .context("cannot set up the etcd client")?,
+        );
+        self.etcd = Some(client.clone());
+        Ok(client)
     }
 
     /// The resolver `resolver` describes. A file resolver without `name` reads the registry
@@ -164,6 +189,16 @@ impl<'a> ResolverFactory<'a> {
                     }
                 };
                 Arc::new(DnsResolver::from_config(client, d))
+            }
+            ResolverConfig::Etcd(e) => {
+                let cfg = &self.config.registry.etcd;
+                let (layout, prefix) = cfg.layout_and_prefix(e.layout, e.prefix.as_deref());
+                Arc::new(EtcdResolver::new(
+                    self.etcd()?,
+                    Codec::new(layout, prefix),
+                    e.name.clone(),
+                    self.etcd_metrics.clone(),
+                ))
             }
         })
     }
@@ -204,7 +239,7 @@ impl App {
         let mut pools = vec![default_pool.clone()];
         let mut declared = Vec::new();
         let mut per_service = BTreeMap::new();
-        let mut factory = ResolverFactory::new(&config);
+        let mut factory = ResolverFactory::new(&config, metrics.etcd.clone());
         let rules = factory.rules()?;
         for (name, svc) in &config.services {
             declared.push(Declared {

@@ -9,6 +9,7 @@
 
 mod discovery;
 mod env;
+mod etcd;
 mod locate;
 mod register;
 mod types;
@@ -24,6 +25,7 @@ pub use discovery::{BackoffConfig, DiscoveryConfig, DnsConfig, GuardConfig, OnDe
 pub use register::{
     default_register_weight, CheckConfig, HttpUrl, ProbeConfig, RegisterEntry, RegistryKind,
 };
+pub use etcd::{EtcdLayout, EtcdOptions, EtcdRegistryConfig, EtcdResolverConfig, EtcdTlsConfig};
 pub use types::{Addr, Dur, ServiceName};
 
 /// Where the outbound listener binds when the config does not say (linkerd's outbound port).
@@ -192,6 +194,9 @@ pub struct RegistryConfig {
     /// The embedded file registry.
     #[serde(default)]
     pub file: FileRegistryConfig,
+    /// The etcd cluster, shared by etcd resolvers and registrars.
+    #[serde(default)]
+    pub etcd: EtcdRegistryConfig,
 }
 
 /// `registry.file:` — the embedded, serverless registry on local disk.
@@ -260,6 +265,8 @@ pub enum ResolverConfig {
     File(FileResolverConfig),
     /// Instances from DNS: A/AAAA records plus a port, or SRV records.
     Dns(DnsResolverConfig),
+    /// Instances registered in etcd (`registry.etcd`), in the Hertz, Kitex or gRPC layout.
+    Etcd(EtcdResolverConfig),
 }
 
 /// `resolver: {dns: …}` — either `port` (A/AAAA lookup of `name`) or `srv` (SRV lookup).

@@ -3,8 +3,9 @@
 //! In the spirit of CloudWeGo Hertz's `discovery.Resolver`: a [`Resolver`] has a [`name`]
 //! (`"static"`, `"file"`, `"dns"` …), maps a service to its cache key ([`target`]) and
 //! [`resolve`]s a target into a [`Resolution`] — the [`Instance`]s plus where they came from
-//! (revision, TTL). Resolvers that can push changes also offer [`watch`]. Resolvers know nothing of caching,
-//! balancing or forwarding: the cache stage drives them and hands results on.
+//! (revision, TTL). Resolvers that can push changes also offer [`watch`]: a stream of whole
+//! answers. Resolvers know nothing of caching, balancing or forwarding: the cache stage drives
+//! them and hands results on.
 //!
 //! [`name`]: Resolver::name
 //! [`target`]: Resolver::target
@@ -15,6 +16,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde::Serialize;
+
+pub use futures_util::stream::BoxStream;
 
 pub use crate::{BoxFuture, Tags};
 
@@ -103,11 +106,17 @@ pub trait Resolver: Send + Sync + 'static {
         true
     }
 
-    /// For registries that push changes: a future that completes when `target` may have changed
-    /// after `since` (a revision from an earlier [`Resolution`]), so the cache resolves again at
-    /// once instead of waiting for its next poll. `None` when the resolver cannot watch; polling
-    /// is always kept as the fallback.
-    fn watch<'a>(&'a self, _target: &'a str, _since: Option<u64>) -> Option<BoxFuture<'a, ()>> {
+    /// For registries that push changes: a stream of complete answers for `target`, each one
+    /// an answer the cache applies exactly as if [`resolve`](Resolver::resolve) had returned it
+    /// (the same guard, the same metrics), without a second request per change. `since` is the
+    /// revision of the answer the cache has; the stream need not repeat it. `None` when the
+    /// resolver cannot watch.
+    ///
+    /// The stream copes with its registry's failures itself (re-listing, backing off) and is
+    /// dropped to cancel it; if it ends, the cache resolves again and asks for a new one. Its
+    /// answers are hints on top of polling, never a replacement: the cache keeps refreshing at
+    /// its interval, and ignores a streamed answer older than one it already has.
+    fn watch(&self, _target: &str, _since: Option<u64>) -> Option<BoxStream<'static, Resolution>> {
         None
     }
 }

@@ -16,6 +16,8 @@ use crate::cache::state::{Outcome, TargetState};
 
 pub mod register;
 pub use register::RegisterMetrics;
+pub mod etcd;
+pub use etcd::EtcdMetrics;
 
 /// Request latency buckets (seconds): sub-millisecond resolution for a localhost proxy, up to
 /// the default 15 s upstream timeout.
@@ -36,6 +38,8 @@ pub struct Metrics {
     pub forward: ForwardMetrics,
     /// Registration families.
     pub register: RegisterMetrics,
+    /// The etcd backend's families.
+    pub etcd: EtcdMetrics,
 }
 
 /// Discovery and cache families.
@@ -248,6 +252,7 @@ impl Metrics {
                 .expect("valid"),
             ),
         };
+        let etcd = EtcdMetrics::new(&r);
         let build = register(
             &r,
             GaugeVec::new(
@@ -270,6 +275,7 @@ impl Metrics {
             registry: r,
             discovery,
             forward,
+            etcd,
         }
     }
 

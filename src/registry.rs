@@ -6,8 +6,10 @@
 //! - [`static_`] — instances listed in the config (resolver only).
 //! - [`dns`] — A/AAAA and SRV records (resolver only).
 //! - [`file`] — the embedded file registry of one host (both).
+//! - [`etcd`] — etcd, in the Hertz, Kitex and grpc-go layouts (both).
 
 pub mod dns;
+pub mod etcd;
 pub mod file;
 #[path = "registry/static.rs"]
 pub mod static_;

@@ -1,5 +1,6 @@
 //! Cache semantics on a paused tokio clock: refresh cadence and jitter bounds, expiry only when
-//! idle, stale-on-error, negative caching with backoff, the guard, and singleflight.
+//! idle, stale-on-error, negative caching with backoff, the guard, singleflight, and answers
+//! pushed by watches.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -8,9 +9,19 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::*;
-use crate::discover::{BoxFuture, DiscoverError, Instance};
+use crate::discover::{BoxFuture, BoxStream, DiscoverError, Instance};
 use crate::metrics::Metrics;
 use crate::shutdown;
+
+/// An answer of instances on 127.0.0.1 at `ports`, weight 1.
+fn answer_of(ports: &[u16]) -> Resolution {
+    Resolution::new(
+        ports
+            .iter()
+            .map(|p| Instance::new(format!("127.0.0.1:{p}").parse().unwrap(), 1))
+            .collect(),
+    )
+}
 
 /// A resolver that answers from a script (the last answer repeats) and records call times.
 struct Scripted {
@@ -59,14 +70,7 @@ impl Resolver for Scripted {
                 }
             };
             answer
-                .map(|ports| {
-                    Resolution::new(
-                        ports
-                            .iter()
-                            .map(|p| Instance::new(format!("127.0.0.1:{p}").parse().unwrap(), 1))
-                            .collect(),
-                    )
-                })
+                .map(|ports| answer_of(&ports))
                 .map_err(DiscoverError::Unavailable)
         })
     }
@@ -435,3 +439,5 @@ fn outcome_all_is_in_declaration_order_which_indexes_the_metric_series() {
         assert_eq!(*outcome as usize, i, "{outcome:?}");
     }
 }
+
+mod watch;

@@ -37,7 +37,7 @@ pub struct OnDemandRule {
     /// A DNS suffix such as `.svc.cluster.local` (must start with a dot).
     pub suffix: String,
     /// The resolver for matching names: `dns` (the name is the requested host; `port` is
-    /// required) or `file` (the name is the registry service name).
+    /// required), `file` or `etcd` (the name is the registry service name).
     #[serde(with = "serde_yaml::with::singleton_map")]
     pub resolver: ResolverConfig,
     /// Refresh interval for targets created by this rule (default `discovery.refresh_interval`).

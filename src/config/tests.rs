@@ -359,3 +359,128 @@ fn dns_and_on_demand_rules() {
     rejects("dns:\n  min_ttl: 10s\n  max_ttl: 1s\n", 3, "dns.max_ttl");
     rejects("dns:\n  nameservers: [8.8.8.8]\n", 2, "invalid address");
 }
+
+#[test]
+fn etcd_registry_and_resolvers() {
+    let c = parse(
+        "registry:\n  etcd:\n    endpoints: [10.0.0.1:2379, \"http://etcd-1:2379\"]\n    username: waypost\n    password: ${POD_IP}\n    lease_ttl: 15s\n    layout: kitex\n    prefix: shop\nservices:\n  echo:\n    resolver: {etcd: {}}\n  users:\n    resolver:\n      etcd: {layout: grpc, prefix: foo/bar, name: Users.Service}\n",
+    )
+    .unwrap();
+    let e = &c.registry.etcd;
+    assert_eq!(e.endpoints.len(), 2);
+    assert_eq!(
+        e.password.as_deref(),
+        Some("10.0.0.7"),
+        "variables expand in secrets"
+    );
+    assert_eq!(e.lease_ttl, Dur::from_secs(15));
+    assert_eq!(e.request_timeout, Dur::from_secs(3), "default");
+    let ResolverConfig::Etcd(users) = &c.services[&ServiceName::parse("users").unwrap()].resolver
+    else {
+        panic!("etcd resolver")
+    };
+    assert_eq!(users.layout, Some(EtcdLayout::Grpc));
+    assert_eq!(users.name.as_deref(), Some("Users.Service"));
+    assert_eq!(
+        e.layout_and_prefix(None, None),
+        (EtcdLayout::Kitex, "shop".to_string())
+    );
+    // Defaults: one local member, Hertz, 10s leases.
+    let d = parse("").unwrap().registry.etcd;
+    assert_eq!(d.endpoints, ["127.0.0.1:2379"]);
+    assert_eq!(
+        (d.layout, d.lease_ttl),
+        (EtcdLayout::Hertz, Dur::from_secs(10))
+    );
+    // On demand: the requested name is the etcd service name.
+    parse(
+        "discovery:\n  on_demand:\n    - suffix: .etcd\n      resolver: {etcd: {layout: kitex}}\n",
+    )
+    .unwrap();
+}
+
+#[test]
+fn rejects_bad_etcd_settings() {
+    let r = |body: &str| format!("registry:\n  etcd:\n{body}");
+    rejects(
+        &r("    endpoints: []\n"),
+        3,
+        "registry.etcd.endpoints: needs at least one",
+    );
+    rejects(
+        &r("    endpoints: [\"127.0.0.1\"]\n"),
+        3,
+        "registry.etcd.endpoints.0: invalid endpoint",
+    );
+    rejects(
+        &r("    endpoints: [\"https://etcd:2379\"]\n"),
+        3,
+        "needs `registry.etcd.tls`",
+    );
+    rejects(
+        &r("    endpoints:\n      - \"http://etcd:2379\"\n    tls: {ca: /ca.pem}\n"),
+        4,
+        "cannot use TLS",
+    );
+    rejects(
+        &r("    dial_timeout: 0s\n"),
+        3,
+        "registry.etcd.dial_timeout",
+    );
+    rejects(
+        &r("    request_timeout: 0s\n"),
+        3,
+        "registry.etcd.request_timeout",
+    );
+    rejects(
+        &r("    username: u\n"),
+        3,
+        "registry.etcd.username: needs `password`",
+    );
+    rejects(
+        &r("    password: p\n"),
+        3,
+        "registry.etcd.password: needs `username`",
+    );
+    rejects(
+        &r("    username: \"\"\n    password: p\n"),
+        3,
+        "must not be empty",
+    );
+    rejects(
+        &r("    tls:\n      ca: /ca.pem\n      cert: /c.pem\n"),
+        5,
+        "registry.etcd.tls.cert: needs `key`",
+    );
+    rejects(
+        &r("    tls:\n      ca: /ca.pem\n      key: /k.pem\n"),
+        5,
+        "registry.etcd.tls.key: needs `cert`",
+    );
+    rejects(&r("    tls: {cert: /c.pem}\n"), 3, "missing field `ca`");
+    rejects(&r("    lease_ttl: 1s\n"), 3, "at least 2s");
+    rejects(&r("    lease_ttl: 2500ms\n"), 3, "whole seconds");
+    rejects(&r("    layout: nacos\n"), 3, "unknown variant `nacos`");
+    rejects(&r("    prefix: kitex/\n"), 3, "must not end with '/'");
+    rejects(&r("    lease: 10s\n"), 3, "unknown field `lease`");
+    rejects(
+        "services:\n  echo:\n    resolver:\n      etcd: {prefix: a/}\n",
+        4,
+        "services.echo.resolver.etcd.prefix",
+    );
+    rejects(
+        "services:\n  echo:\n    resolver:\n      etcd:\n        name: a/b\n",
+        5,
+        "services.echo.resolver.etcd.name: invalid etcd service name",
+    );
+    rejects(
+        "services:\n  echo:\n    resolver:\n      etcd: {layout: zk}\n",
+        4,
+        "unknown variant `zk`",
+    );
+    rejects(
+        "discovery:\n  on_demand:\n    - suffix: .etcd\n      resolver:\n        etcd:\n          name: x\n",
+        6,
+        "remove `name`",
+    );
+}

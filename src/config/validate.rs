@@ -60,6 +60,7 @@ impl Config {
         if dns.max_ttl < dns.min_ttl {
             return Err(("dns.max_ttl".into(), "must be at least dns.min_ttl".into()));
         }
+        self.registry.etcd.validate("registry.etcd")?;
         for (i, rule) in d.on_demand.iter().enumerate() {
             let base = format!("discovery.on_demand.{i}");
             let suffix_ok = rule.suffix.len() > 1
@@ -88,6 +89,13 @@ impl Config {
                     }
                     validate_dns(cfg, &format!("{base}.resolver.dns"))?;
                 }
+                ResolverConfig::Etcd(e) if e.name.is_some() => {
+                    return Err((
+                        format!("{base}.resolver.etcd.name"),
+                        "an on-demand rule resolves the requested name; remove `name`".into(),
+                    ))
+                }
+                ResolverConfig::Etcd(e) => e.validate(&format!("{base}.resolver.etcd"))?,
                 ResolverConfig::File(_) => {}
             }
         }
@@ -95,6 +103,9 @@ impl Config {
             let base = format!("services.{name}");
             if let ResolverConfig::Dns(cfg) = &svc.resolver {
                 validate_dns(cfg, &format!("{base}.resolver.dns"))?;
+            }
+            if let ResolverConfig::Etcd(cfg) = &svc.resolver {
+                cfg.validate(&format!("{base}.resolver.etcd"))?;
             }
             if let Some(addr) = &svc.listen {
                 listeners.push((format!("{base}.listen"), addr.0));

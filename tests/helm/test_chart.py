@@ -699,6 +699,39 @@ def test_schema_accepts_register_checks(chart, check):
 def test_notes_point_at_the_registrations():
     assert "/debug/registrations" in rendered("every-key")["waypost/templates/NOTES.txt"]
     assert "/debug/registrations" not in rendered("defaults")["waypost/templates/NOTES.txt"]
+#: etcd settings waypost refuses, each with where the schema refuses it and the key waypost names.
+ETCD_REFUSED = {
+    "no-endpoints": ({"registry": {"etcd": {"endpoints": []}}}, "/config/registry/etcd/endpoints", "registry.etcd.endpoints"),
+    "endpoint-without-port": ({"registry": {"etcd": {"endpoints": ["etcd-0.etcd"]}}}, "/config/registry/etcd/endpoints/0", "registry.etcd.endpoints.0"),
+    "tls-without-ca": ({"registry": {"etcd": {"tls": {"cert": "/c.pem", "key": "/k.pem"}}}}, "/config/registry/etcd/tls", "registry.etcd.tls"),
+    "layout": ({"registry": {"etcd": {"layout": "nacos"}}}, "/config/registry/etcd/layout", "registry.etcd.layout"),
+    "prefix-slash": ({"services": {"users": {"resolver": {"etcd": {"prefix": "kitex/"}}}}}, "/config/services/users/resolver/etcd/prefix", "services.users.resolver.etcd.prefix"),
+    "name-slash": ({"services": {"users": {"resolver": {"etcd": {"name": "shop/users"}}}}}, "/config/services/users/resolver/etcd/name", "services.users.resolver.etcd.name"),
+    "on-demand-name": ({"discovery": {"on_demand": [{"suffix": ".etcd.local", "resolver": {"etcd": {"name": "x"}}}]}}, "/config/discovery/on_demand/0/resolver/etcd", "discovery.on_demand.0.resolver.etcd"),
+}
+
+
+@pytest.mark.parametrize("case", ETCD_REFUSED)
+def test_schema_rejects_etcd_settings_waypost_refuses_too(chart, case, waypost_bin, tmp_path):
+    config, where, key = ETCD_REFUSED[case]
+    message = render_error(chart, {"config": config})
+    assert f"at '{where}'" in message, message
+    result = waypost_check(waypost_bin, yaml.safe_dump(config), {}, tmp_path)
+    assert result.returncode == 2 and key in result.stderr, (
+        f"waypost check now accepts {config} ({result.returncode}): relax values.schema.json's etcd keys\n"
+        f"{result.stderr}")
+
+
+@pytest.mark.parametrize("config", [
+    {"registry": {"etcd": {"endpoints": ["10.0.0.1:2379", "http://etcd:2379"], "lease_ttl": "30s"}}},
+    {"services": {"users": {"resolver": {"etcd": {}}}}},
+    {"services": {"users": {"resolver": {"etcd": {"layout": "kitex", "prefix": "", "name": "Users"}}}}},
+    {"discovery": {"on_demand": [{"suffix": ".etcd.local", "resolver": {"etcd": {"layout": "grpc"}}}]}},
+], ids=["registry", "resolver-defaults", "resolver-kitex-empty-prefix", "on-demand"])
+def test_schema_accepts_etcd_settings(chart, config, waypost_bin, tmp_path):
+    chart.render({"config": config}, name=RELEASE, namespace=NAMESPACE)
+    result = waypost_check(waypost_bin, yaml.safe_dump(config), {}, tmp_path)
+    assert result.returncode == 0, result.stderr
 
 
 #: Paths under `config` that tests/helm/values/every-key.yaml does not set, with the reason. Keys

@@ -144,3 +144,25 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool, msg: impl F
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// Runs `promtool check metrics` (Debian `prometheus`) on the exposition `text`; fails the test
+/// with promtool's complaints.
+pub fn promtool_check(text: &[u8]) {
+    use std::io::Write;
+    let promtool = require("promtool", "apt-get install -y prometheus");
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(text).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -4,6 +4,7 @@
 
 pub mod dnsmasq;
 pub mod dnstest;
+pub mod etcd;
 pub mod external;
 pub mod raw;
 

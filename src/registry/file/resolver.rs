@@ -7,13 +7,14 @@
 //! deregister renames or removes a file in it, which changes it; a renewal only touches its
 //! entry's mtime, which does not. [`Resolver::watch`] polls that one `stat` cheaply (off the
 //! async thread) so a change is applied within [`WATCH_POLL`], while the cache's regular
-//! refresh still notices entries that expire without any write.
+//! refresh still notices entries that expire without any write. When it moves, the watch reads
+//! the directory itself and hands the cache the whole answer.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
 use super::{entries, now_ms, service_dir};
-use crate::discover::{BoxFuture, DiscoverError, Instance, Resolution, Resolver, Tags};
+use crate::discover::{BoxFuture, BoxStream, DiscoverError, Instance, Resolution, Resolver, Tags};
 
 /// How often [`FileResolver::watch`] looks at the service directory: one `stat`, run on the
 /// blocking pool so a slow or network filesystem never stalls the proxy's thread (the hand-off
@@ -110,20 +111,32 @@ impl Resolver for FileResolver {
         })
     }
 
-    fn watch<'a>(&'a self, target: &'a str, since: Option<u64>) -> Option<BoxFuture<'a, ()>> {
+    fn watch(&self, target: &str, since: Option<u64>) -> Option<BoxStream<'static, Resolution>> {
         let dir = std::sync::Arc::<Path>::from(service_dir(&self.root, target));
-        Some(Box::pin(async move {
-            loop {
-                tokio::time::sleep(WATCH_POLL).await;
-                let d = dir.clone();
-                // A failed stat task is no news: the regular refresh is the fallback.
-                if let Ok(now) = tokio::task::spawn_blocking(move || dir_revision(&d)).await {
-                    if Some(now) != since {
-                        return;
+        Some(Box::pin(futures_util::stream::unfold(
+            (dir, since),
+            |(dir, mut since)| async move {
+                loop {
+                    tokio::time::sleep(WATCH_POLL).await;
+                    let d = dir.clone();
+                    // A failed stat or read task is no news: the regular refresh is the fallback.
+                    let Ok(now) = tokio::task::spawn_blocking(move || dir_revision(&d)).await
+                    else {
+                        continue;
+                    };
+                    if Some(now) == since {
+                        continue;
+                    }
+                    let d = dir.clone();
+                    if let Ok(Ok(res)) =
+                        tokio::task::spawn_blocking(move || read_dir_blocking(&d)).await
+                    {
+                        since = res.revision;
+                        return Some((res, (dir, since)));
                     }
                 }
-            }
-        }))
+            },
+        )))
     }
 }
 
@@ -163,14 +176,19 @@ mod tests {
         assert!(missing.instances.is_empty());
     }
 
-    /// Whether `watch` wakes within `within` (on the paused clock: ten polls take no real time).
-    async fn wakes(r: &FileResolver, since: Option<u64>, within: Duration) -> bool {
-        let watch = r.watch("echo", since).unwrap();
-        tokio::time::timeout(within, watch).await.is_ok()
+    /// What `watch` pushes within `within`, if anything (on the paused clock: ten polls take no
+    /// real time).
+    async fn pushed(r: &FileResolver, since: Option<u64>, within: Duration) -> Option<Resolution> {
+        use futures_util::StreamExt;
+        let mut watch = r.watch("echo", since).unwrap();
+        tokio::time::timeout(within, watch.next())
+            .await
+            .ok()
+            .flatten()
     }
 
     #[tokio::test(start_paused = true)]
-    async fn renewals_do_not_wake_the_watch_registrations_do() {
+    async fn renewals_push_nothing_registrations_push_the_new_answer() {
         let root = tempfile::tempdir().unwrap();
         let registrar = FileRegistrar::new(root.path());
         let resolver = FileResolver::new(root.path());
@@ -187,8 +205,9 @@ mod tests {
             .unwrap();
         let after = resolver.resolve("echo").await.unwrap();
         assert_eq!(after.revision, before.revision, "a renewal is not a change");
-        assert!(
-            !wakes(&resolver, before.revision, WATCH_POLL * 10).await,
+        assert_eq!(
+            pushed(&resolver, before.revision, WATCH_POLL * 10).await,
+            None,
             "a renewal woke the watch"
         );
 
@@ -196,12 +215,15 @@ mod tests {
         registrar
             .write_blocking(&registration(2, Duration::from_secs(30)))
             .unwrap();
-        assert!(
-            wakes(&resolver, before.revision, WATCH_POLL * 2).await,
-            "a registration is noticed by the next poll"
-        );
-        let joined = resolver.resolve("echo").await.unwrap();
+        let joined = pushed(&resolver, before.revision, WATCH_POLL * 2)
+            .await
+            .expect("a registration is noticed by the next poll");
         assert_ne!(joined.revision, before.revision);
-        assert_eq!(joined.instances.len(), 2);
+        assert_eq!(
+            joined.instances.len(),
+            2,
+            "the watch delivers the new answer"
+        );
+        assert_eq!(joined, resolver.resolve("echo").await.unwrap());
     }
 }
