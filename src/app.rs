@@ -18,9 +18,11 @@ use crate::cache::{Cache, Declared, Lookup, Policy, Rule};
 use crate::config::{CheckConfig, Config, RegisterEntry, RegistryKind, ResolverConfig};
 use crate::discover::Resolver;
 use crate::forward::{self, Listener, Pool, Proxy, ServiceHandle};
+use crate::metrics::ConsulMetrics;
 use crate::metrics::EtcdMetrics;
 use crate::metrics::Metrics;
 use crate::register::{Check, Entry, Registrar, Registration, Registrations};
+use crate::registry::consul::{ConsulClient, ConsulRegistrar, ConsulResolver, ProbeCopy};
 use crate::registry::dns::{DnsClient, DnsResolver};
 use crate::registry::etcd::{Codec, EtcdClient, EtcdResolver};
 use crate::registry::file::{FileRegistrar, FileResolver};
@@ -63,11 +65,18 @@ pub struct App {
 struct RegistrarFactory<'a> {
     config: &'a Config,
     file: Option<Arc<FileRegistrar>>,
+    consul: ConsulSlot,
 }
 
 impl<'a> RegistrarFactory<'a> {
-    fn new(config: &'a Config) -> Self {
-        Self { config, file: None }
+    /// A factory for `config`'s entries; `consul` is the agent client the resolvers may have
+    /// built already.
+    fn new(config: &'a Config, consul: ConsulSlot) -> Self {
+        Self {
+            config,
+            file: None,
+            consul,
+        }
     }
 
     /// The registrar for `entry`, and the time-to-live of its registrations.
@@ -83,6 +92,20 @@ impl<'a> RegistrarFactory<'a> {
             // The etcd backend's arm: its registrar for the entry's layout and prefix
             // (`entry.etcd`, defaults from `registry.etcd`), and `registry.etcd.lease_ttl`.
             RegistryKind::Etcd => anyhow::bail!("the etcd registry is not available in this build"),
+            RegistryKind::Consul => {
+                let cfg = &registry.consul;
+                let probe = match &entry.check {
+                    Some(CheckConfig::Probe(p)) => Some(p),
+                    Some(CheckConfig::None) | None => None,
+                };
+                let registrar = ConsulRegistrar::new(
+                    self.consul.get(cfg)?,
+                    probe.and_then(|p| p.consul).unwrap_or_default(),
+                    probe.and_then(ProbeCopy::of),
+                    cfg.deregister_critical_after.0,
+                );
+                Ok((Arc::new(registrar), cfg.ttl.0))
+            }
         }
     }
 
@@ -125,12 +148,43 @@ impl<'a> RegistrarFactory<'a> {
                             f.name.as_ref().unwrap_or(name) == &e.service
                         }
                         // The etcd backend's arm: an etcd resolver with the entry's layout and prefix.
+                        (ResolverConfig::Consul(c), RegistryKind::Consul) => {
+                            c.service.as_deref().unwrap_or(name.as_str()) == e.service.as_str()
+                                && c.tag.as_ref().is_none_or(|t| {
+                                    crate::registry::consul::codec::tags(&e.tags).contains(t)
+                                })
+                        }
                         _ => false,
                     }
                 })?;
                 Some((name.to_string(), e.address.0))
             })
             .collect()
+    }
+}
+
+/// The process's one Consul agent client (`registry.consul`), shared by every Consul resolver
+/// and registrar; built on first use by whichever factory needs it first.
+struct ConsulSlot {
+    client: Option<Arc<ConsulClient>>,
+    metrics: ConsulMetrics,
+}
+
+impl ConsulSlot {
+    fn get(
+        &mut self,
+        cfg: &crate::config::ConsulRegistryConfig,
+    ) -> anyhow::Result<Arc<ConsulClient>> {
+        if let Some(c) = &self.client {
+            return Ok(c.clone());
+        }
+        let client = Arc::new(
+            ConsulClient::from_config(cfg, self.metrics.clone())
+                .map_err(anyhow::Error::msg)
+                .context("cannot set up the Consul agent client")?,
+        );
+        self.client = Some(client.clone());
+        Ok(client)
     }
 }
 
@@ -141,16 +195,21 @@ struct ResolverFactory<'a> {
     dns: Option<Arc<DnsClient>>,
     etcd: Option<Arc<EtcdClient>>,
     etcd_metrics: EtcdMetrics,
+    consul: ConsulSlot,
 }
 
 impl<'a> ResolverFactory<'a> {
     /// A factory for `config`.
-    fn new(config: &'a Config, etcd_metrics: EtcdMetrics) -> Self {
+    fn new(config: &'a Config, etcd_metrics: EtcdMetrics, consul_metrics: ConsulMetrics) -> Self {
         Self {
             config,
             dns: None,
             etcd: None,
             etcd_metrics,
+            consul: ConsulSlot {
+                client: None,
+                metrics: consul_metrics,
+            },
         }
     }
 
@@ -200,6 +259,13 @@ impl<'a> ResolverFactory<'a> {
                     self.etcd_metrics.clone(),
                 ))
             }
+            ResolverConfig::Consul(c) => Arc::new(ConsulResolver::new(
+                self.consul.get(&self.config.registry.consul)?,
+                c.service.clone(),
+                c.tag.clone(),
+                c.passing_only,
+                self.consul.metrics.clone(),
+            )),
         })
     }
 
@@ -239,7 +305,8 @@ impl App {
         let mut pools = vec![default_pool.clone()];
         let mut declared = Vec::new();
         let mut per_service = BTreeMap::new();
-        let mut factory = ResolverFactory::new(&config, metrics.etcd.clone());
+        let mut factory =
+            ResolverFactory::new(&config, metrics.etcd.clone(), metrics.consul.clone());
         let rules = factory.rules()?;
         for (name, svc) in &config.services {
             declared.push(Declared {
@@ -287,7 +354,7 @@ impl App {
             }
         }
         let admin_listener = bind(config.admin.listen.0, "admin.listen").await?;
-        let mut registrars = RegistrarFactory::new(&config);
+        let mut registrars = RegistrarFactory::new(&config, factory.consul);
         let registrations = Registrations::new(registrars.entries(&metrics)?);
         let observed = registrars.observed();
         let addrs = Addrs {

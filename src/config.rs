@@ -7,6 +7,7 @@
 //! locating the offending key in the text (private module `locate`). Runtime code receives only
 //! these typed values and never parses a string again.
 
+mod consul;
 mod discovery;
 mod env;
 mod etcd;
@@ -21,11 +22,15 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use consul::{
+    check_service_name, ConsulCheckKind, ConsulRegistryConfig, ConsulResolverConfig, ConsulScheme,
+    ConsulTlsConfig,
+};
 pub use discovery::{BackoffConfig, DiscoveryConfig, DnsConfig, GuardConfig, OnDemandRule};
+pub use etcd::{EtcdLayout, EtcdOptions, EtcdRegistryConfig, EtcdResolverConfig, EtcdTlsConfig};
 pub use register::{
     default_register_weight, CheckConfig, HttpUrl, ProbeConfig, RegisterEntry, RegistryKind,
 };
-pub use etcd::{EtcdLayout, EtcdOptions, EtcdRegistryConfig, EtcdResolverConfig, EtcdTlsConfig};
 pub use types::{Addr, Dur, ServiceName};
 
 /// Where the outbound listener binds when the config does not say (linkerd's outbound port).
@@ -197,6 +202,9 @@ pub struct RegistryConfig {
     /// The etcd cluster, shared by etcd resolvers and registrars.
     #[serde(default)]
     pub etcd: EtcdRegistryConfig,
+    /// The local Consul agent, shared by Consul resolvers and registrars.
+    #[serde(default)]
+    pub consul: ConsulRegistryConfig,
 }
 
 /// `registry.file:` — the embedded, serverless registry on local disk.
@@ -267,6 +275,8 @@ pub enum ResolverConfig {
     Dns(DnsResolverConfig),
     /// Instances registered in etcd (`registry.etcd`), in the Hertz, Kitex or gRPC layout.
     Etcd(EtcdResolverConfig),
+    /// Instances in Consul's health endpoint, through the local agent (`registry.consul`).
+    Consul(ConsulResolverConfig),
 }
 
 /// `resolver: {dns: …}` — either `port` (A/AAAA lookup of `name`) or `srv` (SRV lookup).

@@ -7,7 +7,9 @@
 //! - [`dns`] — A/AAAA and SRV records (resolver only).
 //! - [`file`] — the embedded file registry of one host (both).
 //! - [`etcd`] — etcd, in the Hertz, Kitex and grpc-go layouts (both).
+//! - [`consul`] — the local Consul agent, as Hertz, Kitex and go-kit use it (both).
 
+pub mod consul;
 pub mod dns;
 pub mod etcd;
 pub mod file;

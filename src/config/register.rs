@@ -53,6 +53,8 @@ pub enum RegistryKind {
     File,
     /// etcd (`registry.etcd`). Parsed already; [`validate`] refuses it until the backend lands.
     Etcd,
+    /// The local Consul agent (`registry.consul`).
+    Consul,
 }
 
 impl RegistryKind {
@@ -61,6 +63,7 @@ impl RegistryKind {
         match self {
             Self::File => "file",
             Self::Etcd => "etcd",
+            Self::Consul => "consul",
         }
     }
 }
@@ -94,6 +97,9 @@ pub struct ProbeConfig {
     /// Consecutive bad checks before the entry is withdrawn (default 3).
     #[serde(default = "default_fall")]
     pub fall: u32,
+    /// With `registry: consul`: who tells Consul the instance is healthy (default `ttl`).
+    #[serde(default)]
+    pub consul: Option<super::ConsulCheckKind>,
 }
 
 fn default_interval() -> Dur {
@@ -246,6 +252,7 @@ pub(super) fn validate(config: &Config) -> Result<(), (String, String)> {
             ));
         }
         validate_check(entry.check.as_ref(), &base)?;
+        super::consul::validate_entry(entry, &base)?;
         let same = config.register[..i].iter().position(|e| {
             e.registry == entry.registry && e.service == entry.service && e.address == entry.address
         });
@@ -410,7 +417,7 @@ mod tests {
             6,
             "unknown field `port`",
         );
-        rejects("register:\n  - service: shop\n    address: 10.0.0.7:1\n    registry: consul\n    check: none\n", 4, "unknown variant `consul`");
+        rejects("register:\n  - service: shop\n    address: 10.0.0.7:1\n    registry: nacos\n    check: none\n", 4, "unknown variant `nacos`");
         rejects(
             "register:\n  - service: shop\n    address: 10.0.0.7:1\n    check: none\n",
             2,

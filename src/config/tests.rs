@@ -259,9 +259,9 @@ fn rejects_bad_names_and_resolvers() {
         "invalid service name",
     );
     rejects(
-        "services:\n  echo:\n    resolver:\n      consul: {}\n",
+        "services:\n  echo:\n    resolver:\n      nacos: {}\n",
         4,
-        "unknown variant `consul`",
+        "unknown variant `nacos`",
     );
     rejects(
         "services:\n  echo:\n    listen: 127.0.0.1:1\n",

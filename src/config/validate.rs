@@ -61,6 +61,7 @@ impl Config {
             return Err(("dns.max_ttl".into(), "must be at least dns.min_ttl".into()));
         }
         self.registry.etcd.validate("registry.etcd")?;
+        self.registry.consul.validate("registry.consul")?;
         for (i, rule) in d.on_demand.iter().enumerate() {
             let base = format!("discovery.on_demand.{i}");
             let suffix_ok = rule.suffix.len() > 1
@@ -96,6 +97,13 @@ impl Config {
                     ))
                 }
                 ResolverConfig::Etcd(e) => e.validate(&format!("{base}.resolver.etcd"))?,
+                ResolverConfig::Consul(c) if c.service.is_some() => {
+                    return Err((
+                        format!("{base}.resolver.consul.service"),
+                        "an on-demand rule resolves the requested name; remove `service`".into(),
+                    ))
+                }
+                ResolverConfig::Consul(c) => c.validate(&format!("{base}.resolver.consul"))?,
                 ResolverConfig::File(_) => {}
             }
         }
@@ -106,6 +114,9 @@ impl Config {
             }
             if let ResolverConfig::Etcd(cfg) = &svc.resolver {
                 cfg.validate(&format!("{base}.resolver.etcd"))?;
+            }
+            if let ResolverConfig::Consul(cfg) = &svc.resolver {
+                cfg.validate(&format!("{base}.resolver.consul"))?;
             }
             if let Some(addr) = &svc.listen {
                 listeners.push((format!("{base}.listen"), addr.0));
