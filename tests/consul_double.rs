@@ -10,7 +10,7 @@ use std::time::Duration;
 use http::Request;
 use serde_json::Value;
 use support::consul::state::{State, DEREGISTER_MIN, REAP_INTERVAL};
-use support::consul::{ConsulDouble, Rights};
+use support::consul::{ConsulDouble, HealthApp, Rights};
 use support::*;
 use tokio::time::Instant;
 
@@ -385,7 +385,7 @@ fn the_reaper_removes_services_critical_past_their_floor_raised_deadline() {
 async fn http_and_tcp_checks_are_run_by_the_double() {
     within(DEADLINE, async {
         let c = ConsulDouble::start().await;
-        let app = register_support::HealthApp::start(200).await;
+        let app = HealthApp::start(200).await;
         let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let tcp_addr = tcp.local_addr().unwrap();
         c.register_json(&format!(r#"{{"ID":"h","Name":"h","Check":{{"HTTP":"http://{}/health","Interval":"50ms","Timeout":"1s"}}}}"#, app.addr)).unwrap();
@@ -404,54 +404,6 @@ async fn http_and_tcp_checks_are_run_by_the_double() {
         eventually(SETTLE, || status("service:t")("critical")).await;
     })
     .await
-}
-
-/// A health endpoint whose status the test sets.
-mod register_support {
-    use std::net::SocketAddr;
-    use std::sync::atomic::{AtomicU16, Ordering};
-    use std::sync::Arc;
-
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    pub struct HealthApp {
-        pub addr: SocketAddr,
-        code: Arc<AtomicU16>,
-        task: tokio::task::JoinHandle<()>,
-    }
-
-    impl HealthApp {
-        pub async fn start(code: u16) -> Self {
-            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = l.local_addr().unwrap();
-            let code = Arc::new(AtomicU16::new(code));
-            let c = code.clone();
-            let task = tokio::spawn(async move {
-                while let Ok((mut s, _)) = l.accept().await {
-                    let code = c.load(Ordering::Relaxed);
-                    tokio::spawn(async move {
-                        let mut buf = [0u8; 1024];
-                        let _ = s.read(&mut buf).await;
-                        let resp = format!(
-                            "HTTP/1.1 {code} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                        );
-                        let _ = s.write_all(resp.as_bytes()).await;
-                    });
-                }
-            });
-            Self { addr, code, task }
-        }
-
-        pub fn set(&self, code: u16) {
-            self.code.store(code, Ordering::Relaxed);
-        }
-    }
-
-    impl Drop for HealthApp {
-        fn drop(&mut self) {
-            self.task.abort();
-        }
-    }
 }
 
 #[tokio::test]

@@ -182,9 +182,10 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Full<By
     };
     let now = Instant::now();
     let result = match endpoint {
-        "register" => shared
-            .register(&body, rights, token.is_some())
-            .map(|()| None),
+        "register" => {
+            lock_bodies(&shared).push(String::from_utf8_lossy(&body).into_owned());
+            shared.register(&body, rights, token.is_some()).map(|()| None)
+        }
         "deregister" => {
             let mut state = shared.state();
             let r = state
@@ -244,6 +245,10 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Full<By
     }
 }
 
+fn lock_bodies(shared: &Shared) -> std::sync::MutexGuard<'_, Vec<String>> {
+    shared.bodies.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// The body of `PUT /v1/agent/check/update/<id>`: `{"Status", "Output"}`.
 fn update_body(body: &[u8]) -> Result<(String, String), Refusal> {
     let v: Value =
@@ -296,6 +301,10 @@ async fn read(
         // or the wait (plus up to wait/16 of jitter) runs out.
         let deadline = Instant::now() + wait + wait.mul_f64(fastrand::f64() / 16.0);
         shared.wait_past(index, deadline).await;
+        // The answer is made now: an agent that began failing during the wait fails it.
+        if shared.knobs().failing {
+            return text(500, "rpc error making call: No cluster leader");
+        }
     }
     let tag = param(q, "tag");
     let state = shared.state();

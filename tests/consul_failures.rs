@@ -1,0 +1,334 @@
+//! The Consul agent misbehaving under a running waypost (the double's fault knobs, see
+//! `support/consul.rs`): an index that goes backwards, an index of 0, waits that run out with no
+//! change, 500s, an agent that goes away, a token the agent requires — and waypost's own exits,
+//! SIGTERM (deregistered before the listener closes) and SIGKILL (critical within the TTL, peers
+//! stop routing to it). In each blocking-loop case the requests the double counts stay within
+//! the loop's rate bound, and the table converges.
+//!
+//! Services here poll an hour apart unless a test says otherwise: what changes reaches the table
+//! through the blocking query, which is what these tests watch.
+
+mod support;
+
+use std::time::Duration;
+
+use support::consul::{ConsulDouble, Rights};
+use support::external::{free_port, spawn_waypost, Proc};
+use support::*;
+use tokio::time::Instant;
+
+/// Every test finishes within this, or fails.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// A passing instance of `echo` at `up`, registered directly in the double.
+fn add(c: &ConsulDouble, up: &Upstream) {
+    c.register_json(&format!(
+        r#"{{"ID":"echo:{0}","Name":"echo","Address":"127.0.0.1","Port":{1},"Check":{{"TTL":"1h","Status":"passing"}}}}"#,
+        up.addr,
+        up.addr.port()
+    ))
+    .unwrap();
+}
+
+/// waypost resolving `echo` from the double (polls an hour apart unless `discovery` says).
+async fn proxy(c: &ConsulDouble, registry: &str, discovery: &str) -> TestProxy {
+    TestProxy::start(&format!(
+        "{}discovery: {{refresh_interval: 1h, {discovery}}}\nservices:\n  echo: {{resolver: {{consul: {{}}}}}}\n",
+        c.registry_yaml(registry)
+    ))
+    .await
+}
+
+/// The instances answering `echo` over `n` requests, sorted; waypost's own errors by kind.
+async fn answering(proxy: &TestProxy, n: usize) -> Vec<String> {
+    let mut names = std::collections::BTreeSet::new();
+    for _ in 0..n {
+        let got = get(&format!("{}/", proxy.url()), &[("host", "echo")]).await.unwrap();
+        names.insert(match got.status {
+            200 => got.header("x-instance").to_string(),
+            _ => format!("error: {}", got.header("x-waypost-error")),
+        });
+    }
+    names.into_iter().collect()
+}
+
+/// The watch's rate bound: its token bucket allows a burst of 2, then 10 a second.
+fn assert_bounded(requests: usize, since: Instant, per_second: f64) {
+    let secs = since.elapsed().as_secs_f64();
+    let bound = 3.0 + secs * per_second;
+    assert!(requests as f64 <= bound, "{requests} health requests in {secs:.1}s (bound {bound:.0})");
+}
+
+async fn metric_of(proxy: &TestProxy, name: &str, labels: &[(&str, &str)]) -> f64 {
+    metric(&metrics(proxy).await, name, labels).unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_going_backwards_resets_the_watch_and_the_table_converges() {
+    within(DEADLINE, async {
+        let c = ConsulDouble::start().await;
+        let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+        add(&c, &a);
+        let proxy = proxy(&c, "", "").await;
+        assert_eq!(answering(&proxy, 5).await, ["a"]);
+        let since = Instant::now();
+        // Snapshot restores: each wakes the blocking query with a lower index than it asked
+        // from; the watch starts over from 0 and then blocks from the restored index.
+        for low in (46..=50).rev() {
+            c.restore_index(low);
+            let blocking = format!("index={low}&");
+            eventually(SETTLE, || async {
+                c.requests().iter().any(|r| r.path_and_query.contains(&blocking))
+            })
+            .await;
+        }
+        let resets = metric_of(&proxy, "waypost_registry_consul_index_resets_total", &[("reason", "backwards")]).await;
+        assert_eq!(resets, 5.0);
+        add(&c, &b);
+        eventually(SETTLE, || async { answering(&proxy, 20).await == ["a", "b"] }).await;
+        assert_bounded(c.count_since("health", since), since, 10.0);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_of_zero_never_busy_loops_and_changes_still_arrive() {
+    within(DEADLINE, async {
+        let c = ConsulDouble::start().await;
+        let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+        add(&c, &a);
+        let proxy = proxy(&c, "", "").await;
+        // Every answer now says index 0: a client that sends it back answers itself at once,
+        // over and over. waypost waits for index 1 instead, and pauses a second each time.
+        let since = Instant::now();
+        c.set_knobs(|k| k.index_zero = true);
+        // The change wakes the waiting query, whose answer says 0.
+        add(&c, &b);
+        eventually(SETTLE, || async { answering(&proxy, 20).await == ["a", "b"] }).await;
+        eventually(SETTLE, || async {
+            metric_of(&proxy, "waypost_registry_consul_index_resets_total", &[("reason", "zero")]).await >= 3.0
+        })
+        .await;
+        // One request a second, or two when a change lands in between.
+        assert_bounded(c.count_since("health", since), since, 2.0);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_running_out_with_no_change_asks_again_at_the_wait_s_pace() {
+    within(DEADLINE, async {
+        let c = ConsulDouble::start().await;
+        let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+        add(&c, &a);
+        let proxy = proxy(&c, "    wait: 200ms\n", "").await;
+        let since = Instant::now();
+        let changed = async { metric_of(&proxy, "waypost_discovery_refresh_total", &[("service", "echo"), ("result", "changed")]).await };
+        let before = changed.await;
+        // Several waits run out with nothing new: each asks again, none reaches the cache.
+        eventually(SETTLE, || async { c.count_since("health", since) >= 5 }).await;
+        let changed = async { metric_of(&proxy, "waypost_discovery_refresh_total", &[("service", "echo"), ("result", "changed")]).await };
+        assert_eq!(changed.await, before, "an unchanged answer is not pushed");
+        // One request per 200ms wait (plus its jitter) at most.
+        assert_bounded(c.count_since("health", since), since, 5.0);
+        add(&c, &b);
+        eventually(SETTLE, || async { answering(&proxy, 20).await == ["a", "b"] }).await;
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_500s_back_off_keep_the_table_and_it_converges_after() {
+    within(DEADLINE, async {
+        let c = ConsulDouble::start().await;
+        let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+        add(&c, &a);
+        // Polls every 300ms here, so the failures show as a stale table.
+        let proxy = TestProxy::start(&format!(
+            "{}discovery: {{refresh_interval: 300ms, backoff: {{initial: 1s, max: 5s}}}}\nservices:\n  echo: {{resolver: {{consul: {{}}}}}}\n",
+            c.registry_yaml("")
+        ))
+        .await;
+        let since = Instant::now();
+        c.set_knobs(|k| k.failing = true);
+        let stale = || async { metric_of(&proxy, "waypost_discovery_stale", &[("service", "echo")]).await };
+        eventually(SETTLE, || async { stale().await == 1.0 }).await;
+        add(&c, &b); // lands while the agent fails
+        let outage = Instant::now();
+        while outage.elapsed() < Duration::from_secs(3) {
+            assert_eq!(answering(&proxy, 5).await, ["a"], "the last table is served");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // The watch backs off (250ms doubling) and the polls back off (1s doubling): far below
+        // the 10 a second the rate limit alone would allow.
+        assert_bounded(c.count_since("health", since), since, 4.0);
+        assert!(metric_of(&proxy, "waypost_registry_consul_request_errors_total", &[("op", "health"), ("kind", "server")]).await >= 2.0);
+        c.set_knobs(|k| k.failing = false);
+        eventually(SETTLE, || async { answering(&proxy, 20).await == ["a", "b"] }).await;
+        eventually(SETTLE, || async { stale().await == 0.0 }).await;
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_goes_away_leaves_the_table_in_place_and_the_watch_comes_back() {
+    within(DEADLINE, async {
+        let mut c = ConsulDouble::start().await;
+        let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+        add(&c, &a);
+        let proxy = proxy(&c, "    request_timeout: 500ms\n", "").await;
+        c.go_away();
+        let away = Instant::now();
+        while away.elapsed() < Duration::from_secs(2) {
+            assert_eq!(answering(&proxy, 5).await, ["a"]);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        c.come_back().await;
+        add(&c, &b);
+        // Only the watch can bring b: polls are an hour apart.
+        eventually(SETTLE, || async { answering(&proxy, 20).await == ["a", "b"] }).await;
+        assert!(metric_of(&proxy, "waypost_registry_consul_request_errors_total", &[("op", "health"), ("kind", "unavailable")]).await >= 1.0);
+    })
+    .await
+}
+
+/// waypost (the binary) registering `shop` at `app` in the double as `name`, with `env`; its
+/// admin port, outbound port and process.
+fn spawn_registering(c: &ConsulDouble, name: &str, app: &Upstream, registry: &str, extra: &str, dir: &std::path::Path, env: &[(&str, &str)]) -> (Proc, u16, u16) {
+    let (port, admin) = (free_port(), free_port());
+    let yaml = format!(
+        "listen: 127.0.0.1:{port}\nadmin: {{listen: 127.0.0.1:{admin}}}\n{}{extra}register:\n  - service: shop\n    address: \"{}\"\n    registry: consul\n    check: none\n",
+        c.registry_yaml(registry),
+        app.addr
+    );
+    let proc = if env.is_empty() {
+        spawn_waypost(name, &yaml, dir)
+    } else {
+        let cfg = dir.join(format!("{name}.yaml"));
+        std::fs::write(&cfg, &yaml).unwrap();
+        let mut cmd = std::process::Command::new(support::external::waypost_bin());
+        cmd.args(["run", "--config"]).arg(&cfg).env("RUST_LOG", "info");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Proc::spawn(name, &mut cmd, dir)
+    };
+    (proc, port, admin)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_the_agent_requires_refuses_requests_without_it_with_a_clear_log_line_and_metric() {
+    within(DEADLINE, async {
+        let c = ConsulDouble::start().await;
+        c.require_tokens(&[("s3cret", Rights::Write)]);
+        let app = Upstream::start("app").await;
+        let dir = tempfile::tempdir().unwrap();
+        let token = "    token: ${CONSUL_TOKEN:-}\n";
+        // Without the variable: no token at all.
+        let (without, _, admin) = spawn_registering(&c, "without", &app, token, "", dir.path(), &[]);
+        let admin_url = format!("http://127.0.0.1:{admin}");
+        eventually(SETTLE, || async {
+            get(&format!("{admin_url}/metrics"), &[]).await.is_ok_and(|m| {
+                metric(&m.text(), "waypost_registry_consul_request_errors_total", &[("op", "register"), ("kind", "denied")]) >= Some(2.0)
+                    && metric(&m.text(), "waypost_register_failures_total", &[("op", "register"), ("kind", "rejected")]) >= Some(2.0)
+            })
+        })
+        .await;
+        let ready = get(&format!("{admin_url}/ready"), &[]).await.unwrap();
+        assert_eq!(ready.status, 503);
+        assert!(ready.text().contains("(failing)"), "{}", ready.text());
+        assert!(c.service_ids().is_empty());
+        let log = std::fs::read_to_string(dir.path().join("without.log")).unwrap();
+        assert!(
+            log.contains("Consul agent refused the token (403): Permission denied: anonymous token lacks permission 'service:write' on \\\"shop\\\"")
+                || log.contains("Consul agent refused the token (403): Permission denied: anonymous token lacks permission 'service:write' on \"shop\""),
+            "{log}"
+        );
+        without.signal("TERM");
+        // With it (through `${CONSUL_TOKEN}`): registered.
+        let (_with, _, admin) = spawn_registering(&c, "with", &app, token, "", dir.path(), &[("CONSUL_TOKEN", "s3cret")]);
+        wait_ready_at(([127, 0, 0, 1], admin).into()).await;
+        assert_eq!(c.service_ids(), [format!("shop:{}", app.addr)]);
+        assert!(c.requests().iter().any(|r| r.endpoint == "register" && r.token.as_deref() == Some("s3cret")));
+        // A resolver with a token the agent does not know fails its reads ("ACL not found").
+        let wrong = TestProxy::start_unready(&format!(
+            "{}services:\n  shop: {{resolver: {{consul: {{}}}}}}\n",
+            c.registry_yaml("    token: guess\n")
+        ))
+        .await;
+        eventually(SETTLE, || async {
+            metric_of(&wrong, "waypost_registry_consul_request_errors_total", &[("op", "health"), ("kind", "denied")]).await >= 1.0
+        })
+        .await;
+        let got = expect_error(&wrong, "shop", 503, "discovery_failed").await;
+        assert!(got.text().contains("ACL not found"), "{}", got.text());
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_deregisters_before_the_listener_stops_accepting() {
+    within(DEADLINE, async {
+        let c = ConsulDouble::start().await;
+        let app = Upstream::start("app").await;
+        let dir = tempfile::tempdir().unwrap();
+        let (mut proc, port, admin) = spawn_registering(&c, "waypost", &app, "", "shutdown: {grace: 1s, deregister_wait: 2s}\n", dir.path(), &[]);
+        wait_ready_at(([127, 0, 0, 1], admin).into()).await;
+        let id = format!("shop:{}", app.addr);
+        assert_eq!(c.service_ids(), [id.clone()], "ready means registered");
+        proc.signal("TERM");
+        let accepting = || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+        // Seen from outside: first the service leaves the agent, while the listener accepts...
+        eventually(SETTLE, || async { c.service(&id).is_none() }).await;
+        assert!(accepting(), "the listener stopped before the deregistration");
+        // ...then, after deregister_wait, the listener stops and waypost exits.
+        eventually(SETTLE, || async { !accepting() }).await;
+        let code = tokio::task::spawn_blocking(move || proc.wait_exit(Duration::from_secs(10))).await.unwrap();
+        assert_eq!(code, Some(0));
+        assert!(c.requests().iter().any(|r| r.endpoint == "deregister"));
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_turns_the_instance_critical_within_the_ttl_and_peers_stop_routing_to_it() {
+    within(DEADLINE, async {
+        let c = ConsulDouble::start().await;
+        let (app, other) = (Upstream::start("app").await, Upstream::start("other").await);
+        add(&c, &other);
+        let dir = tempfile::tempdir().unwrap();
+        let (proc, _, admin) = spawn_registering(&c, "waypost", &app, "    ttl: 1s\n", "", dir.path(), &[]);
+        wait_ready_at(([127, 0, 0, 1], admin).into()).await;
+        // A peer reads `shop` (the app and another instance) through its blocking query.
+        let peer = TestProxy::start(&format!(
+            "{}discovery: {{refresh_interval: 1h}}\nservices:\n  shop: {{resolver: {{consul: {{}}}}}}\n  echo: {{resolver: {{consul: {{}}}}}}\n",
+            c.registry_yaml("")
+        ))
+        .await;
+        let shop = |n| {
+            let peer = &peer;
+            async move {
+                let mut names = std::collections::BTreeSet::new();
+                for _ in 0..n {
+                    let got = get(&format!("{}/", peer.url()), &[("host", "shop")]).await.unwrap();
+                    names.insert(got.header("x-instance").to_string());
+                }
+                names.into_iter().collect::<Vec<_>>()
+            }
+        };
+        c.register_json(&format!(
+            r#"{{"ID":"shop:{0}","Name":"shop","Address":"127.0.0.1","Port":{1},"Check":{{"TTL":"1h","Status":"passing"}}}}"#,
+            other.addr,
+            other.addr.port()
+        ))
+        .unwrap();
+        eventually(SETTLE, || async { shop(20).await == ["app", "other"] }).await;
+        // waypost dies without a word; the app itself lives on (a TCP check would keep passing).
+        proc.signal("KILL");
+        let check = format!("service:shop:{}", app.addr);
+        eventually(SETTLE, || async { c.check_status(&check).as_deref() == Some("critical") }).await;
+        eventually(SETTLE, || async { shop(20).await == ["other"] }).await;
+        assert!(c.service(&format!("shop:{}", app.addr)).is_some(), "critical, not yet reaped");
+    })
+    .await
+}
