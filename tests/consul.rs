@@ -23,12 +23,22 @@ use waypost::registry::consul::{ConsulClient, ConsulRegistrar};
 /// Every test finishes within this, or fails.
 const DEADLINE: Duration = Duration::from_secs(60);
 
-fn registration(service: &str, addr: &str, weight: u32, tags: &[(&str, &str)], ttl: Duration) -> Registration {
+fn registration(
+    service: &str,
+    addr: &str,
+    weight: u32,
+    tags: &[(&str, &str)],
+    ttl: Duration,
+) -> Registration {
     Registration {
         service: service.into(),
         address: addr.parse().unwrap(),
         weight,
-        tags: Arc::new(tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+        tags: Arc::new(
+            tags.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        ),
         ttl,
     }
 }
@@ -50,11 +60,25 @@ async fn a_ttl_registration_is_passing_only_after_its_first_pass_and_lapses_with
     within(DEADLINE, async {
         let c = ConsulDouble::start().await;
         let client = client(&c);
-        let registrar = ConsulRegistrar::new(client.clone(), ConsulCheckKind::Ttl, None, Duration::from_secs(60));
-        let reg = registration("shop", "127.0.0.1:9000", 10, &[("zone", "a"), ("canary", "")], Duration::from_secs(2));
+        let registrar = ConsulRegistrar::new(
+            client.clone(),
+            ConsulCheckKind::Ttl,
+            None,
+            Duration::from_secs(60),
+        );
+        let reg = registration(
+            "shop",
+            "127.0.0.1:9000",
+            10,
+            &[("zone", "a"), ("canary", "")],
+            Duration::from_secs(2),
+        );
         // The body alone registers the service with its check critical: not under ?passing.
         client.register(registrar.body(&reg)).await.unwrap();
-        assert_eq!(c.check_status("service:shop:127.0.0.1:9000").as_deref(), Some("critical"));
+        assert_eq!(
+            c.check_status("service:shop:127.0.0.1:9000").as_deref(),
+            Some("critical")
+        );
         assert!(passing(&c, "shop").is_empty());
         // The registrar passes it right after registering: visible at once.
         registrar.register(&reg).await.unwrap();
@@ -63,9 +87,22 @@ async fn a_ttl_registration_is_passing_only_after_its_first_pass_and_lapses_with
         let svc = &entries[0]["Service"];
         assert_eq!(svc["ID"], "shop:127.0.0.1:9000");
         assert_eq!(svc["Tags"], serde_json::json!(["canary", "zone:a"]));
-        assert_eq!(svc["Weights"], serde_json::json!({"Passing": 10, "Warning": 10}));
-        let order: Vec<_> = c.requests().iter().rev().take(2).map(|r| r.endpoint).collect();
-        assert_eq!(order, ["pass", "register"], "passed right after registering");
+        assert_eq!(
+            svc["Weights"],
+            serde_json::json!({"Passing": 10, "Warning": 10})
+        );
+        let order: Vec<_> = c
+            .requests()
+            .iter()
+            .rev()
+            .take(2)
+            .map(|r| r.endpoint)
+            .collect();
+        assert_eq!(
+            order,
+            ["pass", "register"],
+            "passed right after registering"
+        );
         // Without heartbeats it turns critical within the TTL and leaves ?passing...
         eventually(SETTLE, || async { passing(&c, "shop").is_empty() }).await;
         // ...and a renewal (a pass) brings it back.
@@ -79,8 +116,14 @@ async fn a_ttl_registration_is_passing_only_after_its_first_pass_and_lapses_with
         // "already gone").
         registrar.deregister(&reg).await.unwrap();
         assert!(c.service_ids().is_empty());
-        assert!(matches!(registrar.deregister(&reg).await, Err(RegisterError::Lost(_))));
-        assert!(matches!(registrar.renew(&reg).await, Err(RegisterError::Lost(_))));
+        assert!(matches!(
+            registrar.deregister(&reg).await,
+            Err(RegisterError::Lost(_))
+        ));
+        assert!(matches!(
+            registrar.renew(&reg).await,
+            Err(RegisterError::Lost(_))
+        ));
     })
     .await
 }
@@ -122,7 +165,9 @@ async fn what_waypost_registers_matches_the_hertz_body_field_for_field() {
 
 /// The first `/debug/registrations` entry.
 async fn debug_registration(proxy: &TestProxy) -> serde_json::Value {
-    let got = get(&format!("{}/debug/registrations", proxy.admin()), &[]).await.unwrap();
+    let got = get(&format!("{}/debug/registrations", proxy.admin()), &[])
+        .await
+        .unwrap();
     assert_eq!(got.status, 200);
     serde_json::from_slice::<serde_json::Value>(&got.body).unwrap()["registrations"][0].clone()
 }
@@ -327,6 +372,62 @@ async fn instances_joining_and_leaving_reach_the_table_through_the_blocking_quer
         let svc = debug_service(&proxy, "echo").await.unwrap();
         assert_eq!(svc["status"]["resolver"], "consul");
         assert_eq!(svc["status"]["target"], "echo?passing=1");
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_over_tls_with_client_certificates_and_a_ca_that_is_not_pem() {
+    within(DEADLINE, async {
+        let certs = tempfile::tempdir().unwrap();
+        support::etcd::secure::make_certificates(certs.path());
+        let c = ConsulDouble::start_tls(certs.path()).await;
+        let up = Upstream::start("a").await;
+        c.register_json(&format!(
+            r#"{{"ID":"echo-1","Name":"echo","Address":"127.0.0.1","Port":{},"Check":{{"TTL":"1h","Status":"passing"}}}}"#,
+            up.addr.port()
+        ))
+        .unwrap();
+        let file = |name: &str| certs.path().join(name).display().to_string();
+        let tls = |client: bool| {
+            let identity = if client {
+                format!(", cert: \"{}\", key: \"{}\"", file("client.crt"), file("client.key"))
+            } else {
+                String::new()
+            };
+            format!("    scheme: https\n    tls: {{ca: \"{}\"{identity}}}\n", file("ca.crt"))
+        };
+        // With a client certificate: resolves and registers over TLS.
+        let proxy = TestProxy::start(&format!(
+            "{}register:\n  - service: shop\n    address: \"{}\"\n    registry: consul\n    check: none\nservices:\n  echo: {{resolver: {{consul: {{}}}}}}\n",
+            c.registry_yaml(&tls(true)),
+            up.addr
+        ))
+        .await;
+        assert_eq!(spread(&proxy, "echo", 5).await.get("a"), Some(&5));
+        assert_eq!(c.service_ids(), ["echo-1".to_string(), format!("shop:{}", up.addr)]);
+        // Without one, the agent drops the handshake: every read fails.
+        let refused = TestProxy::start_unready(&format!(
+            "{}services:\n  echo: {{resolver: {{consul: {{}}}}}}\n",
+            c.registry_yaml(&tls(false))
+        ))
+        .await;
+        eventually(SETTLE, || async {
+            metric(&metrics(&refused).await, "waypost_registry_consul_request_errors_total", &[("op", "health"), ("kind", "unavailable")]) >= Some(1.0)
+        })
+        .await;
+        expect_error(&refused, "echo", 503, "discovery_failed").await;
+        // A CA file that is not PEM stops start-up, naming the key.
+        let bad = certs.path().join("not-a-ca.pem");
+        std::fs::write(&bad, "hello").unwrap();
+        let yaml = format!(
+            "listen: 127.0.0.1:0\nadmin: {{listen: 127.0.0.1:0}}\nregistry:\n  consul:\n    address: \"{}\"\n    scheme: https\n    tls: {{ca: \"{}\"}}\nservices:\n  echo: {{resolver: {{consul: {{}}}}}}\n",
+            c.addr(),
+            bad.display()
+        );
+        let config = waypost::config::load_str("tls.yaml", &yaml, &|_| None).unwrap();
+        let err = format!("{:#}", waypost::App::build(config).await.err().expect("refused"));
+        assert!(err.contains("registry.consul.tls.ca") && err.contains("no PEM certificate"), "{err}");
     })
     .await
 }

@@ -43,7 +43,9 @@ async fn proxy(c: &ConsulDouble, registry: &str, discovery: &str) -> TestProxy {
 async fn answering(proxy: &TestProxy, n: usize) -> Vec<String> {
     let mut names = std::collections::BTreeSet::new();
     for _ in 0..n {
-        let got = get(&format!("{}/", proxy.url()), &[("host", "echo")]).await.unwrap();
+        let got = get(&format!("{}/", proxy.url()), &[("host", "echo")])
+            .await
+            .unwrap();
         names.insert(match got.status {
             200 => got.header("x-instance").to_string(),
             _ => format!("error: {}", got.header("x-waypost-error")),
@@ -56,7 +58,10 @@ async fn answering(proxy: &TestProxy, n: usize) -> Vec<String> {
 fn assert_bounded(requests: usize, since: Instant, per_second: f64) {
     let secs = since.elapsed().as_secs_f64();
     let bound = 3.0 + secs * per_second;
-    assert!(requests as f64 <= bound, "{requests} health requests in {secs:.1}s (bound {bound:.0})");
+    assert!(
+        requests as f64 <= bound,
+        "{requests} health requests in {secs:.1}s (bound {bound:.0})"
+    );
 }
 
 async fn metric_of(proxy: &TestProxy, name: &str, labels: &[(&str, &str)]) -> f64 {
@@ -78,14 +83,24 @@ async fn an_index_going_backwards_resets_the_watch_and_the_table_converges() {
             c.restore_index(low);
             let blocking = format!("index={low}&");
             eventually(SETTLE, || async {
-                c.requests().iter().any(|r| r.path_and_query.contains(&blocking))
+                c.requests()
+                    .iter()
+                    .any(|r| r.path_and_query.contains(&blocking))
             })
             .await;
         }
-        let resets = metric_of(&proxy, "waypost_registry_consul_index_resets_total", &[("reason", "backwards")]).await;
+        let resets = metric_of(
+            &proxy,
+            "waypost_registry_consul_index_resets_total",
+            &[("reason", "backwards")],
+        )
+        .await;
         assert_eq!(resets, 5.0);
         add(&c, &b);
-        eventually(SETTLE, || async { answering(&proxy, 20).await == ["a", "b"] }).await;
+        eventually(SETTLE, || async {
+            answering(&proxy, 20).await == ["a", "b"]
+        })
+        .await;
         assert_bounded(c.count_since("health", since), since, 10.0);
     })
     .await
@@ -104,9 +119,18 @@ async fn an_index_of_zero_never_busy_loops_and_changes_still_arrive() {
         c.set_knobs(|k| k.index_zero = true);
         // The change wakes the waiting query, whose answer says 0.
         add(&c, &b);
-        eventually(SETTLE, || async { answering(&proxy, 20).await == ["a", "b"] }).await;
         eventually(SETTLE, || async {
-            metric_of(&proxy, "waypost_registry_consul_index_resets_total", &[("reason", "zero")]).await >= 2.0
+            answering(&proxy, 20).await == ["a", "b"]
+        })
+        .await;
+        eventually(SETTLE, || async {
+            metric_of(
+                &proxy,
+                "waypost_registry_consul_index_resets_total",
+                &[("reason", "zero")],
+            )
+            .await
+                >= 2.0
         })
         .await;
         // Every answer says 0 from now on: watch the loop for a while as requests flow.
@@ -130,16 +154,33 @@ async fn a_wait_running_out_with_no_change_asks_again_at_the_wait_s_pace() {
         add(&c, &a);
         let proxy = proxy(&c, "    wait: 200ms\n", "").await;
         let since = Instant::now();
-        let changed = async { metric_of(&proxy, "waypost_discovery_refresh_total", &[("service", "echo"), ("result", "changed")]).await };
+        let changed = async {
+            metric_of(
+                &proxy,
+                "waypost_discovery_refresh_total",
+                &[("service", "echo"), ("result", "changed")],
+            )
+            .await
+        };
         let before = changed.await;
         // Several waits run out with nothing new: each asks again, none reaches the cache.
         eventually(SETTLE, || async { c.count_since("health", since) >= 5 }).await;
-        let changed = async { metric_of(&proxy, "waypost_discovery_refresh_total", &[("service", "echo"), ("result", "changed")]).await };
+        let changed = async {
+            metric_of(
+                &proxy,
+                "waypost_discovery_refresh_total",
+                &[("service", "echo"), ("result", "changed")],
+            )
+            .await
+        };
         assert_eq!(changed.await, before, "an unchanged answer is not pushed");
         // One request per 200ms wait (plus its jitter) at most.
         assert_bounded(c.count_since("health", since), since, 5.0);
         add(&c, &b);
-        eventually(SETTLE, || async { answering(&proxy, 20).await == ["a", "b"] }).await;
+        eventually(SETTLE, || async {
+            answering(&proxy, 20).await == ["a", "b"]
+        })
+        .await;
     })
     .await
 }
@@ -193,15 +234,34 @@ async fn an_agent_that_goes_away_leaves_the_table_in_place_and_the_watch_comes_b
         c.come_back().await;
         add(&c, &b);
         // Only the watch can bring b: polls are an hour apart.
-        eventually(SETTLE, || async { answering(&proxy, 20).await == ["a", "b"] }).await;
-        assert!(metric_of(&proxy, "waypost_registry_consul_request_errors_total", &[("op", "health"), ("kind", "unavailable")]).await >= 1.0);
+        eventually(SETTLE, || async {
+            answering(&proxy, 20).await == ["a", "b"]
+        })
+        .await;
+        assert!(
+            metric_of(
+                &proxy,
+                "waypost_registry_consul_request_errors_total",
+                &[("op", "health"), ("kind", "unavailable")]
+            )
+            .await
+                >= 1.0
+        );
     })
     .await
 }
 
 /// waypost (the binary) registering `shop` at `app` in the double as `name`, with `env`; its
 /// admin port, outbound port and process.
-fn spawn_registering(c: &ConsulDouble, name: &str, app: &Upstream, registry: &str, extra: &str, dir: &std::path::Path, env: &[(&str, &str)]) -> (Proc, u16, u16) {
+fn spawn_registering(
+    c: &ConsulDouble,
+    name: &str,
+    app: &Upstream,
+    registry: &str,
+    extra: &str,
+    dir: &std::path::Path,
+    env: &[(&str, &str)],
+) -> (Proc, u16, u16) {
     let (port, admin) = (free_port(), free_port());
     let yaml = format!(
         "listen: 127.0.0.1:{port}\nadmin: {{listen: 127.0.0.1:{admin}}}\n{}{extra}register:\n  - service: shop\n    address: \"{}\"\n    registry: consul\n    check: none\n",
@@ -214,7 +274,9 @@ fn spawn_registering(c: &ConsulDouble, name: &str, app: &Upstream, registry: &st
         let cfg = dir.join(format!("{name}.yaml"));
         std::fs::write(&cfg, &yaml).unwrap();
         let mut cmd = std::process::Command::new(support::external::waypost_bin());
-        cmd.args(["run", "--config"]).arg(&cfg).env("RUST_LOG", "info");
+        cmd.args(["run", "--config"])
+            .arg(&cfg)
+            .env("RUST_LOG", "info");
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -279,7 +341,15 @@ async fn sigterm_deregisters_before_the_listener_stops_accepting() {
         let c = ConsulDouble::start().await;
         let app = Upstream::start("app").await;
         let dir = tempfile::tempdir().unwrap();
-        let (mut proc, port, admin) = spawn_registering(&c, "waypost", &app, "", "shutdown: {grace: 1s, deregister_wait: 2s}\n", dir.path(), &[]);
+        let (mut proc, port, admin) = spawn_registering(
+            &c,
+            "waypost",
+            &app,
+            "",
+            "shutdown: {grace: 1s, deregister_wait: 2s}\n",
+            dir.path(),
+            &[],
+        );
         wait_ready_at(([127, 0, 0, 1], admin).into()).await;
         let id = format!("shop:{}", app.addr);
         assert_eq!(c.service_ids(), [id.clone()], "ready means registered");
@@ -287,10 +357,15 @@ async fn sigterm_deregisters_before_the_listener_stops_accepting() {
         let accepting = || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
         // Seen from outside: first the service leaves the agent, while the listener accepts...
         eventually(SETTLE, || async { c.service(&id).is_none() }).await;
-        assert!(accepting(), "the listener stopped before the deregistration");
+        assert!(
+            accepting(),
+            "the listener stopped before the deregistration"
+        );
         // ...then, after deregister_wait, the listener stops and waypost exits.
         eventually(SETTLE, || async { !accepting() }).await;
-        let code = tokio::task::spawn_blocking(move || proc.wait_exit(Duration::from_secs(10))).await.unwrap();
+        let code = tokio::task::spawn_blocking(move || proc.wait_exit(Duration::from_secs(10)))
+            .await
+            .unwrap();
         assert_eq!(code, Some(0));
         assert!(c.requests().iter().any(|r| r.endpoint == "deregister"));
     })

@@ -213,6 +213,8 @@ impl Shared {
 pub struct ConsulDouble {
     shared: Arc<Shared>,
     addr: SocketAddr,
+    /// Set when the double serves HTTPS.
+    tls: Option<tokio_rustls::TlsAcceptor>,
     server: Option<tokio::task::JoinHandle<()>>,
     clock: tokio::task::JoinHandle<()>,
 }
@@ -220,6 +222,41 @@ pub struct ConsulDouble {
 impl ConsulDouble {
     /// A double on a free loopback port.
     pub async fn start() -> ConsulDouble {
+        Self::start_with(None).await
+    }
+
+    /// A double serving HTTPS only, with the certificates [`super::etcd::secure::make_certificates`]
+    /// made in `certs`: its own is `server.crt` (for 127.0.0.1), and clients must present one
+    /// signed by `ca.crt` (the agent's `verify_incoming`).
+    pub async fn start_tls(certs: &std::path::Path) -> ConsulDouble {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(certs.join("ca.crt")).unwrap() {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .unwrap();
+        let chain = CertificateDer::pem_file_iter(certs.join("server.crt"))
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_file(certs.join("server.key")).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .unwrap();
+        Self::start_with(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await
+    }
+
+    async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> ConsulDouble {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shared = Arc::new(Shared {
@@ -232,7 +269,7 @@ impl ConsulDouble {
             bodies: Mutex::new(Vec::new()),
             runners: Mutex::new(HashMap::new()),
         });
-        let server = tokio::spawn(server::serve(shared.clone(), listener));
+        let server = tokio::spawn(server::serve(shared.clone(), listener, tls.clone()));
         let ticking = shared.clone();
         let clock = tokio::spawn(async move {
             let mut every = tokio::time::interval(TICK);
@@ -247,6 +284,7 @@ impl ConsulDouble {
         ConsulDouble {
             shared,
             addr,
+            tls,
             server: Some(server),
             clock,
         }
@@ -313,7 +351,11 @@ impl ConsulDouble {
                 Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
             }
         };
-        self.server = Some(tokio::spawn(server::serve(self.shared.clone(), listener)));
+        self.server = Some(tokio::spawn(server::serve(
+            self.shared.clone(),
+            listener,
+            self.tls.clone(),
+        )));
     }
 
     /// Registers a service from a raw JSON body, as a Go client's `ServiceRegister` would (no
@@ -412,7 +454,9 @@ impl HealthApp {
                 tokio::spawn(async move {
                     let mut buf = [0u8; 1024];
                     let _ = s.read(&mut buf).await;
-                    let resp = format!("HTTP/1.1 {code} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                    let resp = format!(
+                        "HTTP/1.1 {code} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    );
                     let _ = s.write_all(resp.as_bytes()).await;
                 });
             }

@@ -24,7 +24,7 @@ use waypost::registry::etcd::EtcdClient;
 
 use super::external::{require, Proc};
 
-mod secure;
+pub mod secure;
 pub use secure::Secure;
 
 /// How long a member may take to come up and see a leader.

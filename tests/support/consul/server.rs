@@ -25,23 +25,38 @@ const MAX_WAIT: Duration = Duration::from_secs(600);
 /// Largest request body the double reads.
 const MAX_BODY: usize = 1024 * 1024;
 
-/// Accepts connections on `listener` until the task is aborted; aborting it drops every open
-/// connection with it (they live in its `JoinSet`).
-pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
+/// Accepts connections on `listener` (over TLS when `tls` is set) until the task is aborted;
+/// aborting it drops every open connection with it (they live in its `JoinSet`).
+pub async fn serve(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     let mut conns = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
                 let shared = shared.clone();
+                let tls = tls.clone();
                 conns.spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
                         let shared = shared.clone();
                         async move { Ok::<_, Infallible>(handle(shared, req).await) }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let http = hyper::server::conn::http1::Builder::new();
+                    match tls {
+                        None => {
+                            let _ = http.serve_connection(TokioIo::new(stream), svc).await;
+                        }
+                        // A failed handshake (no client certificate, an unknown CA) drops the
+                        // connection, as the agent's TLS listener does.
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                let _ = http.serve_connection(TokioIo::new(stream), svc).await;
+                            }
+                        }
+                    }
                 });
             }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
@@ -184,7 +199,9 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Full<By
     let result = match endpoint {
         "register" => {
             lock_bodies(&shared).push(String::from_utf8_lossy(&body).into_owned());
-            shared.register(&body, rights, token.is_some()).map(|()| None)
+            shared
+                .register(&body, rights, token.is_some())
+                .map(|()| None)
         }
         "deregister" => {
             let mut state = shared.state();
