@@ -466,7 +466,11 @@ async fn blocking_queries_headers_and_their_parameters() {
 async fn acl_tokens_are_checked_as_the_agent_checks_them() {
     within(DEADLINE, async {
         let c = ConsulDouble::start().await;
-        c.require_tokens(&[("writer", Rights::Write), ("reader", Rights::Read)]);
+        c.require_tokens(&[
+            ("writer", Rights::Write),
+            ("reader", Rights::Read),
+            ("nobody", Rights::Nothing),
+        ]);
         let reg = format!("http://{}/v1/agent/service/register", c.addr());
         let body = r#"{"ID":"s1","Name":"shop","Check":{"TTL":"10s","Status":"passing"}}"#;
         let anon = call("PUT", &reg, None, body).await;
@@ -521,6 +525,16 @@ async fn acl_tokens_are_checked_as_the_agent_checks_them() {
             1
         );
         assert_eq!(call("GET", &health, Some("guess"), "").await.status, 403);
+        // A token that may not read gets the entries filtered out, and is told so.
+        let filtered = call("GET", &health, Some("nobody"), "").await;
+        assert_eq!(json(&filtered), serde_json::json!([]));
+        assert_eq!(filtered.header("x-consul-results-filtered-by-acls"), "true");
+        let anonymous = call("GET", &health, None, "").await;
+        assert_eq!(
+            anonymous.header("x-consul-results-filtered-by-acls"),
+            "",
+            "never told to anonymous"
+        );
     })
     .await
 }

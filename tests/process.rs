@@ -445,6 +445,7 @@ async fn promtool_accepts_live_metrics() {
         "waypost_register_shutdown_duration_seconds",
         "waypost_build_info",
         "waypost_registry_etcd_failovers_total",
+        "waypost_registry_consul_skipped_entries_total",
         "process_resident_memory_bytes",
     ] {
         assert!(

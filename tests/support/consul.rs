@@ -45,6 +45,8 @@ const FIRST_INDEX: u64 = 100;
 /// What a token may do (on every service; prefix policies are beyond the double).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Rights {
+    /// A known token without any service permission.
+    Nothing,
     /// `service:read`.
     Read,
     /// `service:write` (and read).
@@ -139,7 +141,7 @@ impl Shared {
             return Ok(());
         }
         let perm = match need {
-            Rights::Read => "service:read",
+            Rights::Nothing | Rights::Read => "service:read",
             Rights::Write => "service:write",
         };
         let who = if with_token {

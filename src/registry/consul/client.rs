@@ -131,6 +131,9 @@ pub struct Reply {
     pub index: Option<u64>,
     /// The body.
     pub body: Bytes,
+    /// Whether the agent left entries out that the token may not read
+    /// (`X-Consul-Results-Filtered-By-ACLs`; only ever sent to a request with a token).
+    pub filtered: bool,
 }
 
 /// What a connection runs over: TCP, or TLS over TCP.
@@ -411,6 +414,10 @@ impl ConsulClient {
             .get("x-consul-index")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok());
+        let filtered = resp
+            .headers()
+            .get("x-consul-results-filtered-by-acls")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
         let body = Limited::new(resp.into_body(), MAX_BODY)
             .collect()
             .await
@@ -422,7 +429,11 @@ impl ConsulClient {
             .to_bytes();
         self.put_idle(sender);
         if status.is_success() {
-            return Ok(Reply { index, body });
+            return Ok(Reply {
+                index,
+                body,
+                filtered,
+            });
         }
         Err(Failure::Other(status_error(status, &body)))
     }

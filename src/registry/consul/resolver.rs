@@ -56,7 +56,8 @@ struct Inner {
     tag: Option<String>,
     passing_only: bool,
     metrics: ConsulMetrics,
-    /// Skipped entries already logged, by service ID and reason.
+    /// What was already logged once: skipped entries by service ID and reason, and targets
+    /// whose answers the agent filtered.
     reported: Mutex<HashSet<(String, String)>>,
 }
 
@@ -91,6 +92,9 @@ impl Inner {
         index: u64,
     ) -> Result<(Resolution, Option<u64>), DiscoverError> {
         let reply = self.client.health(target, index).await?;
+        if reply.filtered && self.report(target, "acl") {
+            tracing::warn!(target, "the Consul agent left out entries the token may not read: give registry.consul.token service:read on them");
+        }
         let entries = codec::decode_health(&reply.body).map_err(|e| {
             DiscoverError::Unavailable(format!(
                 "Consul health answer for {target} is not valid JSON: {e}"
@@ -126,13 +130,18 @@ impl Inner {
             Skip::Port(p) => format!("port {p} is not a port"),
             Skip::Critical => return,
         };
+        if self.report(id, &reason) {
+            tracing::warn!(target, service_id = id, %reason, "skipping a Consul entry waypost cannot connect to");
+        }
+    }
+
+    /// Whether `(what, why)` is new, so worth a log line; remembers it.
+    fn report(&self, what: &str, why: &str) -> bool {
         let mut reported = self.reported.lock().unwrap_or_else(|p| p.into_inner());
         if reported.len() >= REPORTED_MAX {
             reported.clear();
         }
-        if reported.insert((id.to_string(), reason.clone())) {
-            tracing::warn!(target, service_id = id, %reason, "skipping a Consul entry waypost cannot connect to");
-        }
+        reported.insert((what.to_string(), why.to_string()))
     }
 }
 

@@ -325,7 +325,7 @@ async fn read(
     }
     let tag = param(q, "tag");
     let state = shared.state();
-    let readable = rights.is_some();
+    let readable = rights.is_some_and(|r| r >= Rights::Read);
     let mut body = match endpoint {
         "health" => state.health(name, tag, passing),
         _ => state.catalog(name, tag),
