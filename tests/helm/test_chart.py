@@ -48,7 +48,8 @@ DOCUMENTED_LINT = {
 }
 
 #: What the downward API gives waypost in a pod, faked for `waypost check`.
-DOWNWARD = {"status.podIP": "10.1.2.3", "metadata.name": "demo-7d9c-xk2p", "metadata.namespace": NAMESPACE}
+DOWNWARD = {"status.podIP": "10.1.2.3", "metadata.name": "demo-7d9c-xk2p", "metadata.namespace": NAMESPACE,
+            "status.hostIP": "10.0.0.2"}
 
 #: Kinds kubernetes-validate has no schema for (CRDs), each checked by its own test.
 CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"): "test_service_monitor_structure"}
@@ -275,7 +276,8 @@ def check_pod(docs: list[dict]) -> None:
 
     # Downward API.
     field_refs = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in wp["env"] if "valueFrom" in e}
-    assert field_refs == {"POD_IP": "status.podIP", "POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace"}
+    assert field_refs == {"POD_IP": "status.podIP", "POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace",
+                          "HOST_IP": "status.hostIP"}
 
     # Probes, the declared port, the config and the scrape annotations agree on the admin port.
     admin_port = int(re.search(r"([0-9]+)$", config["admin"]["listen"]).group(1))
@@ -673,7 +675,7 @@ REGISTER_REFUSED = {
     "two-probes": ({"check": {"http": "http://127.0.0.1/", "tcp": "127.0.0.1:1"}}, "at '/config/register/0/check'"),
     "rise-0": ({"check": {"tcp": "127.0.0.1:1", "rise": 0}}, "at '/config/register/0/check'"),
     "https": ({"check": {"http": "https://127.0.0.1/"}}, "at '/config/register/0/check'"),
-    "registry": ({"registry": "consul"}, "at '/config/register/0/registry'"),
+    "registry": ({"registry": "nacos"}, "at '/config/register/0/registry'"),
 }
 
 
@@ -731,6 +733,44 @@ def test_schema_rejects_etcd_settings_waypost_refuses_too(chart, case, waypost_b
 def test_schema_accepts_etcd_settings(chart, config, waypost_bin, tmp_path):
     chart.render({"config": config}, name=RELEASE, namespace=NAMESPACE)
     result = waypost_check(waypost_bin, yaml.safe_dump(config), {}, tmp_path)
+    assert result.returncode == 0, result.stderr
+
+
+#: Consul settings waypost refuses, each with where the schema refuses it and the key waypost names.
+CONSUL_REFUSED = {
+    "address-with-scheme": ({"registry": {"consul": {"address": "http://consul:8500"}}}, "/config/registry/consul/address", "registry.consul.address"),
+    "address-without-port": ({"registry": {"consul": {"address": "consul"}}}, "/config/registry/consul/address", "registry.consul.address"),
+    "scheme": ({"registry": {"consul": {"scheme": "ftp"}}}, "/config/registry/consul/scheme", "registry.consul.scheme"),
+    "tls-without-ca": ({"registry": {"consul": {"scheme": "https", "tls": {"cert": "/c.pem", "key": "/k.pem"}}}}, "/config/registry/consul/tls", "registry.consul.tls"),
+    "datacenter": ({"registry": {"consul": {"datacenter": "dc 1"}}}, "/config/registry/consul/datacenter", "registry.consul.datacenter"),
+    "service-slash": ({"services": {"users": {"resolver": {"consul": {"service": "shop/users"}}}}}, "/config/services/users/resolver/consul/service", "services.users.resolver.consul.service"),
+    "empty-tag": ({"services": {"users": {"resolver": {"consul": {"tag": ""}}}}}, "/config/services/users/resolver/consul/tag", "services.users.resolver.consul.tag"),
+    "on-demand-service": ({"discovery": {"on_demand": [{"suffix": ".consul.local", "resolver": {"consul": {"service": "x"}}}]}}, "/config/discovery/on_demand/0/resolver/consul", "discovery.on_demand.0.resolver.consul"),
+}
+
+
+@pytest.mark.parametrize("case", CONSUL_REFUSED)
+def test_schema_rejects_consul_settings_waypost_refuses_too(chart, case, waypost_bin, tmp_path):
+    config, where, key = CONSUL_REFUSED[case]
+    message = render_error(chart, {"config": config})
+    assert f"at '{where}'" in message, message
+    result = waypost_check(waypost_bin, yaml.safe_dump(config), {}, tmp_path)
+    assert result.returncode == 2 and key in result.stderr, (
+        f"waypost check now accepts {config} ({result.returncode}): relax values.schema.json's consul keys\n"
+        f"{result.stderr}")
+
+
+@pytest.mark.parametrize("config", [
+    {"registry": {"consul": {"address": "${HOST_IP}:8500", "token": "${CONSUL_HTTP_TOKEN:-}", "wait": "1m"}}},
+    {"services": {"users": {"resolver": {"consul": {}}}}},
+    {"services": {"users": {"resolver": {"consul": {"service": "Users.Service", "tag": "zone:a", "passing_only": False}}}}},
+    {"discovery": {"on_demand": [{"suffix": ".consul.local", "resolver": {"consul": {"tag": "v2"}}}]}},
+    {"register": [{"service": "shop", "address": "${POD_IP}:8080", "registry": "consul",
+                   "check": {"http": "http://127.0.0.1:8080/healthz", "consul": "http"}}]},
+], ids=["registry", "resolver-defaults", "resolver-every-key", "on-demand", "register-http-check"])
+def test_schema_accepts_consul_settings(chart, config, waypost_bin, tmp_path):
+    chart.render({"config": config}, name=RELEASE, namespace=NAMESPACE)
+    result = waypost_check(waypost_bin, yaml.safe_dump(config), {"HOST_IP": "10.0.0.1", "POD_IP": "10.1.2.3"}, tmp_path)
     assert result.returncode == 0, result.stderr
 
 

@@ -209,6 +209,11 @@ exit).
       valueFrom:
         fieldRef:
           fieldPath: metadata.namespace
+    # The node's IP: where a node-local agent (Consul's) listens.
+    - name: HOST_IP
+      valueFrom:
+        fieldRef:
+          fieldPath: status.hostIP
     {{- with .Values.waypost.env }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
