@@ -22,8 +22,12 @@
 //! It runs in-process on `127.0.0.1:0` (a real TCP port, so the waypost binary can use it too)
 //! and stops when dropped.
 
+// Explicit paths: the bench (`bench/consul.rs`) includes this file too, from another directory.
+#[path = "consul/probe.rs"]
 mod probe;
+#[path = "consul/server.rs"]
 mod server;
+#[path = "consul/state.rs"]
 pub mod state;
 
 use std::collections::HashMap;

@@ -10,7 +10,7 @@
 //! (ValidateWeights), `agent/agent.go` (default check IDs and names, initial `critical`, the
 //! 1-minute floor and 30-second reaper), `health.mdx`, `blocking.mdx` — as `REGISTRIES.md` §3.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -354,15 +354,21 @@ impl State {
         changed
     }
 
-    /// The checks of service `id`, in ID order.
-    fn checks_of<'a>(&'a self, id: &'a str) -> impl Iterator<Item = &'a Check> + 'a {
-        self.checks.values().filter(move |c| c.service_id == id)
+    /// Every service's checks, in ID order: built once per answer, as a look-up per service
+    /// would make an answer quadratic in the number of instances.
+    fn checks_by_service(&self) -> HashMap<&str, Vec<&Check>> {
+        let mut by: HashMap<&str, Vec<&Check>> = HashMap::new();
+        for c in self.checks.values() {
+            by.entry(c.service_id.as_str()).or_default().push(c);
+        }
+        by
     }
 
     /// The instances of `name` carrying `tag` (case-insensitive, as Consul filters), in ID
-    /// order; with `passing`, only those whose every check passes.
+    /// order; with `passing`, only those whose every check (in `checks`) passes.
     fn matching<'a>(
         &'a self,
+        checks: &'a HashMap<&'a str, Vec<&'a Check>>,
         name: &'a str,
         tag: Option<&'a str>,
         passing: bool,
@@ -370,15 +376,19 @@ impl State {
         self.services.values().filter(move |s| {
             s.name == name
                 && tag.is_none_or(|t| s.tags.iter().any(|x| x.eq_ignore_ascii_case(t)))
-                && (!passing || self.checks_of(&s.id).all(|c| c.status == "passing"))
+                && (!passing
+                    || checks
+                        .get(s.id.as_str())
+                        .is_none_or(|cs| cs.iter().all(|c| c.status == "passing")))
         })
     }
 
     /// `/v1/health/service/<name>`'s entries: `{Node, Service, Checks}`, the node's `serfHealth`
     /// among the checks; `[]` when there are none.
     pub fn health(&self, name: &str, tag: Option<&str>, passing: bool) -> Value {
+        let by_service = self.checks_by_service();
         let entries: Vec<Value> = self
-            .matching(name, tag, passing)
+            .matching(&by_service, name, tag, passing)
             .map(|s| {
                 let mut checks = vec![json!({
                     "Node": NODE, "CheckID": "serfHealth", "Name": "Serf Health Status",
@@ -386,7 +396,8 @@ impl State {
                     "ServiceID": "", "ServiceName": "", "ServiceTags": [], "Type": "",
                     "CreateIndex": 1, "ModifyIndex": 1,
                 })];
-                checks.extend(self.checks_of(&s.id).map(|c| {
+                let own = by_service.get(s.id.as_str()).map_or(&[][..], Vec::as_slice);
+                checks.extend(own.iter().map(|c| {
                     json!({
                         "Node": NODE, "CheckID": c.id, "Name": c.name, "Status": c.status,
                         "Notes": "", "Output": c.output, "ServiceID": s.id, "ServiceName": s.name,
@@ -402,8 +413,9 @@ impl State {
 
     /// `/v1/catalog/service/<name>`'s flat entries, with no health filtering.
     pub fn catalog(&self, name: &str, tag: Option<&str>) -> Value {
+        let by_service = HashMap::new();
         Value::Array(
-            self.matching(name, tag, false)
+            self.matching(&by_service, name, tag, false)
                 .map(|s| {
                     json!({
                         "ID": "", "Node": NODE, "Address": NODE_ADDRESS, "Datacenter": DATACENTER,
