@@ -352,7 +352,11 @@ async fn sigterm_deregisters_before_the_listener_stops_accepting() {
         );
         wait_ready_at(([127, 0, 0, 1], admin).into()).await;
         let id = format!("shop:{}", app.addr);
-        assert_eq!(c.service_ids(), [id.clone()], "ready means registered");
+        assert_eq!(
+            c.service_ids(),
+            std::slice::from_ref(&id),
+            "ready means registered"
+        );
         proc.signal("TERM");
         let accepting = || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
         // Seen from outside: first the service leaves the agent, while the listener accepts...

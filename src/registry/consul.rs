@@ -5,6 +5,7 @@
 //!
 //! - [`client`] — the process's one agent client: HTTP/1.1 over hyper, optional TLS, the ACL
 //!   token, a small keep-alive pool, bounded reads, errors by status code.
+//! - [`error`] — [`ConsulError`]: agent answers sorted by status code.
 //! - [`codec`] — the registration body Hertz and Kitex send, IDs, tags, health entries.
 //! - [`registrar`] — [`ConsulRegistrar`]: an agent service with a TTL check waypost passes, or an
 //!   HTTP/TCP check the agent runs; a forgotten service is registered again.
@@ -12,10 +13,12 @@
 
 pub mod client;
 pub mod codec;
+pub mod error;
 pub mod registrar;
 pub mod resolver;
 mod tls;
 
-pub use client::{ConsulClient, ConsulError};
+pub use client::ConsulClient;
+pub use error::ConsulError;
 pub use registrar::{ConsulRegistrar, ProbeCopy};
 pub use resolver::ConsulResolver;

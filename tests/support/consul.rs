@@ -23,6 +23,8 @@
 //! and stops when dropped.
 
 // Explicit paths: the bench (`bench/consul.rs`) includes this file too, from another directory.
+#[path = "consul/decode.rs"]
+mod decode;
 #[path = "consul/probe.rs"]
 mod probe;
 #[path = "consul/server.rs"]

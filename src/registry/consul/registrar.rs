@@ -17,8 +17,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::client::{ConsulClient, ConsulError};
+use super::client::ConsulClient;
 use super::codec::{self, CheckSpec};
+use super::error::ConsulError;
 use crate::config::{ConsulCheckKind, ProbeConfig};
 use crate::register::{BoxFuture, RegisterError, Registrar, Registration};
 

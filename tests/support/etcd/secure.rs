@@ -50,7 +50,7 @@ pub fn make_certificates(certs: &std::path::Path) {
     let openssl = require("openssl", "apt-get install -y openssl");
     let ssl = |args: &[&str]| {
         let out = Command::new(&openssl)
-            .current_dir(&certs)
+            .current_dir(certs)
             .args(args)
             .output()
             .unwrap();
