@@ -30,13 +30,74 @@ fn add(c: &ConsulDouble, up: &Upstream) {
     .unwrap();
 }
 
-/// waypost resolving `echo` from the double (polls an hour apart unless `discovery` says).
-async fn proxy(c: &ConsulDouble, registry: &str, discovery: &str) -> TestProxy {
-    TestProxy::start(&format!(
-        "{}discovery: {{refresh_interval: 1h, {discovery}}}\nservices:\n  echo: {{resolver: {{consul: {{}}}}}}\n",
-        c.registry_yaml(registry)
-    ))
-    .await
+/// The setup of the blocking-loop cases: the double with `echo` at `a`, waypost resolving it,
+/// and `b` ready to join.
+struct Fleet {
+    c: ConsulDouble,
+    b: Upstream,
+    proxy: TestProxy,
+    _a: Upstream,
+}
+
+impl Fleet {
+    /// `registry`: extra `registry.consul` lines; `discovery`: the content of the `discovery:`
+    /// mapping (polls an hour apart when empty).
+    async fn start(registry: &str, discovery: &str) -> Fleet {
+        let c = ConsulDouble::start().await;
+        let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+        add(&c, &a);
+        let discovery = if discovery.is_empty() {
+            "refresh_interval: 1h"
+        } else {
+            discovery
+        };
+        let proxy = TestProxy::start(&format!(
+            "{}discovery: {{{discovery}}}\nservices:\n  echo: {{resolver: {{consul: {{}}}}}}\n",
+            c.registry_yaml(registry)
+        ))
+        .await;
+        Fleet { c, b, proxy, _a: a }
+    }
+
+    /// `b` registers in the double.
+    fn b_joins(&self) {
+        add(&self.c, &self.b);
+    }
+
+    /// Waits until waypost routes to both.
+    async fn converged(&self) {
+        eventually(SETTLE, || async {
+            answering(&self.proxy, 20).await == ["a", "b"]
+        })
+        .await;
+    }
+
+    /// For `how_long`, every 100 ms, the instances answering five requests satisfy `ok`.
+    async fn serving(&self, how_long: Duration, ok: impl Fn(&[String]) -> bool) {
+        let since = Instant::now();
+        while since.elapsed() < how_long {
+            let names = answering(&self.proxy, 5).await;
+            assert!(ok(&names), "{names:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The value of a sample of `/metrics` (0 when absent).
+    async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        metric(&metrics(&self.proxy).await, name, labels).unwrap_or(0.0)
+    }
+
+    /// Asserts the health requests since `since` stay within the watch's rate bound at
+    /// `per_second` (its token bucket alone allows a burst of 2, then 10 a second).
+    fn assert_bounded(&self, since: Instant, per_second: f64) {
+        let requests = self.c.count_since("health", since);
+        let secs = since.elapsed().as_secs_f64();
+        let bound = 3.0 + secs * per_second;
+        assert!(
+            requests as f64 <= bound,
+            "{requests} health requests in {secs:.1}s (bound {bound:.0})"
+        );
+    }
 }
 
 /// The instances answering `echo` over `n` requests, sorted; waypost's own errors by kind.
@@ -54,54 +115,31 @@ async fn answering(proxy: &TestProxy, n: usize) -> Vec<String> {
     names.into_iter().collect()
 }
 
-/// The watch's rate bound: its token bucket allows a burst of 2, then 10 a second.
-fn assert_bounded(requests: usize, since: Instant, per_second: f64) {
-    let secs = since.elapsed().as_secs_f64();
-    let bound = 3.0 + secs * per_second;
-    assert!(
-        requests as f64 <= bound,
-        "{requests} health requests in {secs:.1}s (bound {bound:.0})"
-    );
-}
-
-async fn metric_of(proxy: &TestProxy, name: &str, labels: &[(&str, &str)]) -> f64 {
-    metric(&metrics(proxy).await, name, labels).unwrap_or(0.0)
-}
+const RESETS: &str = "waypost_registry_consul_index_resets_total";
+const ERRORS: &str = "waypost_registry_consul_request_errors_total";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_index_going_backwards_resets_the_watch_and_the_table_converges() {
     within(DEADLINE, async {
-        let c = ConsulDouble::start().await;
-        let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
-        add(&c, &a);
-        let proxy = proxy(&c, "", "").await;
-        assert_eq!(answering(&proxy, 5).await, ["a"]);
+        let f = Fleet::start("", "").await;
+        assert_eq!(answering(&f.proxy, 5).await, ["a"]);
         let since = Instant::now();
         // Snapshot restores: each wakes the blocking query with a lower index than it asked
         // from; the watch starts over from 0 and then blocks from the restored index.
         for low in (46..=50).rev() {
-            c.restore_index(low);
+            f.c.restore_index(low);
             let blocking = format!("index={low}&");
             eventually(SETTLE, || async {
-                c.requests()
+                f.c.requests()
                     .iter()
                     .any(|r| r.path_and_query.contains(&blocking))
             })
             .await;
         }
-        let resets = metric_of(
-            &proxy,
-            "waypost_registry_consul_index_resets_total",
-            &[("reason", "backwards")],
-        )
-        .await;
-        assert_eq!(resets, 5.0);
-        add(&c, &b);
-        eventually(SETTLE, || async {
-            answering(&proxy, 20).await == ["a", "b"]
-        })
-        .await;
-        assert_bounded(c.count_since("health", since), since, 10.0);
+        assert_eq!(f.metric(RESETS, &[("reason", "backwards")]).await, 5.0);
+        f.b_joins();
+        f.converged().await;
+        f.assert_bounded(since, 10.0);
     })
     .await
 }
@@ -109,39 +147,25 @@ async fn an_index_going_backwards_resets_the_watch_and_the_table_converges() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_index_of_zero_never_busy_loops_and_changes_still_arrive() {
     within(DEADLINE, async {
-        let c = ConsulDouble::start().await;
-        let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
-        add(&c, &a);
-        let proxy = proxy(&c, "", "").await;
+        let f = Fleet::start("", "").await;
         // Every answer now says index 0: a client that sends it back answers itself at once,
         // over and over. waypost waits for index 1 instead, and pauses a second each time.
         let since = Instant::now();
-        c.set_knobs(|k| k.index_zero = true);
+        f.c.set_knobs(|k| k.index_zero = true);
         // The change wakes the waiting query, whose answer says 0.
-        add(&c, &b);
+        f.b_joins();
+        f.converged().await;
         eventually(SETTLE, || async {
-            answering(&proxy, 20).await == ["a", "b"]
-        })
-        .await;
-        eventually(SETTLE, || async {
-            metric_of(
-                &proxy,
-                "waypost_registry_consul_index_resets_total",
-                &[("reason", "zero")],
-            )
-            .await
-                >= 2.0
+            f.metric(RESETS, &[("reason", "zero")]).await >= 2.0
         })
         .await;
         // Every answer says 0 from now on: watch the loop for a while as requests flow.
-        let watching = Instant::now();
-        while watching.elapsed() < Duration::from_secs(3) {
-            let names = answering(&proxy, 5).await;
-            assert!(names.iter().all(|n| n == "a" || n == "b"), "{names:?}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        f.serving(Duration::from_secs(3), |names| {
+            names.iter().all(|n| n == "a" || n == "b")
+        })
+        .await;
         // About one request a second (the pause), where the rate limit alone allows ten.
-        assert_bounded(c.count_since("health", since), since, 2.0);
+        f.assert_bounded(since, 2.0);
     })
     .await
 }
@@ -149,38 +173,21 @@ async fn an_index_of_zero_never_busy_loops_and_changes_still_arrive() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wait_running_out_with_no_change_asks_again_at_the_wait_s_pace() {
     within(DEADLINE, async {
-        let c = ConsulDouble::start().await;
-        let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
-        add(&c, &a);
-        let proxy = proxy(&c, "    wait: 200ms\n", "").await;
+        let f = Fleet::start("    wait: 200ms\n", "").await;
         let since = Instant::now();
-        let changed = async {
-            metric_of(
-                &proxy,
-                "waypost_discovery_refresh_total",
-                &[("service", "echo"), ("result", "changed")],
-            )
-            .await
-        };
-        let before = changed.await;
+        let changed = [("service", "echo"), ("result", "changed")];
+        let before = f.metric("waypost_discovery_refresh_total", &changed).await;
         // Several waits run out with nothing new: each asks again, none reaches the cache.
-        eventually(SETTLE, || async { c.count_since("health", since) >= 5 }).await;
-        let changed = async {
-            metric_of(
-                &proxy,
-                "waypost_discovery_refresh_total",
-                &[("service", "echo"), ("result", "changed")],
-            )
-            .await
-        };
-        assert_eq!(changed.await, before, "an unchanged answer is not pushed");
+        eventually(SETTLE, || async { f.c.count_since("health", since) >= 5 }).await;
+        assert_eq!(
+            f.metric("waypost_discovery_refresh_total", &changed).await,
+            before,
+            "an unchanged answer is not pushed"
+        );
         // One request per 200ms wait (plus its jitter) at most.
-        assert_bounded(c.count_since("health", since), since, 5.0);
-        add(&c, &b);
-        eventually(SETTLE, || async {
-            answering(&proxy, 20).await == ["a", "b"]
-        })
-        .await;
+        f.assert_bounded(since, 5.0);
+        f.b_joins();
+        f.converged().await;
     })
     .await
 }
@@ -188,32 +195,36 @@ async fn a_wait_running_out_with_no_change_asks_again_at_the_wait_s_pace() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_500s_back_off_keep_the_table_and_it_converges_after() {
     within(DEADLINE, async {
-        let c = ConsulDouble::start().await;
-        let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
-        add(&c, &a);
         // Polls every 300ms here, so the failures show as a stale table.
-        let proxy = TestProxy::start(&format!(
-            "{}discovery: {{refresh_interval: 300ms, backoff: {{initial: 1s, max: 5s}}}}\nservices:\n  echo: {{resolver: {{consul: {{}}}}}}\n",
-            c.registry_yaml("")
-        ))
+        let f = Fleet::start(
+            "",
+            "refresh_interval: 300ms, backoff: {initial: 1s, max: 5s}",
+        )
         .await;
         let since = Instant::now();
-        c.set_knobs(|k| k.failing = true);
-        let stale = || async { metric_of(&proxy, "waypost_discovery_stale", &[("service", "echo")]).await };
-        eventually(SETTLE, || async { stale().await == 1.0 }).await;
-        add(&c, &b); // lands while the agent fails
-        let outage = Instant::now();
-        while outage.elapsed() < Duration::from_secs(3) {
-            assert_eq!(answering(&proxy, 5).await, ["a"], "the last table is served");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        f.c.set_knobs(|k| k.failing = true);
+        let stale = [("service", "echo")];
+        eventually(SETTLE, || async {
+            f.metric("waypost_discovery_stale", &stale).await == 1.0
+        })
+        .await;
+        f.b_joins(); // lands while the agent fails
+        f.serving(Duration::from_secs(3), |names| names == ["a"])
+            .await;
         // The watch backs off (250ms doubling) and the polls back off (1s doubling): far below
         // the 10 a second the rate limit alone would allow.
-        assert_bounded(c.count_since("health", since), since, 4.0);
-        assert!(metric_of(&proxy, "waypost_registry_consul_request_errors_total", &[("op", "health"), ("kind", "server")]).await >= 2.0);
-        c.set_knobs(|k| k.failing = false);
-        eventually(SETTLE, || async { answering(&proxy, 20).await == ["a", "b"] }).await;
-        eventually(SETTLE, || async { stale().await == 0.0 }).await;
+        f.assert_bounded(since, 4.0);
+        assert!(
+            f.metric(ERRORS, &[("op", "health"), ("kind", "server")])
+                .await
+                >= 2.0
+        );
+        f.c.set_knobs(|k| k.failing = false);
+        f.converged().await;
+        eventually(SETTLE, || async {
+            f.metric("waypost_discovery_stale", &stale).await == 0.0
+        })
+        .await;
     })
     .await
 }
@@ -221,30 +232,17 @@ async fn agent_500s_back_off_keep_the_table_and_it_converges_after() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_that_goes_away_leaves_the_table_in_place_and_the_watch_comes_back() {
     within(DEADLINE, async {
-        let mut c = ConsulDouble::start().await;
-        let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
-        add(&c, &a);
-        let proxy = proxy(&c, "    request_timeout: 500ms\n", "").await;
-        c.go_away();
-        let away = Instant::now();
-        while away.elapsed() < Duration::from_secs(2) {
-            assert_eq!(answering(&proxy, 5).await, ["a"]);
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        c.come_back().await;
-        add(&c, &b);
+        let mut f = Fleet::start("    request_timeout: 500ms\n", "").await;
+        f.c.go_away();
+        f.serving(Duration::from_secs(2), |names| names == ["a"])
+            .await;
+        f.c.come_back().await;
+        f.b_joins();
         // Only the watch can bring b: polls are an hour apart.
-        eventually(SETTLE, || async {
-            answering(&proxy, 20).await == ["a", "b"]
-        })
-        .await;
+        f.converged().await;
         assert!(
-            metric_of(
-                &proxy,
-                "waypost_registry_consul_request_errors_total",
-                &[("op", "health"), ("kind", "unavailable")]
-            )
-            .await
+            f.metric(ERRORS, &[("op", "health"), ("kind", "unavailable")])
+                .await
                 >= 1.0
         );
     })
@@ -326,7 +324,7 @@ async fn a_token_the_agent_requires_refuses_requests_without_it_with_a_clear_log
         ))
         .await;
         eventually(SETTLE, || async {
-            metric_of(&wrong, "waypost_registry_consul_request_errors_total", &[("op", "health"), ("kind", "denied")]).await >= 1.0
+            metric(&metrics(&wrong).await, ERRORS, &[("op", "health"), ("kind", "denied")]) >= Some(1.0)
         })
         .await;
         let got = expect_error(&wrong, "shop", 503, "discovery_failed").await;
