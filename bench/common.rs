@@ -109,3 +109,43 @@ pub fn report(case: &str, mut samples: Vec<Duration>) {
         samples[samples.len() - 1]
     );
 }
+
+/// Starts waypost from `yaml` in-process, on its own thread and single-threaded runtime (as the
+/// binary runs by default); its outbound and admin addresses.
+pub fn start_waypost(yaml: &str) -> (SocketAddr, SocketAddr) {
+    let config = waypost::config::load_str("bench.yaml", yaml, &|_| None).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let app = waypost::App::build(config).await.unwrap();
+            tx.send((app.addrs().outbound, app.addrs().admin)).unwrap();
+            app.run(std::future::pending()).await.unwrap();
+        });
+    });
+    rx.recv().unwrap()
+}
+
+/// Waits until a request for `echo` through `proxy` is answered by `instance`.
+pub async fn until_answered_by(proxy: SocketAddr, instance: &str) {
+    let mut conn = Conn::open(proxy).await;
+    while conn.instance().await != instance {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits (30 s at most) until `echo`'s table holds `n` instances, as `/metrics` at `admin` says.
+pub async fn until_instances(admin: SocketAddr, n: usize) {
+    let want = format!("waypost_discovery_instances{{service=\"echo\"}} {n}");
+    let started = std::time::Instant::now();
+    while !scrape(admin).await.contains(&want) {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the table never reached {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -29,7 +29,7 @@ mod double;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{report, scrape, serve, Conn};
+use common::{report, serve, start_waypost, until_answered_by, until_instances, Conn};
 use tokio::net::TcpListener;
 
 /// Changes measured per case.
@@ -99,24 +99,8 @@ fn main() {
             "listen: 127.0.0.1:0\nadmin: {{listen: 127.0.0.1:0}}\nlog: {{level: warn}}\n{}discovery: {{refresh_interval: 1h}}\nservices:\n  echo: {{resolver: {{consul: {{}}}}}}\n",
             c.registry_yaml("")
         );
-        let config = waypost::config::load_str("bench.yaml", &yaml, &|_| None).unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let app = waypost::App::build(config).await.unwrap();
-                tx.send((app.addrs().outbound, app.addrs().admin)).unwrap();
-                app.run(std::future::pending()).await.unwrap();
-            });
-        });
-        let (proxy, admin) = rx.recv().unwrap();
-        let mut conn = Conn::open(proxy).await;
-        while conn.instance().await != "old" {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let (proxy, admin) = start_waypost(&yaml);
+        until_answered_by(proxy, "old").await;
         report(
             "blocking query to table, 1 instance + 1",
             measure(&c, proxy, new_addr, SPACING).await,
@@ -133,12 +117,7 @@ fn main() {
             serve(l, "old");
             c.register_json(&body(&format!("echo-{i}"), a, 1)).unwrap();
         }
-        let want = format!("waypost_discovery_instances{{service=\"echo\"}} {}", LARGE + 1);
-        let started = Instant::now();
-        while !scrape(admin).await.contains(&want) {
-            assert!(started.elapsed() < Duration::from_secs(30), "the table never reached {want}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        until_instances(admin, LARGE + 1).await;
         // The double's own share of each sample: building and encoding the answer.
         let mut built: Vec<Duration> = (0..50)
             .map(|_| {

@@ -19,7 +19,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{report, scrape, serve, Conn};
+use common::{report, serve, start_waypost, until_answered_by, until_instances, Conn};
 use tokio::net::TcpListener;
 use waypost::config::{Dur, EtcdRegistryConfig};
 use waypost::metrics::EtcdMetrics;
@@ -157,24 +157,8 @@ fn main() {
             "listen: 127.0.0.1:0\nadmin: {{listen: 127.0.0.1:0}}\nlog: {{level: warn}}\nregistry: {{etcd: {{endpoints: [{}]}}}}\ndiscovery: {{refresh_interval: 1h}}\nservices:\n  echo: {{resolver: {{etcd: {{}}}}}}\n",
             etcd.endpoint
         );
-        let config = waypost::config::load_str("bench.yaml", &yaml, &|_| None).unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let app = waypost::App::build(config).await.unwrap();
-                tx.send((app.addrs().outbound, app.addrs().admin)).unwrap();
-                app.run(std::future::pending()).await.unwrap();
-            });
-        });
-        let (proxy, admin) = rx.recv().unwrap();
-        let mut conn = Conn::open(proxy).await;
-        while conn.instance().await != "old" {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let (proxy, admin) = start_waypost(&yaml);
+        until_answered_by(proxy, "old").await;
         report("watch to table, 1 instance + 1", measure(&client, proxy, new_addr).await);
 
         // The large case: 1,000 more instances, each a port of its own answered as "old".
@@ -188,12 +172,7 @@ fn main() {
                 .unwrap();
         }
         // Every one of them is in the table before measuring.
-        let want = format!("waypost_discovery_instances{{service=\"echo\"}} {}", LARGE + 1);
-        let started = Instant::now();
-        while !scrape(admin).await.contains(&want) {
-            assert!(started.elapsed() < Duration::from_secs(30), "the table never reached {want}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        until_instances(admin, LARGE + 1).await;
         report(
             "watch to table, 1,001 instances, one key changed",
             measure(&client, proxy, new_addr).await,
