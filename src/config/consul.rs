@@ -179,15 +179,8 @@ impl ConsulRegistryConfig {
             _ => {}
         }
         if let Some(tls) = &self.tls {
-            match (&tls.cert, &tls.key) {
-                (Some(_), None) => {
-                    return Err((format!("{base}.tls.cert"), "needs `key` too".into()))
-                }
-                (None, Some(_)) => {
-                    return Err((format!("{base}.tls.key"), "needs `cert` too".into()))
-                }
-                _ => {}
-            }
+            let tls_base = format!("{base}.tls");
+            super::validate::cert_and_key(tls.cert.is_some(), tls.key.is_some(), &tls_base)?;
         }
         if let Some(t) = self.token() {
             if !t.bytes().all(|b| b.is_ascii_graphic()) {
@@ -292,23 +285,11 @@ pub fn check_service_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks `host:port` (an IPv6 host in brackets); no scheme, no path.
+/// Checks `host:port` (an IPv6 host in brackets): an etcd endpoint without scheme or slash.
 fn check_address(addr: &str) -> Result<(), String> {
-    let bad = || {
-        format!("invalid agent address {addr:?}: expected host:port such as \"127.0.0.1:8500\" (the scheme is `scheme:`)")
-    };
-    if addr.is_empty() || addr.contains(['/', '?', '#', '@', ' ']) {
-        return Err(bad());
-    }
-    let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
-    let host_ok = if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-        v6.parse::<std::net::Ipv6Addr>().is_ok()
-    } else {
-        !host.is_empty() && !host.contains([':', '[', ']'])
-    };
-    match port.parse::<u16>() {
-        Ok(p) if p > 0 && host_ok => Ok(()),
-        _ => Err(bad()),
+    match super::etcd::check_endpoint(addr) {
+        Ok(None) if !addr.ends_with('/') => Ok(()),
+        _ => Err(format!("invalid agent address {addr:?}: expected host:port such as \"127.0.0.1:8500\" (the scheme is `scheme:`)")),
     }
 }
 

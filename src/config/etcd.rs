@@ -196,15 +196,8 @@ impl EtcdRegistryConfig {
             _ => {}
         }
         if let Some(tls) = &self.tls {
-            match (&tls.cert, &tls.key) {
-                (Some(_), None) => {
-                    return Err((format!("{base}.tls.cert"), "needs `key` too".into()))
-                }
-                (None, Some(_)) => {
-                    return Err((format!("{base}.tls.key"), "needs `cert` too".into()))
-                }
-                _ => {}
-            }
+            let tls_base = format!("{base}.tls");
+            super::validate::cert_and_key(tls.cert.is_some(), tls.key.is_some(), &tls_base)?;
         }
         let ttl = self.lease_ttl.0;
         if ttl.subsec_nanos() != 0 || ttl.as_secs() < 2 {
@@ -269,8 +262,9 @@ fn check_prefix(prefix: &str) -> Result<(), String> {
 }
 
 /// Checks `host:port` with an optional `http://` or `https://`; returns whether the scheme asks
-/// for TLS (`None`: no scheme, TLS when `registry.etcd.tls` is set).
-fn check_endpoint(ep: &str) -> Result<Option<bool>, String> {
+/// for TLS (`None`: no scheme, TLS when `registry.etcd.tls` is set). Consul's agent address
+/// uses it too.
+pub(super) fn check_endpoint(ep: &str) -> Result<Option<bool>, String> {
     let (secure, rest) = if let Some(r) = ep.strip_prefix("https://") {
         (Some(true), r)
     } else if let Some(r) = ep.strip_prefix("http://") {

@@ -155,6 +155,15 @@ impl Config {
     }
 }
 
+/// A client certificate and its key come together (`base` is the `tls` block's key path).
+pub(super) fn cert_and_key(cert: bool, key: bool, base: &str) -> Result<(), (String, String)> {
+    match (cert, key) {
+        (true, false) => Err((format!("{base}.cert"), "needs `key` too".into())),
+        (false, true) => Err((format!("{base}.key"), "needs `cert` too".into())),
+        _ => Ok(()),
+    }
+}
+
 /// A duration (when set) must be greater than 0: a zero interval or timeout would spin.
 pub(super) fn positive(key: &str, value: Option<Dur>) -> Result<(), (String, String)> {
     match value {
