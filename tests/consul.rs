@@ -23,26 +23,6 @@ use waypost::registry::consul::{ConsulClient, ConsulRegistrar};
 /// Every test finishes within this, or fails.
 const DEADLINE: Duration = Duration::from_secs(60);
 
-fn registration(
-    service: &str,
-    addr: &str,
-    weight: u32,
-    tags: &[(&str, &str)],
-    ttl: Duration,
-) -> Registration {
-    Registration {
-        service: service.into(),
-        address: addr.parse().unwrap(),
-        weight,
-        tags: Arc::new(
-            tags.iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        ),
-        ttl,
-    }
-}
-
 fn client(c: &ConsulDouble) -> Arc<ConsulClient> {
     let cfg = ConsulRegistryConfig {
         address: c.addr().to_string(),
@@ -66,13 +46,15 @@ async fn a_ttl_registration_is_passing_only_after_its_first_pass_and_lapses_with
             None,
             Duration::from_secs(60),
         );
-        let reg = registration(
-            "shop",
-            "127.0.0.1:9000",
-            10,
-            &[("zone", "a"), ("canary", "")],
-            Duration::from_secs(2),
-        );
+        let reg = Registration {
+            ttl: Duration::from_secs(2),
+            ..registration(
+                "shop",
+                "127.0.0.1:9000",
+                10,
+                &[("zone", "a"), ("canary", "")],
+            )
+        };
         // The body alone registers the service with its check critical: not under ?passing.
         client.register(registrar.body(&reg)).await.unwrap();
         assert_eq!(

@@ -67,7 +67,7 @@ impl Fleet {
     /// Waits until waypost routes to both.
     async fn converged(&self) {
         eventually(SETTLE, || async {
-            answering(&self.proxy, 20).await == ["a", "b"]
+            answering(&self.proxy, "echo", 20).await == ["a", "b"]
         })
         .await;
     }
@@ -76,7 +76,7 @@ impl Fleet {
     async fn serving(&self, how_long: Duration, ok: impl Fn(&[String]) -> bool) {
         let since = Instant::now();
         while since.elapsed() < how_long {
-            let names = answering(&self.proxy, 5).await;
+            let names = answering(&self.proxy, "echo", 5).await;
             assert!(ok(&names), "{names:?}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -100,21 +100,6 @@ impl Fleet {
     }
 }
 
-/// The instances answering `echo` over `n` requests, sorted; waypost's own errors by kind.
-async fn answering(proxy: &TestProxy, n: usize) -> Vec<String> {
-    let mut names = std::collections::BTreeSet::new();
-    for _ in 0..n {
-        let got = get(&format!("{}/", proxy.url()), &[("host", "echo")])
-            .await
-            .unwrap();
-        names.insert(match got.status {
-            200 => got.header("x-instance").to_string(),
-            _ => format!("error: {}", got.header("x-waypost-error")),
-        });
-    }
-    names.into_iter().collect()
-}
-
 const RESETS: &str = "waypost_registry_consul_index_resets_total";
 const ERRORS: &str = "waypost_registry_consul_request_errors_total";
 
@@ -122,7 +107,7 @@ const ERRORS: &str = "waypost_registry_consul_request_errors_total";
 async fn an_index_going_backwards_resets_the_watch_and_the_table_converges() {
     within(DEADLINE, async {
         let f = Fleet::start("", "").await;
-        assert_eq!(answering(&f.proxy, 5).await, ["a"]);
+        assert_eq!(answering(&f.proxy, "echo", 5).await, ["a"]);
         let since = Instant::now();
         // Snapshot restores: each wakes the blocking query with a lower index than it asked
         // from; the watch starts over from 0 and then blocks from the restored index.

@@ -713,29 +713,6 @@ ETCD_REFUSED = {
 }
 
 
-@pytest.mark.parametrize("case", ETCD_REFUSED)
-def test_schema_rejects_etcd_settings_waypost_refuses_too(chart, case, waypost_bin, tmp_path):
-    config, where, key = ETCD_REFUSED[case]
-    message = render_error(chart, {"config": config})
-    assert f"at '{where}'" in message, message
-    result = waypost_check(waypost_bin, yaml.safe_dump(config), {}, tmp_path)
-    assert result.returncode == 2 and key in result.stderr, (
-        f"waypost check now accepts {config} ({result.returncode}): relax values.schema.json's etcd keys\n"
-        f"{result.stderr}")
-
-
-@pytest.mark.parametrize("config", [
-    {"registry": {"etcd": {"endpoints": ["10.0.0.1:2379", "http://etcd:2379"], "lease_ttl": "30s"}}},
-    {"services": {"users": {"resolver": {"etcd": {}}}}},
-    {"services": {"users": {"resolver": {"etcd": {"layout": "kitex", "prefix": "", "name": "Users"}}}}},
-    {"discovery": {"on_demand": [{"suffix": ".etcd.local", "resolver": {"etcd": {"layout": "grpc"}}}]}},
-], ids=["registry", "resolver-defaults", "resolver-kitex-empty-prefix", "on-demand"])
-def test_schema_accepts_etcd_settings(chart, config, waypost_bin, tmp_path):
-    chart.render({"config": config}, name=RELEASE, namespace=NAMESPACE)
-    result = waypost_check(waypost_bin, yaml.safe_dump(config), {}, tmp_path)
-    assert result.returncode == 0, result.stderr
-
-
 #: Consul settings waypost refuses, each with where the schema refuses it and the key waypost names.
 CONSUL_REFUSED = {
     "address-with-scheme": ({"registry": {"consul": {"address": "http://consul:8500"}}}, "/config/registry/consul/address", "registry.consul.address"),
@@ -749,26 +726,37 @@ CONSUL_REFUSED = {
 }
 
 
-@pytest.mark.parametrize("case", CONSUL_REFUSED)
-def test_schema_rejects_consul_settings_waypost_refuses_too(chart, case, waypost_bin, tmp_path):
-    config, where, key = CONSUL_REFUSED[case]
+#: Registry settings waypost refuses, etcd's and Consul's, each with where the schema refuses it.
+REGISTRY_REFUSED = {**{f"etcd-{k}": v for k, v in ETCD_REFUSED.items()},
+                    **{f"consul-{k}": v for k, v in CONSUL_REFUSED.items()}}
+
+
+@pytest.mark.parametrize("case", REGISTRY_REFUSED)
+def test_schema_rejects_registry_settings_waypost_refuses_too(chart, case, waypost_bin, tmp_path):
+    config, where, key = REGISTRY_REFUSED[case]
     message = render_error(chart, {"config": config})
     assert f"at '{where}'" in message, message
     result = waypost_check(waypost_bin, yaml.safe_dump(config), {}, tmp_path)
     assert result.returncode == 2 and key in result.stderr, (
-        f"waypost check now accepts {config} ({result.returncode}): relax values.schema.json's consul keys\n"
+        f"waypost check now accepts {config} ({result.returncode}): relax values.schema.json's registry keys\n"
         f"{result.stderr}")
 
 
 @pytest.mark.parametrize("config", [
+    {"registry": {"etcd": {"endpoints": ["10.0.0.1:2379", "http://etcd:2379"], "lease_ttl": "30s"}}},
+    {"services": {"users": {"resolver": {"etcd": {}}}}},
+    {"services": {"users": {"resolver": {"etcd": {"layout": "kitex", "prefix": "", "name": "Users"}}}}},
+    {"discovery": {"on_demand": [{"suffix": ".etcd.local", "resolver": {"etcd": {"layout": "grpc"}}}]}},
     {"registry": {"consul": {"address": "${HOST_IP}:8500", "token": "${CONSUL_HTTP_TOKEN:-}", "wait": "1m"}}},
     {"services": {"users": {"resolver": {"consul": {}}}}},
     {"services": {"users": {"resolver": {"consul": {"service": "Users.Service", "tag": "zone:a", "passing_only": False}}}}},
     {"discovery": {"on_demand": [{"suffix": ".consul.local", "resolver": {"consul": {"tag": "v2"}}}]}},
     {"register": [{"service": "shop", "address": "${POD_IP}:8080", "registry": "consul",
                    "check": {"http": "http://127.0.0.1:8080/healthz", "consul": "http"}}]},
-], ids=["registry", "resolver-defaults", "resolver-every-key", "on-demand", "register-http-check"])
-def test_schema_accepts_consul_settings(chart, config, waypost_bin, tmp_path):
+], ids=["etcd-registry", "etcd-resolver-defaults", "etcd-resolver-kitex-empty-prefix", "etcd-on-demand",
+        "consul-registry", "consul-resolver-defaults", "consul-resolver-every-key", "consul-on-demand",
+        "consul-register-http-check"])
+def test_schema_accepts_registry_settings(chart, config, waypost_bin, tmp_path):
     chart.render({"config": config}, name=RELEASE, namespace=NAMESPACE)
     result = waypost_check(waypost_bin, yaml.safe_dump(config), {"HOST_IP": "10.0.0.1", "POD_IP": "10.1.2.3"}, tmp_path)
     assert result.returncode == 0, result.stderr

@@ -71,7 +71,11 @@ fn rejects_bad_registry_settings() {
         "invalid agent address",
     );
     rejects(&r("    address: consul:0\n"), 3, "invalid agent address");
-    rejects(&r("    address: consul:8500/\n"), 3, "invalid agent address");
+    rejects(
+        &r("    address: consul:8500/\n"),
+        3,
+        "invalid agent address",
+    );
     rejects(
         &r("    scheme: https\n"),
         3,

@@ -121,39 +121,31 @@ impl ConsulClient {
 
     /// `PUT /v1/agent/service/deregister/<id>`.
     pub async fn deregister(&self, service_id: &str) -> Result<(), ConsulError> {
-        let path = format!(
-            "/v1/agent/service/deregister/{}",
-            super::codec::encode(service_id)
-        );
-        self.call(
-            Op::Deregister,
-            Method::PUT,
-            &path,
-            None,
-            self.request_timeout,
-        )
-        .await
-        .map(drop)
+        self.on_id(Op::Deregister, "/v1/agent/service/deregister/", service_id)
+            .await
     }
 
     /// `PUT /v1/agent/check/pass/<id>`: the TTL check passes, its clock starts again.
     pub async fn pass(&self, check_id: &str) -> Result<(), ConsulError> {
-        let path = format!("/v1/agent/check/pass/{}", super::codec::encode(check_id));
-        self.call(
-            Op::CheckPass,
-            Method::PUT,
-            &path,
-            None,
-            self.request_timeout,
-        )
-        .await
-        .map(drop)
+        self.on_id(Op::CheckPass, "/v1/agent/check/pass/", check_id)
+            .await
     }
 
     /// `GET /v1/agent/service/<id>`: `Ok` while the agent knows the service.
     pub async fn service(&self, service_id: &str) -> Result<(), ConsulError> {
-        let path = format!("/v1/agent/service/{}", super::codec::encode(service_id));
-        self.call(Op::Service, Method::GET, &path, None, self.request_timeout)
+        self.on_id(Op::Service, "/v1/agent/service/", service_id)
+            .await
+    }
+
+    /// `op` on the agent's `prefix<id>` (GET for a look-up, PUT for a change), answer unread.
+    async fn on_id(&self, op: Op, prefix: &str, id: &str) -> Result<(), ConsulError> {
+        let method = if op == Op::Service {
+            Method::GET
+        } else {
+            Method::PUT
+        };
+        let path = format!("{prefix}{}", super::codec::encode(id));
+        self.call(op, method, &path, None, self.request_timeout)
             .await
             .map(drop)
     }
