@@ -13,7 +13,8 @@ have protoc   || need+=(protobuf-compiler)
 # etcd-client's build script compiles etcd's protos, which import protobuf's well-known types.
 [ -f /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
 have curl     || need+=(curl)
-# The etcd TLS tests make their certificates with it.
+# The etcd and Consul TLS tests make their certificates with it. (No Consul binary is packaged
+# for Debian, PyPI, npm or crates.io: the Consul tests run against an in-process double.)
 have openssl  || need+=(openssl)
 have python3  || need+=(python3)
 # tests/helm/run.sh makes a virtualenv: Debian's python3 needs python3-venv for that.
