@@ -241,14 +241,18 @@ impl Watch {
                     .inc();
                 tracing::warn!(target = %self.target, asked, index = ?got, reason = reset.as_str(),
                     "Consul index not usable for blocking; reset");
-                // An index that went backwards is not comparable with the ones the cache has.
+                // Not comparable with the indexes the cache has seen.
                 res.revision = None;
             }
             self.index = step.index;
             if step.pause {
                 self.hold_until = Some(Instant::now() + SUSPECT_PAUSE);
             }
-            if self.last.as_ref() != Some(&res.instances) {
+            // After the index went backwards the answer goes to the cache even when its
+            // instances are the same: its revision-less answer is what lets the cache take the
+            // lower indexes that follow, instead of ignoring them as older than what it has.
+            let backwards = step.reset == Some(Reset::Backwards);
+            if backwards || self.last.as_ref() != Some(&res.instances) {
                 self.last = Some(res.instances.clone());
                 return res;
             }
