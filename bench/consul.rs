@@ -20,22 +20,20 @@
 //!
 //! Run: `cargo bench --bench consul` (prints p50/p90/p99/max; copy them to bench/RESULTS.md).
 
-#[path = "common.rs"]
-mod common;
 #[allow(dead_code)]
 #[path = "../tests/support/consul.rs"]
 mod double;
+#[path = "support.rs"]
+mod support;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{report, serve, start_waypost, until_answered_by, until_instances, Conn};
+use support::{await_instances, measure, report, serve, spawn_waypost, Conn, LARGE};
 use tokio::net::TcpListener;
 
 /// Changes measured per case.
 const CHANGES: usize = 200;
-/// Instances of the large case.
-const LARGE: usize = 1_000;
 /// Time between changes in the spaced cases: enough for the watch's rate limiter to refill.
 const SPACING: Duration = Duration::from_millis(250);
 
@@ -50,34 +48,25 @@ fn body(id: &str, addr: SocketAddr, weight: u32) -> String {
 
 /// Registers and deregisters the instance `new` `CHANGES` times, `spacing` apart; the time from
 /// each registration to the first request `new` answers.
-async fn measure(
+async fn changes(
     c: &double::ConsulDouble,
     proxy: SocketAddr,
     new: SocketAddr,
     spacing: Duration,
 ) -> Vec<Duration> {
-    let mut conn = Conn::open(proxy).await;
-    let mut samples = Vec::with_capacity(CHANGES);
-    for _ in 0..CHANGES {
-        tokio::time::sleep(spacing).await;
-        c.register_json(&body("echo-new", new, 65_535)).unwrap();
-        let registered = Instant::now();
-        while conn.instance().await != "new" {}
-        samples.push(registered.elapsed());
-        tokio::time::sleep(spacing).await;
-        c.deregister("echo-new").unwrap();
-        // Wait until the table has lost it (its weight makes it answer nearly every request
-        // while it is there).
-        let mut old = 0;
-        while old < 20 {
-            old = if conn.instance().await == "new" {
-                0
-            } else {
-                old + 1
-            };
-        }
-    }
-    samples
+    measure(
+        proxy,
+        CHANGES,
+        || async move {
+            tokio::time::sleep(spacing).await;
+            c.register_json(&body("echo-new", new, 65_535)).unwrap();
+        },
+        || async move {
+            tokio::time::sleep(spacing).await;
+            c.deregister("echo-new").unwrap();
+        },
+    )
+    .await
 }
 
 fn main() {
@@ -99,15 +88,18 @@ fn main() {
             "listen: 127.0.0.1:0\nadmin: {{listen: 127.0.0.1:0}}\nlog: {{level: warn}}\n{}discovery: {{refresh_interval: 1h}}\nservices:\n  echo: {{resolver: {{consul: {{}}}}}}\n",
             c.registry_yaml("")
         );
-        let (proxy, admin) = start_waypost(&yaml);
-        until_answered_by(proxy, "old").await;
+        let (proxy, admin) = spawn_waypost(&yaml);
+        let mut conn = Conn::open(proxy).await;
+        while conn.instance().await != "old" {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         report(
             "blocking query to table, 1 instance + 1",
-            measure(&c, proxy, new_addr, SPACING).await,
+            changes(&c, proxy, new_addr, SPACING).await,
         );
         report(
             "back to back (rate-limited), 1 instance + 1",
-            measure(&c, proxy, new_addr, Duration::ZERO).await,
+            changes(&c, proxy, new_addr, Duration::ZERO).await,
         );
 
         // The large case: 1,000 more instances, each a port of its own answered as "old".
@@ -117,7 +109,7 @@ fn main() {
             serve(l, "old");
             c.register_json(&body(&format!("echo-{i}"), a, 1)).unwrap();
         }
-        until_instances(admin, LARGE + 1).await;
+        await_instances(admin, LARGE + 1).await;
         // The double's own share of each sample: building and encoding the answer.
         let mut built: Vec<Duration> = (0..50)
             .map(|_| {
@@ -155,7 +147,7 @@ fn main() {
         );
         report(
             "blocking query to table, 1,001 instances, one registered",
-            measure(&c, proxy, new_addr, SPACING).await,
+            changes(&c, proxy, new_addr, SPACING).await,
         );
     });
 }

@@ -12,8 +12,9 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::consul::{ConsulDouble, HealthApp};
+use support::consul::ConsulDouble;
 use support::external::{free_port, spawn_waypost};
+use support::health::HealthEndpoint;
 use support::*;
 use waypost::config::{ConsulCheckKind, ConsulRegistryConfig};
 use waypost::metrics::ConsulMetrics;
@@ -158,7 +159,7 @@ async fn debug_registration(proxy: &TestProxy) -> serde_json::Value {
 async fn the_health_gate_withdraws_and_restores_while_the_agent_runs_the_same_http_check() {
     within(DEADLINE, async {
         let c = ConsulDouble::start().await;
-        let app = HealthApp::start(200).await;
+        let app = HealthEndpoint::start(200).await;
         let proxy = TestProxy::start_unready(&format!(
             "{}shutdown: {{deregister_wait: 0s}}\nregister:\n  - service: shop\n    address: \"{}\"\n    registry: consul\n    check: {{http: \"{}\", interval: 100ms, timeout: 80ms, rise: 1, fall: 1, consul: http}}\n",
             c.registry_yaml("    ttl: 1s\n"),

@@ -8,7 +8,8 @@ mod support;
 use std::time::Duration;
 
 use support::consul::state::{State, DEREGISTER_MIN, REAP_INTERVAL};
-use support::consul::{ConsulDouble, HealthApp};
+use support::consul::ConsulDouble;
+use support::health::HealthEndpoint;
 use support::*;
 use tokio::time::Instant;
 
@@ -102,7 +103,7 @@ fn the_reaper_removes_services_critical_past_their_floor_raised_deadline() {
 async fn http_and_tcp_checks_are_run_by_the_double() {
     within(DEADLINE, async {
         let c = ConsulDouble::start().await;
-        let app = HealthApp::start(200).await;
+        let app = HealthEndpoint::start(200).await;
         let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let tcp_addr = tcp.local_addr().unwrap();
         c.register_json(&format!(r#"{{"ID":"h","Name":"h","Check":{{"HTTP":"http://{}/health","Interval":"50ms","Timeout":"1s"}}}}"#, app.addr)).unwrap();

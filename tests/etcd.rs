@@ -16,11 +16,25 @@ use support::etcd::{cloudwego_value, Etcd};
 use support::external::{free_port, spawn_waypost};
 use support::*;
 use waypost::config::EtcdLayout;
-use waypost::register::Registrar;
+use waypost::register::{Registrar, Registration};
 use waypost::registry::etcd::{Codec, EtcdRegistrar};
 
 /// Every test finishes within this, or fails.
 const DEADLINE: Duration = Duration::from_secs(60);
+
+fn registration(service: &str, addr: &str, weight: u32, tags: &[(&str, &str)]) -> Registration {
+    Registration {
+        service: service.into(),
+        address: addr.parse().unwrap(),
+        weight,
+        tags: Arc::new(
+            tags.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        ),
+        ttl: Duration::from_secs(10),
+    }
+}
 
 /// GETs `/` for `host` through the outbound listener `url`; the answering instance's name.
 async fn routed_to(url: &str, host: &str) -> String {

@@ -440,55 +440,6 @@ impl ConsulDouble {
     }
 }
 
-/// An app's health endpoint whose status code the test sets (for waypost's gate and for the
-/// double's HTTP checks alike). Answers every request, then closes. Stops when dropped.
-pub struct HealthApp {
-    pub addr: SocketAddr,
-    code: Arc<std::sync::atomic::AtomicU16>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl HealthApp {
-    /// An endpoint on a free loopback port answering `code`.
-    pub async fn start(code: u16) -> Self {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let code = Arc::new(std::sync::atomic::AtomicU16::new(code));
-        let c = code.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((mut s, _)) = l.accept().await {
-                let code = c.load(std::sync::atomic::Ordering::Relaxed);
-                tokio::spawn(async move {
-                    let mut buf = [0u8; 1024];
-                    let _ = s.read(&mut buf).await;
-                    let resp = format!(
-                        "HTTP/1.1 {code} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                    );
-                    let _ = s.write_all(resp.as_bytes()).await;
-                });
-            }
-        });
-        Self { addr, code, task }
-    }
-
-    /// Answers `code` from now on.
-    pub fn set(&self, code: u16) {
-        self.code.store(code, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// `http://<addr>/healthz`.
-    pub fn url(&self) -> String {
-        format!("http://{}/healthz", self.addr)
-    }
-}
-
-impl Drop for HealthApp {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 impl Drop for ConsulDouble {
     fn drop(&mut self) {
         if let Some(server) = self.server.take() {

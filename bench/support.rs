@@ -1,12 +1,40 @@
-//! What the end-to-end benches (`etcd.rs`, `consul.rs`) share: upstreams that answer with their
-//! name, a keep-alive client connection to waypost, a `/metrics` scrape, and the percentile
-//! report. Included by each with `#[path]`.
+//! What the registry benches (`bench/etcd.rs`, `bench/zookeeper.rs`) share: upstreams that
+//! answer with their name, one keep-alive connection through waypost, a `/metrics` scrape, the
+//! change-to-routed measuring loop and its report. Included with `#[path]`; each bench uses
+//! its part.
+#![allow(dead_code)]
 
+use std::future::Future;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+/// Changes measured per case.
+pub const CHANGES: usize = 300;
+/// Instances of the large case.
+pub const LARGE: usize = 1_000;
+
+/// A child process (a registry server) killed and reaped when dropped.
+pub struct Killed(pub std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A free port below 32768 (Linux gives outgoing connections the range above).
+pub fn low_port() -> u16 {
+    loop {
+        let p = fastrand::u16(20_000..32_000);
+        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
+}
 
 /// Answers every request on `listener` with `x-instance: name`, keep-alive.
 pub fn serve(listener: TcpListener, name: &'static str) {
@@ -38,7 +66,7 @@ pub fn serve(listener: TcpListener, name: &'static str) {
     });
 }
 
-pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
@@ -96,7 +124,59 @@ pub async fn scrape(admin: SocketAddr) -> String {
     String::from_utf8_lossy(&text).into_owned()
 }
 
-/// Prints the percentiles of `samples` for `case`.
+/// Waits until waypost at `admin` holds `n` instances of `echo`.
+pub async fn await_instances(admin: SocketAddr, n: usize) {
+    let want = format!("waypost_discovery_instances{{service=\"echo\"}} {n}");
+    let started = Instant::now();
+    while !scrape(admin).await.contains(&want) {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the table never reached {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Runs `changes` rounds through waypost at `proxy`, where `echo` is served by instances
+/// answering "old": `add` puts an instance answering "new" (weighted so that the next request
+/// lands on it) and returns once the registry acknowledged it; the sample is the time from
+/// then to the first request "new" answers. `remove` takes it away again, and the table settles
+/// before the next round.
+pub async fn measure<A, FA, R, FR>(
+    proxy: SocketAddr,
+    changes: usize,
+    mut add: A,
+    mut remove: R,
+) -> Vec<Duration>
+where
+    A: FnMut() -> FA,
+    FA: Future<Output = ()>,
+    R: FnMut() -> FR,
+    FR: Future<Output = ()>,
+{
+    let mut conn = Conn::open(proxy).await;
+    let mut samples = Vec::with_capacity(changes);
+    for _ in 0..changes {
+        add().await;
+        let acked = Instant::now();
+        while conn.instance().await != "new" {}
+        samples.push(acked.elapsed());
+        remove().await;
+        // Wait until the table has lost it (its weight makes it answer nearly every request
+        // while it is there).
+        let mut old = 0;
+        while old < 20 {
+            old = if conn.instance().await == "new" {
+                0
+            } else {
+                old + 1
+            };
+        }
+    }
+    samples
+}
+
+/// Prints p50/p90/p99/max of `samples` under `case`.
 pub fn report(case: &str, mut samples: Vec<Duration>) {
     samples.sort();
     let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
@@ -110,9 +190,9 @@ pub fn report(case: &str, mut samples: Vec<Duration>) {
     );
 }
 
-/// Starts waypost from `yaml` in-process, on its own thread and single-threaded runtime (as the
-/// binary runs by default); its outbound and admin addresses.
-pub fn start_waypost(yaml: &str) -> (SocketAddr, SocketAddr) {
+/// Runs waypost built from `yaml` on a single-threaded runtime of its own thread (as the binary
+/// runs by default); its outbound and admin addresses.
+pub fn spawn_waypost(yaml: &str) -> (SocketAddr, SocketAddr) {
     let config = waypost::config::load_str("bench.yaml", yaml, &|_| None).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -127,25 +207,4 @@ pub fn start_waypost(yaml: &str) -> (SocketAddr, SocketAddr) {
         });
     });
     rx.recv().unwrap()
-}
-
-/// Waits until a request for `echo` through `proxy` is answered by `instance`.
-pub async fn until_answered_by(proxy: SocketAddr, instance: &str) {
-    let mut conn = Conn::open(proxy).await;
-    while conn.instance().await != instance {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Waits (30 s at most) until `echo`'s table holds `n` instances, as `/metrics` at `admin` says.
-pub async fn until_instances(admin: SocketAddr, n: usize) {
-    let want = format!("waypost_discovery_instances{{service=\"echo\"}} {n}");
-    let started = std::time::Instant::now();
-    while !scrape(admin).await.contains(&want) {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the table never reached {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
