@@ -2,7 +2,7 @@
 //! shuts them down in order. Start-up failures carry context (`anyhow`); nothing here handles
 //! a request.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,14 +15,14 @@ use tokio::sync::mpsc;
 
 use crate::admin::Admin;
 use crate::cache::{Cache, Declared, Lookup, Policy, Rule};
-use crate::config::{CheckConfig, Config, RegisterEntry, RegistryKind, ResolverConfig};
+use crate::config::{CheckConfig, Config, EtcdLayout, RegisterEntry, RegistryKind, ResolverConfig};
 use crate::discover::Resolver;
 use crate::forward::{self, Listener, Pool, Proxy, ServiceHandle};
 use crate::metrics::EtcdMetrics;
 use crate::metrics::Metrics;
 use crate::register::{Check, Entry, Registrar, Registration, Registrations};
 use crate::registry::dns::{DnsClient, DnsResolver};
-use crate::registry::etcd::{Codec, EtcdClient, EtcdResolver};
+use crate::registry::etcd::{Codec, EtcdClient, EtcdRegistrar, EtcdResolver};
 use crate::registry::file::{FileRegistrar, FileResolver};
 use crate::registry::static_::StaticResolver;
 use crate::shutdown;
@@ -58,16 +58,68 @@ pub struct App {
     observed: Option<Vec<(String, SocketAddr)>>,
 }
 
-/// Builds the registrars `register:` entries name, one per registry (and options), shared by
-/// the entries that name the same one. Each backend has one arm in [`RegistrarFactory::build`].
-struct RegistrarFactory<'a> {
+/// The registries' clients, each built on first use and then shared by every resolver and
+/// registrar that talks to that registry: one DNS client, one etcd client.
+struct Clients<'a> {
     config: &'a Config,
-    file: Option<Arc<FileRegistrar>>,
+    dns: Option<Arc<DnsClient>>,
+    etcd: Option<Arc<EtcdClient>>,
+    etcd_metrics: EtcdMetrics,
 }
 
-impl<'a> RegistrarFactory<'a> {
-    fn new(config: &'a Config) -> Self {
-        Self { config, file: None }
+impl<'a> Clients<'a> {
+    fn new(config: &'a Config, etcd_metrics: EtcdMetrics) -> Self {
+        Self {
+            config,
+            dns: None,
+            etcd: None,
+            etcd_metrics,
+        }
+    }
+
+    /// The DNS client (`dns`).
+    fn dns(&mut self) -> anyhow::Result<Arc<DnsClient>> {
+        if let Some(c) = &self.dns {
+            return Ok(c.clone());
+        }
+        let client = DnsClient::from_config(&self.config.dns).context("cannot set up DNS")?;
+        self.dns = Some(client.clone());
+        Ok(client)
+    }
+
+    /// The etcd client (`registry.etcd`), connecting to nothing yet.
+    fn etcd(&mut self) -> anyhow::Result<Arc<EtcdClient>> {
+        if let Some(c) = &self.etcd {
+            return Ok(c.clone());
+        }
+        let client = Arc::new(
+            EtcdClient::from_config(&self.config.registry.etcd, self.etcd_metrics.clone())
+                .map_err(anyhow::Error::msg)
+                .context("cannot set up the etcd client")?,
+        );
+        self.etcd = Some(client.clone());
+        Ok(client)
+    }
+}
+
+/// Builds the registrars `register:` entries name, one per registry (and options), shared by
+/// the entries that name the same one. Each backend has one arm in [`RegistrarFactory::build`].
+struct RegistrarFactory<'a, 'c> {
+    config: &'a Config,
+    clients: &'c mut Clients<'a>,
+    file: Option<Arc<FileRegistrar>>,
+    /// One etcd registrar per layout and prefix, shared by the entries writing there.
+    etcd: HashMap<(EtcdLayout, String), Arc<EtcdRegistrar>>,
+}
+
+impl<'a, 'c> RegistrarFactory<'a, 'c> {
+    fn new(config: &'a Config, clients: &'c mut Clients<'a>) -> Self {
+        Self {
+            config,
+            clients,
+            file: None,
+            etcd: HashMap::new(),
+        }
     }
 
     /// The registrar for `entry`, and the time-to-live of its registrations.
@@ -80,9 +132,17 @@ impl<'a> RegistrarFactory<'a> {
                     .get_or_insert_with(|| Arc::new(FileRegistrar::new(&registry.file.dir)));
                 Ok((file.clone(), registry.file.ttl.0))
             }
-            // The etcd backend's arm: its registrar for the entry's layout and prefix
-            // (`entry.etcd`, defaults from `registry.etcd`), and `registry.etcd.lease_ttl`.
-            RegistryKind::Etcd => anyhow::bail!("the etcd registry is not available in this build"),
+            RegistryKind::Etcd => {
+                let ttl = registry.etcd.lease_ttl.0;
+                let place = registry.etcd.entry_layout_and_prefix(entry.etcd.as_ref());
+                if let Some(etcd) = self.etcd.get(&place) {
+                    return Ok((etcd.clone(), ttl));
+                }
+                let codec = Codec::new(place.0, place.1.clone());
+                let etcd = Arc::new(EtcdRegistrar::new(self.clients.etcd()?, codec, ttl));
+                self.etcd.insert(place, etcd.clone());
+                Ok((etcd, ttl))
+            }
         }
     }
 
@@ -124,7 +184,17 @@ impl<'a> RegistrarFactory<'a> {
                         (ResolverConfig::File(f), RegistryKind::File) => {
                             f.name.as_ref().unwrap_or(name) == &e.service
                         }
-                        // The etcd backend's arm: an etcd resolver with the entry's layout and prefix.
+                        (ResolverConfig::Etcd(r), RegistryKind::Etcd) => {
+                            // It reads the key the entry writes, in a layout that decodes its value.
+                            let etcd = &config.registry.etcd;
+                            let (layout, prefix) =
+                                etcd.layout_and_prefix(r.layout, r.prefix.as_deref());
+                            let (written, at) = etcd.entry_layout_and_prefix(e.etcd.as_ref());
+                            let read = r.name.as_deref().unwrap_or(name.as_str());
+                            layout.service_prefix(&prefix, read)
+                                == written.service_prefix(&at, e.service.as_str())
+                                && (layout == EtcdLayout::Grpc) == (written == EtcdLayout::Grpc)
+                        }
                         _ => false,
                     }
                 })?;
@@ -134,39 +204,16 @@ impl<'a> RegistrarFactory<'a> {
     }
 }
 
-/// Builds resolvers from config, sharing one DNS client and one etcd client (each created on
-/// first use) between them.
-struct ResolverFactory<'a> {
+/// Builds resolvers from config, on the shared [`Clients`].
+struct ResolverFactory<'a, 'c> {
     config: &'a Config,
-    dns: Option<Arc<DnsClient>>,
-    etcd: Option<Arc<EtcdClient>>,
-    etcd_metrics: EtcdMetrics,
+    clients: &'c mut Clients<'a>,
 }
 
-impl<'a> ResolverFactory<'a> {
+impl<'a, 'c> ResolverFactory<'a, 'c> {
     /// A factory for `config`.
-    fn new(config: &'a Config, etcd_metrics: EtcdMetrics) -> Self {
-        Self {
-            config,
-            dns: None,
-            etcd: None,
-            etcd_metrics,
-        }
-    }
-
-    /// The process's etcd client (`registry.etcd`), shared by every etcd resolver and
-    /// registrar; built on first use, connecting to nothing yet.
-    fn etcd(&mut self) -> anyhow::Result<Arc<EtcdClient>> {
-        if let Some(c) = &self.etcd {
-            return Ok(c.clone());
-        }
-        let client = Arc::new(
-            EtcdClient::from_config(&self.config.registry.etcd, self.etcd_metrics.clone())
-                .map_err(anyhow::Error::msg)
-                .context("cannot set up the etcd client")?,
-        );
-        self.etcd = Some(client.clone());
-        Ok(client)
+    fn new(config: &'a Config, clients: &'c mut Clients<'a>) -> Self {
+        Self { config, clients }
     }
 
     /// The resolver `resolver` describes. A file resolver without `name` reads the registry
@@ -178,26 +225,15 @@ impl<'a> ResolverFactory<'a> {
                 FileResolver::new(&self.config.registry.file.dir)
                     .named(f.name.as_ref().map(|n| n.as_str())),
             ),
-            ResolverConfig::Dns(d) => {
-                let client = match &self.dns {
-                    Some(c) => c.clone(),
-                    None => {
-                        let c = DnsClient::from_config(&self.config.dns)
-                            .context("cannot set up DNS")?;
-                        self.dns = Some(c.clone());
-                        c
-                    }
-                };
-                Arc::new(DnsResolver::from_config(client, d))
-            }
+            ResolverConfig::Dns(d) => Arc::new(DnsResolver::from_config(self.clients.dns()?, d)),
             ResolverConfig::Etcd(e) => {
                 let cfg = &self.config.registry.etcd;
                 let (layout, prefix) = cfg.layout_and_prefix(e.layout, e.prefix.as_deref());
                 Arc::new(EtcdResolver::new(
-                    self.etcd()?,
+                    self.clients.etcd()?,
                     Codec::new(layout, prefix),
                     e.name.clone(),
-                    self.etcd_metrics.clone(),
+                    self.clients.etcd_metrics.clone(),
                 ))
             }
         })
@@ -239,7 +275,8 @@ impl App {
         let mut pools = vec![default_pool.clone()];
         let mut declared = Vec::new();
         let mut per_service = BTreeMap::new();
-        let mut factory = ResolverFactory::new(&config, metrics.etcd.clone());
+        let mut clients = Clients::new(&config, metrics.etcd.clone());
+        let mut factory = ResolverFactory::new(&config, &mut clients);
         let rules = factory.rules()?;
         for (name, svc) in &config.services {
             declared.push(Declared {
@@ -287,7 +324,7 @@ impl App {
             }
         }
         let admin_listener = bind(config.admin.listen.0, "admin.listen").await?;
-        let mut registrars = RegistrarFactory::new(&config);
+        let mut registrars = RegistrarFactory::new(&config, &mut clients);
         let registrations = Registrations::new(registrars.entries(&metrics)?);
         let observed = registrars.observed();
         let addrs = Addrs {

@@ -22,10 +22,10 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use discovery::{BackoffConfig, DiscoveryConfig, DnsConfig, GuardConfig, OnDemandRule};
+pub use etcd::{EtcdLayout, EtcdOptions, EtcdRegistryConfig, EtcdResolverConfig, EtcdTlsConfig};
 pub use register::{
     default_register_weight, CheckConfig, HttpUrl, ProbeConfig, RegisterEntry, RegistryKind,
 };
-pub use etcd::{EtcdLayout, EtcdOptions, EtcdRegistryConfig, EtcdResolverConfig, EtcdTlsConfig};
 pub use types::{Addr, Dur, ServiceName};
 
 /// Where the outbound listener binds when the config does not say (linkerd's outbound port).

@@ -13,7 +13,7 @@ use std::net::{IpAddr, SocketAddr};
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
-use super::{Addr, Config, Dur, ServiceName};
+use super::{Addr, Config, Dur, EtcdOptions, ServiceName};
 
 /// `register[]` — one instance of the local app to announce.
 #[derive(Debug, Clone, Deserialize)]
@@ -31,12 +31,33 @@ pub struct RegisterEntry {
     pub tags: BTreeMap<String, String>,
     /// The registry to write to.
     pub registry: RegistryKind,
-    /// Per-entry options of the etcd registrar (layout, prefix). Placeholder: the etcd backend
-    /// replaces this untyped mapping with its typed block from `config/etcd.rs`.
-    pub etcd: Option<serde_yaml::Mapping>,
+    /// Where a `registry: etcd` entry goes in etcd (layout, prefix); defaults from
+    /// `registry.etcd`. Only for etcd entries.
+    pub etcd: Option<EtcdOptions>,
     /// The health gate: required, `none` to waive it. (`Option` so that a missing key gets the
     /// explanatory error of [`validate`] rather than serde's bare "missing field".)
     pub check: Option<CheckConfig>,
+}
+
+impl RegisterEntry {
+    /// Where the entry lives in its registry: the file registry's `<service>/<address>`, or the
+    /// etcd key (its layout and prefix defaulted from `registry.etcd`).
+    fn place(&self, config: &Config) -> String {
+        match self.registry {
+            RegistryKind::File => format!("{}/{}", self.service, self.address),
+            RegistryKind::Etcd => {
+                let (layout, prefix) = config
+                    .registry
+                    .etcd
+                    .entry_layout_and_prefix(self.etcd.as_ref());
+                format!(
+                    "{}{}",
+                    layout.service_prefix(&prefix, self.service.as_str()),
+                    self.address
+                )
+            }
+        }
+    }
 }
 
 /// Weight of a registration that does not state one: 10, what Hertz and Kitex default to, so
@@ -51,7 +72,7 @@ pub fn default_register_weight() -> u32 {
 pub enum RegistryKind {
     /// The embedded file registry (`registry.file`).
     File,
-    /// etcd (`registry.etcd`). Parsed already; [`validate`] refuses it until the backend lands.
+    /// etcd (`registry.etcd`), in the entry's layout under its prefix (`register[].etcd`).
     Etcd,
 }
 
@@ -232,30 +253,32 @@ pub(super) fn validate(config: &Config) -> Result<(), (String, String)> {
         if entry.tags.keys().any(|k| k.is_empty()) {
             return Err((format!("{base}.tags"), "tag names must not be empty".into()));
         }
-        // The etcd backend replaces these two rules when it lands (its registrar and block).
-        if entry.registry == RegistryKind::Etcd {
-            return Err((
-                format!("{base}.registry"),
-                "the etcd registry is not available in this build yet: use `file`".into(),
-            ));
-        }
-        if entry.etcd.is_some() {
-            return Err((
-                format!("{base}.etcd"),
-                "etcd options apply only to `registry: etcd`".into(),
-            ));
+        match (&entry.etcd, entry.registry) {
+            (Some(options), RegistryKind::Etcd) => options.validate(&format!("{base}.etcd"))?,
+            (Some(_), _) => {
+                return Err((
+                    format!("{base}.etcd"),
+                    "etcd options apply only to `registry: etcd`".into(),
+                ))
+            }
+            (None, _) => {}
         }
         validate_check(entry.check.as_ref(), &base)?;
-        let same = config.register[..i].iter().position(|e| {
-            e.registry == entry.registry && e.service == entry.service && e.address == entry.address
-        });
+        // Two entries in one place of one registry would overwrite each other's entry and take
+        // it for lost at every renewal.
+        let place = entry.place(config);
+        let same = config.register[..i]
+            .iter()
+            .position(|e| e.registry == entry.registry && e.place(config) == place);
         if let Some(j) = same {
+            let what = match entry.registry {
+                RegistryKind::Etcd => format!("the etcd key {place}"),
+                RegistryKind::File => format!("{addr} as {}", entry.service),
+            };
             return Err((
                 format!("{base}.address"),
                 format!(
-                    "{} is already registered as {} in the {} registry by register.{j}",
-                    addr,
-                    entry.service,
+                    "{what} is already registered in the {} registry by register.{j}",
                     entry.registry.as_str()
                 ),
             ));
@@ -416,17 +439,79 @@ mod tests {
             2,
             "missing field `registry`",
         );
-        rejects("register:\n  - service: shop\n    address: 10.0.0.7:1\n    registry: etcd\n    check: none\n", 4, "register.0.registry: the etcd registry is not available");
         rejects(
             &format!("{ENTRY}    check: none\n    etcd: {{layout: kitex}}\n"),
             6,
             "register.0.etcd: etcd options apply only to `registry: etcd`",
         );
-        rejects(&format!("{ENTRY}    check: none\n  - service: shop\n    address: 10.0.0.7:8080\n    registry: file\n    check: none\n"), 7, "register.1.address: 10.0.0.7:8080 is already registered as shop in the file registry by register.0");
+        rejects(&format!("{ENTRY}    check: none\n  - service: shop\n    address: 10.0.0.7:8080\n    registry: file\n    check: none\n"), 7, "register.1.address: 10.0.0.7:8080 as shop is already registered in the file registry by register.0");
         rejects(
             "registry:\n  file:\n    ttl: 500ms\n",
             3,
             "registry.file.ttl: must be at least 1s",
+        );
+    }
+
+    /// An etcd entry: `shop` at 10.0.0.7:8080, no check, then `extra` lines of its own.
+    fn etcd_entry(extra: &str) -> String {
+        format!("register:\n  - service: shop\n    address: 10.0.0.7:8080\n    registry: etcd\n    check: none\n{extra}")
+    }
+
+    #[test]
+    fn etcd_entries_take_their_layout_and_prefix_from_registry_etcd_by_default() {
+        let c = parse(&format!(
+            "registry:\n  etcd: {{layout: kitex, lease_ttl: 4s}}\n{}",
+            etcd_entry("  - service: shop\n    address: 10.0.0.7:8080\n    registry: etcd\n    etcd: {layout: hertz}\n    check: none\n  - service: shop\n    address: 10.0.0.7:8080\n    registry: etcd\n    etcd: {layout: grpc, prefix: \"\"}\n    check: none\n")
+        ))
+        .unwrap();
+        let etcd = &c.registry.etcd;
+        let places: Vec<_> = c
+            .register
+            .iter()
+            .map(|e| {
+                assert_eq!(e.registry, RegistryKind::Etcd);
+                let (layout, prefix) = etcd.entry_layout_and_prefix(e.etcd.as_ref());
+                format!("{}{}", layout.service_prefix(&prefix, "shop"), e.address)
+            })
+            .collect();
+        // One instance in three layouts: Kitex, Hertz and grpc-go clients all find it.
+        assert_eq!(
+            places,
+            [
+                "kitex/registry-etcd/shop/10.0.0.7:8080",
+                "hertz/registry-etcd/shop/10.0.0.7:8080",
+                "shop/10.0.0.7:8080"
+            ]
+        );
+    }
+
+    #[test]
+    fn rejects_bad_etcd_entries() {
+        rejects(
+            &etcd_entry("    etcd: {prefix: shop/}\n"),
+            6,
+            "register.0.etcd.prefix: \"shop/\" must not end with '/'",
+        );
+        rejects(
+            &etcd_entry("    etcd: {layout: nacos}\n"),
+            6,
+            "unknown variant `nacos`",
+        );
+        rejects(
+            &etcd_entry("    etcd: {lease_ttl: 5s}\n"),
+            6,
+            "unknown field `lease_ttl`",
+        );
+        rejects(
+            &format!("{ENTRY}    check: none\n    etcd: {{layout: kitex}}\n"),
+            6,
+            "register.0.etcd: etcd options apply only to `registry: etcd`",
+        );
+        // The same key twice, spelt differently (the default prefix, then the same one given).
+        rejects(
+            &etcd_entry("  - service: shop\n    address: 10.0.0.7:8080\n    registry: etcd\n    etcd: {layout: hertz, prefix: hertz/registry-etcd}\n    check: none\n"),
+            7,
+            "register.1.address: the etcd key hertz/registry-etcd/shop/10.0.0.7:8080 is already registered in the etcd registry by register.0",
         );
     }
 

@@ -83,16 +83,10 @@ impl Codec {
         &self.prefix
     }
 
-    /// The key prefix holding every instance of `service`, with its trailing `/` (so `echo` never
-    /// reads `echo2`, kitex-contrib/registry-etcd#12). Hertz and Kitex join `prefix`, `/` and the
-    /// service whatever the prefix (empty: `/<svc>/`, as Kitex's deprecated constructors write);
-    /// a gRPC target with no prefix is the service name itself.
+    /// The key prefix holding every instance of `service`, with its trailing `/`
+    /// ([`EtcdLayout::service_prefix`]: `echo` never reads `echo2`).
     pub fn service_prefix(&self, service: &str) -> String {
-        if self.layout == EtcdLayout::Grpc && self.prefix.is_empty() {
-            format!("{service}/")
-        } else {
-            format!("{}/{service}/", self.prefix)
-        }
+        self.layout.service_prefix(&self.prefix, service)
     }
 
     /// The key of `address` of `service`.
