@@ -6,6 +6,7 @@ pub mod dnsmasq;
 pub mod dnstest;
 pub mod etcd;
 pub mod external;
+pub mod health;
 pub mod raw;
 
 use std::future::Future;
