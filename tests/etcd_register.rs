@@ -135,6 +135,32 @@ async fn lease(client: &EtcdClient, key: &str) -> Option<String> {
     Some(format!("{:x}", kv.lease() as u64))
 }
 
+/// How many established TCP connections process `pid` holds to 127.0.0.1:`port` (its socket
+/// descriptors matched against the kernel's IPv4 TCP table by inode).
+fn connections_to(pid: u32, port: u16) -> usize {
+    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter_map(|link| {
+            let link = link.to_string_lossy().into_owned();
+            Some(
+                link.strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .to_string(),
+            )
+        })
+        .collect();
+    let remote = format!("0100007F:{port:04X}");
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        // rem_address, state (01: established), inode
+        .filter(|f| f[2] == remote && f[3] == "01" && inodes.contains(f[9]))
+        .count()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_wayposts_register_their_apps_in_etcd_and_route_to_each_other() {
     within(DEADLINE, async {
@@ -166,6 +192,10 @@ async fn two_wayposts_register_their_apps_in_etcd_and_route_to_each_other() {
         assert_eq!(etcd.get(&key_a), Some(cloudwego_value(&a.addr.to_string(), 10)));
         let key_b = hertz_key("beta", b.addr);
         assert_eq!(etcd.get(&key_b), Some(cloudwego_value(&b.addr.to_string(), 10)));
+
+        // One etcd client for both resolvers and the registrar: one connection to the member.
+        let etcd_port: u16 = etcd.endpoints()[0].rsplit_once(':').unwrap().1.parse().unwrap();
+        assert_eq!(connections_to(wa.proc.pid(), etcd_port), 1);
 
         // What waypost says of its registration is what etcd holds.
         let first = etcd.lease_of(&key_a).expect("a lease");
