@@ -14,12 +14,12 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
+use support::binary::{connections_to, Waypost};
 use support::etcd::{cloudwego_value, Etcd};
-use support::external::{free_port, promtool_check, spawn_waypost, wait_until, Proc};
+use support::external::{promtool_check, wait_until};
 use support::health::HealthEndpoint;
 use support::*;
 use waypost::registry::etcd::EtcdClient;
@@ -28,93 +28,6 @@ use waypost::registry::etcd::EtcdClient;
 const DEADLINE: Duration = Duration::from_secs(90);
 /// `registry.etcd.lease_ttl` here, unless a test says otherwise: renewed every ~0.67 s.
 const TTL: Duration = Duration::from_secs(2);
-
-/// A waypost binary and its ports.
-struct Waypost {
-    proc: Proc,
-    port: u16,
-    admin: u16,
-}
-
-impl Waypost {
-    /// Starts the binary on free ports with the config `body` (everything but the listeners),
-    /// its config and log under `dir`; returns once its admin listener answers (`/live`).
-    async fn spawn(name: &str, dir: &Path, body: &str) -> Waypost {
-        let (port, admin) = (free_port(), free_port());
-        let yaml =
-            format!("listen: 127.0.0.1:{port}\nadmin: {{listen: 127.0.0.1:{admin}}}\n{body}");
-        let proc = spawn_waypost(name, &yaml, dir);
-        let live = format!("http://127.0.0.1:{admin}/live");
-        let live = &live;
-        eventually(SETTLE, || async move { get(live, &[]).await.is_ok() }).await;
-        Waypost { proc, port, admin }
-    }
-
-    async fn wait_ready(&self) {
-        wait_ready_at(([127, 0, 0, 1], self.admin).into()).await;
-    }
-
-    /// GETs `/` for `host` through it: the answering instance, or waypost's error marker.
-    async fn routed(&self, host: &str) -> String {
-        match get(
-            &format!("http://127.0.0.1:{}/", self.port),
-            &[("host", host)],
-        )
-        .await
-        {
-            Ok(got) if got.status == 200 => got.header("x-instance").to_string(),
-            Ok(got) => format!("error: {}", got.header("x-waypost-error")),
-            Err(e) => format!("failed: {e}"),
-        }
-    }
-
-    /// The instances answering `host` over `n` requests, sorted and deduplicated.
-    async fn answering(&self, host: &str, n: usize) -> Vec<String> {
-        let mut names = std::collections::BTreeSet::new();
-        for _ in 0..n {
-            names.insert(self.routed(host).await);
-        }
-        names.into_iter().collect()
-    }
-
-    async fn admin_get(&self, path: &str) -> Got {
-        let got = get(&format!("http://127.0.0.1:{}{path}", self.admin), &[])
-            .await
-            .unwrap();
-        assert_eq!(got.status, 200, "{path}: {}", got.text());
-        got
-    }
-
-    /// The `/debug/registrations` entry of `service`.
-    async fn registration(&self, service: &str) -> Value {
-        let doc: Value =
-            serde_json::from_slice(&self.admin_get("/debug/registrations").await.body).unwrap();
-        doc["registrations"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["service"] == service)
-            .unwrap_or_else(|| panic!("no registration of {service}: {doc}"))
-            .clone()
-    }
-
-    /// Waits until the registration of `service` is in `state`.
-    async fn await_state(&self, service: &str, state: &str) {
-        eventually(SETTLE, || async move {
-            self.registration(service).await["state"] == state
-        })
-        .await;
-    }
-
-    async fn metrics(&self) -> String {
-        self.admin_get("/metrics").await.text()
-    }
-
-    /// The value of `name{labels…}` on `/metrics` (0 when there is no such series).
-    async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        metric(&self.metrics().await, name, labels).unwrap_or(0.0)
-    }
-}
 
 /// A `register:` item: `service` at `app` in etcd, with `etcd` options (`""` for none), checked
 /// over HTTP every 200 ms (rise 1).
@@ -133,32 +46,6 @@ fn hertz_key(service: &str, addr: SocketAddr) -> String {
 async fn lease(client: &EtcdClient, key: &str) -> Option<String> {
     let kv = client.get(key).await.unwrap()?;
     Some(format!("{:x}", kv.lease() as u64))
-}
-
-/// How many established TCP connections process `pid` holds to 127.0.0.1:`port` (its socket
-/// descriptors matched against the kernel's IPv4 TCP table by inode).
-fn connections_to(pid: u32, port: u16) -> usize {
-    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
-        .filter_map(|link| {
-            let link = link.to_string_lossy().into_owned();
-            Some(
-                link.strip_prefix("socket:[")?
-                    .strip_suffix(']')?
-                    .to_string(),
-            )
-        })
-        .collect();
-    let remote = format!("0100007F:{port:04X}");
-    std::fs::read_to_string("/proc/net/tcp")
-        .unwrap()
-        .lines()
-        .skip(1)
-        .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        // rem_address, state (01: established), inode
-        .filter(|f| f[2] == remote && f[3] == "01" && inodes.contains(f[9]))
-        .count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -372,32 +259,6 @@ async fn sigkill_leaves_the_key_to_its_lease_ttl_and_the_peer_stops_routing_to_i
     .await
 }
 
-/// The keys of every put under `prefix` since etcd started: its history, replayed by a watch
-/// from revision 1 up to a sentinel key put now.
-async fn puts_since_start(client: &EtcdClient, prefix: &str) -> Vec<String> {
-    let sentinel = format!("{prefix}~sentinel");
-    let mut watch = client.watch_prefix(prefix, 1).await.unwrap();
-    client.put(&sentinel, b"", 0).await.unwrap();
-    let mut keys = Vec::new();
-    loop {
-        let resp = watch
-            .message()
-            .await
-            .unwrap()
-            .expect("the watch stays open");
-        for ev in resp.events() {
-            if ev.event_type() != etcd_client::EventType::Put {
-                continue;
-            }
-            let key = ev.kv().unwrap().key_str().unwrap().to_string();
-            if key == sentinel {
-                return keys;
-            }
-            keys.push(key);
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_health_gate_withdraws_and_restores_the_key_and_a_never_healthy_app_is_never_written() {
     within(DEADLINE, async {
@@ -467,7 +328,7 @@ async fn the_health_gate_withdraws_and_restores_the_key_and_a_never_healthy_app_
         assert_eq!(n["state"], "checking", "{n}");
         assert_eq!(n["ever_registered"], false, "{n}");
         assert_eq!(n["registry_state"]["lease"], Value::Null, "{n}");
-        let written = puts_since_start(client, "hertz/registry-etcd/never/").await;
+        let written = etcd.puts_since_start("hertz/registry-etcd/never/").await;
         assert_eq!(written, Vec::<String>::new());
         let ready = get(&format!("http://127.0.0.1:{}/ready", w.admin), &[])
             .await

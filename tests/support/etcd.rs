@@ -407,6 +407,33 @@ impl Etcd {
         (ttl > 0).then(|| v["granted-ttl"].as_i64()).flatten()
     }
 
+    /// The keys of every put under `prefix` since etcd started: its history, replayed by a watch
+    /// from revision 1 up to a sentinel key put now.
+    pub async fn puts_since_start(&self, prefix: &str) -> Vec<String> {
+        let client = self.client();
+        let sentinel = format!("{prefix}~sentinel");
+        let mut watch = client.watch_prefix(prefix, 1).await.unwrap();
+        client.put(&sentinel, b"", 0).await.unwrap();
+        let mut keys = Vec::new();
+        loop {
+            let resp = watch
+                .message()
+                .await
+                .unwrap()
+                .expect("the watch stays open");
+            for ev in resp.events() {
+                if ev.event_type() != etcd_client::EventType::Put {
+                    continue;
+                }
+                let key = ev.kv().unwrap().key_str().unwrap().to_string();
+                if key == sentinel {
+                    return keys;
+                }
+                keys.push(key);
+            }
+        }
+    }
+
     /// Compacts the store up to the current revision.
     pub fn compact_all(&self) {
         let rev = self.revision();

@@ -2,6 +2,7 @@
 //! real binary as a child process), a small HTTP client, and `eventually` for settling.
 #![allow(dead_code)]
 
+pub mod binary;
 pub mod dnsmasq;
 pub mod dnstest;
 pub mod etcd;
