@@ -17,9 +17,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::binary::{connections_to, Waypost};
+use support::binary::{connections_to, terminate_deregistering_first, Waypost};
 use support::etcd::{cloudwego_value, Etcd};
-use support::external::{promtool_check, wait_until};
+use support::external::promtool_check;
 use support::health::HealthEndpoint;
 use support::*;
 use waypost::registry::etcd::EtcdClient;
@@ -151,7 +151,6 @@ async fn sigterm_deletes_the_key_and_revokes_the_lease_before_the_listener_stops
         let etcd = Etcd::start();
         let app = Upstream::start("app").await;
         let dir = tempfile::tempdir().unwrap();
-        // Nothing here resolves `shop`: after deregistering, waypost waits the whole 3 s.
         let w = Waypost::spawn(
             "waypost",
             dir.path(),
@@ -166,33 +165,12 @@ async fn sigterm_deletes_the_key_and_revokes_the_lease_before_the_listener_stops
         w.wait_ready().await;
         let key = hertz_key("shop", app.addr);
         let lease = etcd.lease_of(&key).expect("ready means registered");
-        let Waypost { mut proc, port, .. } = w;
-        proc.signal("TERM");
-        let accepting = move || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
-        let (etcd, proc) = tokio::task::spawn_blocking(move || {
-            // From outside: first the key leaves etcd while the listener still accepts (peers
-            // that have not noticed yet are served)…
-            wait_until(
-                Duration::from_secs(5),
-                || etcd.get(&key).is_none(),
-                || "key still in etcd".into(),
-            );
-            assert!(
-                accepting(),
-                "the listener stopped before the key was deleted"
-            );
-            // …then, after deregister_wait, the listener stops, and waypost exits cleanly.
-            wait_until(
-                Duration::from_secs(10),
-                || !accepting(),
-                || "still accepting".into(),
-            );
-            assert_eq!(
-                proc.wait_exit(Duration::from_secs(10)),
-                Some(0),
-                "clean exit"
-            );
-            (etcd, proc)
+        let Waypost { proc, port, .. } = w;
+        let logs = dir.path().to_path_buf();
+        // Nothing here resolves `shop`: the listener stops only after the whole 3 s.
+        let (log, etcd) = tokio::task::spawn_blocking(move || {
+            let gone = || etcd.get(&key).is_none();
+            (terminate_deregistering_first(proc, port, &logs, gone), etcd)
         })
         .await
         .unwrap();
@@ -200,7 +178,6 @@ async fn sigterm_deletes_the_key_and_revokes_the_lease_before_the_listener_stops
             !etcd.leases().contains(&lease),
             "deregistration revokes the lease"
         );
-        let log = std::fs::read_to_string(dir.path().join(format!("{}.log", proc.name))).unwrap();
         assert!(log.contains("deregistered"), "{log}");
     })
     .await

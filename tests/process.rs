@@ -8,6 +8,7 @@ mod support;
 use std::process::Command;
 use std::time::Duration;
 
+use support::binary::terminate_deregistering_first;
 use support::external::*;
 use support::*;
 
@@ -342,41 +343,22 @@ async fn sigterm_removes_the_registration_before_the_listener_stops_accepting() 
         register_yaml(&registry, &up),
         static_service("echo", &[(up.addr, 1)])
     );
-    let mut proc = spawn_waypost("waypost", &yaml, dir.path());
+    let proc = spawn_waypost("waypost", &yaml, dir.path());
     wait_ready_at(([127, 0, 0, 1], admin).into()).await;
     let entry = registry_entry(&registry, "shop", up.addr);
     assert!(entry.exists(), "ready means registered");
-    proc.signal("TERM");
-    let accepting = move || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
-    let (entry, proc) = tokio::task::spawn_blocking(move || {
-        // Seen from outside: first the entry leaves the registry, while the listener still
-        // accepts (peers that have not noticed yet are served)...
-        wait_until(
-            Duration::from_secs(5),
-            || !entry.exists(),
-            || "entry still registered".into(),
-        );
-        assert!(
-            accepting(),
-            "the listener stopped before the registration was removed"
-        );
-        // ...then, after deregister_wait (no own resolver observes `shop` here), it stops.
-        wait_until(
-            Duration::from_secs(10),
-            || !accepting(),
-            || "still accepting".into(),
-        );
-        assert_eq!(
-            proc.wait_exit(Duration::from_secs(10)),
-            Some(0),
-            "clean exit"
-        );
-        (entry, proc)
+    let logs = dir.path().to_path_buf();
+    // No own resolver observes `shop` here: the listener stops after the whole deregister_wait.
+    let (log, entry) = tokio::task::spawn_blocking(move || {
+        let gone = || !entry.exists();
+        (
+            terminate_deregistering_first(proc, port, &logs, gone),
+            entry,
+        )
     })
     .await
     .unwrap();
     assert!(!entry.exists());
-    let log = std::fs::read_to_string(dir.path().join(format!("{}.log", proc.name))).unwrap();
     assert!(log.contains("deregistered"), "{log}");
     assert!(log.contains("since_deregistration"), "{log}");
 }

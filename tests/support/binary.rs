@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use super::external::{free_port, spawn_waypost, Proc};
+use super::external::{free_port, spawn_waypost, wait_until, Proc};
 use super::{eventually, get, metric, wait_ready_at, Got, SETTLE};
 
 /// A waypost binary and its ports.
@@ -126,4 +126,34 @@ pub fn connections_to(pid: u32, port: u16) -> usize {
         // rem_address, state (01: established), inode
         .filter(|f| f[2] == remote && f[3] == "01" && inodes.contains(f[9]))
         .count()
+}
+
+/// Sends SIGTERM to `proc` (logging under `dir`), then checks the shutdown order from outside:
+/// the registration leaves the registry (`gone` turns true) while the listener on `port` still
+/// accepts — peers that have not noticed yet are served — then the listener stops and the
+/// process exits 0. Returns its log. Blocks: run it on `spawn_blocking`.
+pub fn terminate_deregistering_first(
+    mut proc: Proc,
+    port: u16,
+    dir: &Path,
+    gone: impl Fn() -> bool,
+) -> String {
+    proc.signal("TERM");
+    let accepting = || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+    wait_until(std::time::Duration::from_secs(5), &gone, || {
+        "still registered".into()
+    });
+    assert!(
+        accepting(),
+        "the listener stopped before the registration was removed"
+    );
+    // Then, after deregister_wait, it stops.
+    wait_until(
+        std::time::Duration::from_secs(10),
+        || !accepting(),
+        || "still accepting".into(),
+    );
+    let code = proc.wait_exit(std::time::Duration::from_secs(10));
+    assert_eq!(code, Some(0), "clean exit");
+    std::fs::read_to_string(dir.join(format!("{}.log", proc.name))).unwrap()
 }
