@@ -674,6 +674,10 @@ REGISTER_REFUSED = {
     "rise-0": ({"check": {"tcp": "127.0.0.1:1", "rise": 0}}, "at '/config/register/0/check'"),
     "https": ({"check": {"http": "https://127.0.0.1/"}}, "at '/config/register/0/check'"),
     "registry": ({"registry": "consul"}, "at '/config/register/0/registry'"),
+    "etcd-on-file": ({"etcd": {"layout": "kitex"}}, "at '/config/register/0'"),
+    "etcd-layout": ({"registry": "etcd", "etcd": {"layout": "nacos"}}, "at '/config/register/0/etcd/layout'"),
+    "etcd-prefix-slash": ({"registry": "etcd", "etcd": {"prefix": "shop/"}}, "at '/config/register/0/etcd/prefix'"),
+    "etcd-unknown": ({"registry": "etcd", "etcd": {"lease_ttl": "5s"}}, "at '/config/register/0/etcd'"),
 }
 
 
@@ -694,6 +698,16 @@ def test_schema_rejects_register_entries_waypost_refuses_too(chart, case, waypos
                          ids=["none", "http", "tcp"])
 def test_schema_accepts_register_checks(chart, check):
     chart.render(register_values({"check": check}), name=RELEASE, namespace=NAMESPACE)
+
+
+@pytest.mark.parametrize("change", [{"registry": "etcd"}, {"registry": "etcd", "etcd": {}},
+                                    {"registry": "etcd", "etcd": {"layout": "grpc", "prefix": ""}}],
+                         ids=["etcd", "etcd-empty-block", "etcd-grpc-empty-prefix"])
+def test_schema_accepts_etcd_register_entries(chart, change, waypost_bin, tmp_path):
+    values = register_values(change)
+    chart.render(values, name=RELEASE, namespace=NAMESPACE)
+    result = waypost_check(waypost_bin, yaml.safe_dump(values["config"]), {"POD_IP": "10.1.2.3"}, tmp_path)
+    assert result.returncode == 0, result.stderr
 
 
 def test_notes_point_at_the_registrations():
