@@ -59,7 +59,8 @@ pub struct App {
 }
 
 /// The registries' clients, each built on first use and then shared by every resolver and
-/// registrar that talks to that registry: one DNS client, one etcd client.
+/// registrar that talks to that registry: one DNS client, one etcd client (one connection per
+/// member for the whole process). A new registry's client belongs here too.
 struct Clients<'a> {
     config: &'a Config,
     dns: Option<Arc<DnsClient>>,
@@ -185,7 +186,8 @@ impl<'a, 'c> RegistrarFactory<'a, 'c> {
                             f.name.as_ref().unwrap_or(name) == &e.service
                         }
                         (ResolverConfig::Etcd(r), RegistryKind::Etcd) => {
-                            // It reads the key the entry writes, in a layout that decodes its value.
+                            // It reads the key the entry writes, in a layout that decodes
+                            // its value (Hertz and Kitex values are the same).
                             let etcd = &config.registry.etcd;
                             let (layout, prefix) =
                                 etcd.layout_and_prefix(r.layout, r.prefix.as_deref());

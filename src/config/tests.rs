@@ -290,8 +290,7 @@ fn every_shipped_config_is_valid() {
             // The pod's IP is the one variable a shipped config may require: it is what
             // `register:` announces, and no default would be right.
             let pod_ip = |name: &str| (name == "POD_IP").then(|| "10.0.0.7".to_string());
-            load_str(&path.display().to_string(), &text, &pod_ip)
-                .unwrap_or_else(|e| panic!("{e}"));
+            load_str(&path.display().to_string(), &text, &pod_ip).unwrap_or_else(|e| panic!("{e}"));
             seen += 1;
         }
     }
