@@ -25,6 +25,9 @@ use crate::registry::dns::{DnsClient, DnsResolver};
 use crate::registry::etcd::{Codec, EtcdClient, EtcdResolver};
 use crate::registry::file::{FileRegistrar, FileResolver};
 use crate::registry::static_::StaticResolver;
+use crate::registry::zookeeper::{
+    self as zk, ZookeeperRegistrar, ZookeeperResolver, ZookeeperSession,
+};
 use crate::shutdown;
 
 /// The addresses the app actually bound (ports resolved when the config says `:0`).
@@ -63,11 +66,17 @@ pub struct App {
 struct RegistrarFactory<'a> {
     config: &'a Config,
     file: Option<Arc<FileRegistrar>>,
+    /// The process's ZooKeeper session, and the registrar on it (built on first use).
+    zookeeper: (Arc<ZookeeperSession>, Option<Arc<ZookeeperRegistrar>>),
 }
 
 impl<'a> RegistrarFactory<'a> {
-    fn new(config: &'a Config) -> Self {
-        Self { config, file: None }
+    fn new(config: &'a Config, zookeeper: Arc<ZookeeperSession>) -> Self {
+        Self {
+            config,
+            file: None,
+            zookeeper: (zookeeper, None),
+        }
     }
 
     /// The registrar for `entry`, and the time-to-live of its registrations.
@@ -83,6 +92,15 @@ impl<'a> RegistrarFactory<'a> {
             // The etcd backend's arm: its registrar for the entry's layout and prefix
             // (`entry.etcd`, defaults from `registry.etcd`), and `registry.etcd.lease_ttl`.
             RegistryKind::Etcd => anyhow::bail!("the etcd registry is not available in this build"),
+            // One registrar on the process's session; its nodes live as long as the session.
+            RegistryKind::Zookeeper => {
+                let (session, registrar) = &mut self.zookeeper;
+                let registrar = registrar.get_or_insert_with(|| {
+                    let codec = zk::Codec::new(&registry.zookeeper.root);
+                    Arc::new(ZookeeperRegistrar::new(session.clone(), codec))
+                });
+                Ok((registrar.clone(), registry.zookeeper.session_timeout.0))
+            }
         }
     }
 
@@ -125,6 +143,9 @@ impl<'a> RegistrarFactory<'a> {
                             f.name.as_ref().unwrap_or(name) == &e.service
                         }
                         // The etcd backend's arm: an etcd resolver with the entry's layout and prefix.
+                        (ResolverConfig::Zookeeper(z), RegistryKind::Zookeeper) => {
+                            z.name.as_deref().unwrap_or(name.as_str()) == e.service.as_str()
+                        }
                         _ => false,
                     }
                 })?;
@@ -141,16 +162,23 @@ struct ResolverFactory<'a> {
     dns: Option<Arc<DnsClient>>,
     etcd: Option<Arc<EtcdClient>>,
     etcd_metrics: EtcdMetrics,
+    /// The process's ZooKeeper session, shared with the registrars.
+    zookeeper: Arc<ZookeeperSession>,
 }
 
 impl<'a> ResolverFactory<'a> {
     /// A factory for `config`.
-    fn new(config: &'a Config, etcd_metrics: EtcdMetrics) -> Self {
+    fn new(
+        config: &'a Config,
+        etcd_metrics: EtcdMetrics,
+        zookeeper: Arc<ZookeeperSession>,
+    ) -> Self {
         Self {
             config,
             dns: None,
             etcd: None,
             etcd_metrics,
+            zookeeper,
         }
     }
 
@@ -200,6 +228,11 @@ impl<'a> ResolverFactory<'a> {
                     self.etcd_metrics.clone(),
                 ))
             }
+            ResolverConfig::Zookeeper(z) => Arc::new(ZookeeperResolver::new(
+                self.zookeeper.clone(),
+                zk::Codec::new(&self.config.registry.zookeeper.root),
+                z.name.clone(),
+            )),
         })
     }
 
@@ -239,7 +272,15 @@ impl App {
         let mut pools = vec![default_pool.clone()];
         let mut declared = Vec::new();
         let mut per_service = BTreeMap::new();
-        let mut factory = ResolverFactory::new(&config, metrics.etcd.clone());
+        let (refresh_trigger, refresh_stop) = shutdown::channel();
+        // One ZooKeeper session for resolvers and registrars, supervised until the refreshers
+        // stop (after deregistration); it connects on first use.
+        let zookeeper = ZookeeperSession::new(
+            &config.registry.zookeeper,
+            metrics.zookeeper.clone(),
+            refresh_stop.clone(),
+        );
+        let mut factory = ResolverFactory::new(&config, metrics.etcd.clone(), zookeeper.clone());
         let rules = factory.rules()?;
         for (name, svc) in &config.services {
             declared.push(Declared {
@@ -258,7 +299,6 @@ impl App {
             let timeout = svc.upstream.timeout.unwrap_or(config.upstream.timeout).0;
             per_service.insert(name.to_string(), (timeout, pool));
         }
-        let (refresh_trigger, refresh_stop) = shutdown::channel();
         let family = metrics.forward.clone();
         let default_timeout = config.upstream.timeout.0;
         let make = Box::new(move |name: &str| {
@@ -287,7 +327,7 @@ impl App {
             }
         }
         let admin_listener = bind(config.admin.listen.0, "admin.listen").await?;
-        let mut registrars = RegistrarFactory::new(&config);
+        let mut registrars = RegistrarFactory::new(&config, zookeeper);
         let registrations = Registrations::new(registrars.entries(&metrics)?);
         let observed = registrars.observed();
         let addrs = Addrs {

@@ -53,6 +53,8 @@ pub enum RegistryKind {
     File,
     /// etcd (`registry.etcd`). Parsed already; [`validate`] refuses it until the backend lands.
     Etcd,
+    /// ZooKeeper (`registry.zookeeper`): an ephemeral node per entry, as Hertz and Kitex write.
+    Zookeeper,
 }
 
 impl RegistryKind {
@@ -61,6 +63,7 @@ impl RegistryKind {
         match self {
             Self::File => "file",
             Self::Etcd => "etcd",
+            Self::Zookeeper => "zookeeper",
         }
     }
 }
@@ -244,6 +247,12 @@ pub(super) fn validate(config: &Config) -> Result<(), (String, String)> {
                 format!("{base}.etcd"),
                 "etcd options apply only to `registry: etcd`".into(),
             ));
+        }
+        if entry.registry == RegistryKind::Zookeeper {
+            config
+                .registry
+                .zookeeper
+                .check_service(entry.service.as_str(), &format!("{base}.service"))?;
         }
         validate_check(entry.check.as_ref(), &base)?;
         let same = config.register[..i].iter().position(|e| {
