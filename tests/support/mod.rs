@@ -7,6 +7,7 @@ pub mod dnstest;
 pub mod etcd;
 pub mod external;
 pub mod raw;
+pub mod zookeeper;
 
 use std::future::Future;
 use std::net::SocketAddr;
