@@ -172,12 +172,13 @@ impl ZooKeeper {
         let dump = self.four_letters("dump").unwrap_or_default();
         let mut map = BTreeMap::new();
         let mut current = None;
-        // "Sessions with Ephemerals (N):\n0x1000…:\n\t/path\n"
-        for line in dump
+        // "Sessions with Ephemerals (N):\n0x1000…:\n\t/path\n", then "Connections dump:".
+        let section = dump
             .lines()
             .skip_while(|l| !l.starts_with("Sessions with Ephemerals"))
             .skip(1)
-        {
+            .take_while(|l| !l.starts_with("Connections"));
+        for line in section {
             if let Some(path) = line.strip_prefix('\t') {
                 if let Some(s) = current {
                     map.entry(s)

@@ -1,0 +1,210 @@
+//! A ZooKeeper session really expiring under a running waypost (see `support/zookeeper.rs`):
+//! waypost reaches the server only through a relay the test pauses until the server has
+//! expired the session — restarting ZooKeeper would not, it reloads sessions with fresh
+//! timeouts. Then a new session is established, the registration comes back under it (another
+//! ephemeral owner, nothing left of the old session), the watch is re-established, and requests
+//! kept flowing on the table meanwhile. A registration withdrawn for health stays withdrawn
+//! through a session change: nothing but the health gate brings it back (Kitex's keepalive
+//! re-creates nodes users withdrew, kitex-contrib/codec-dubbo#86).
+//!
+//! Services poll hourly here: whatever reaches their tables after the session change came
+//! through the re-established watch.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use support::zookeeper::{self as zk, cloudwego_data, unique_root, Relay, ZooKeeper};
+use support::*;
+use zookeeper_client::Client;
+
+/// Every test finishes within this, or fails.
+const DEADLINE: Duration = Duration::from_secs(90);
+/// Longer than the server takes to expire a 2 s session nobody pings (it checks every tick).
+const EXPIRY: Duration = Duration::from_secs(15);
+
+/// The names of the instances answering `host` over `n` requests, sorted; a request waypost
+/// answers itself shows as its `x-waypost-error` marker.
+async fn answering(proxy: &TestProxy, host: &str, n: usize) -> Vec<String> {
+    let mut names = std::collections::BTreeSet::new();
+    for _ in 0..n {
+        let got = get(&format!("{}/", proxy.url()), &[("host", host)])
+            .await
+            .unwrap();
+        names.insert(match got.status {
+            200 => got.header("x-instance").to_string(),
+            _ => format!("error: {}", got.header("x-waypost-error")),
+        });
+    }
+    names.into_iter().collect()
+}
+
+/// The addresses in `host`'s table, sorted; and `n` requests for it, each of which must be
+/// answered by an instance.
+async fn table_serving(proxy: &TestProxy, host: &str, n: usize) -> Vec<String> {
+    for name in answering(proxy, host, n).await {
+        assert!(!name.starts_with("error"), "{host}: {name}");
+    }
+    support::dnstest::instance_weights(proxy, host)
+        .await
+        .into_iter()
+        .map(|(address, _)| address)
+        .collect()
+}
+
+/// The ephemeral owner of `path`, if it exists.
+async fn owner(client: &Client, path: &str) -> Option<i64> {
+    zk::get(client, path)
+        .await
+        .map(|(_, stat)| stat.ephemeral_owner)
+}
+
+/// `addrs` as sorted text.
+fn sorted<const N: usize>(addrs: [std::net::SocketAddr; N]) -> Vec<String> {
+    let mut v: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+    v.sort();
+    v
+}
+
+/// The value of metric `name` (with `labels`) on `proxy`, 0 when absent.
+async fn counter(proxy: &TestProxy, name: &str, labels: &[(&str, &str)]) -> f64 {
+    metric(&metrics(proxy).await, name, labels).unwrap_or(0.0)
+}
+
+/// The session `/debug/registrations` shows for the first registration.
+async fn described_session(proxy: &TestProxy) -> Value {
+    let got = get(&format!("{}/debug/registrations", proxy.admin()), &[])
+        .await
+        .unwrap();
+    let json: Value = serde_json::from_slice(&got.body).unwrap();
+    json["registrations"][0]["registry_state"]["session"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_session_is_replaced_and_the_node_comes_back_under_the_new_one() {
+    within(DEADLINE, async {
+        let zk = ZooKeeper::shared();
+        let client = zk.client().await;
+        let relay = Relay::start(zk.address()).await;
+        let root = unique_root();
+        let app = Upstream::start("app").await;
+        let peer = Upstream::start("peer").await;
+        zk::create(&client, &format!("{root}/echo/{}", peer.addr), cloudwego_data(10).as_bytes()).await;
+        let node = format!("{root}/echo/{}", app.addr);
+        let proxy = TestProxy::start(&format!(
+            "{}discovery: {{refresh_interval: 1h}}\nregister:\n  - {{service: echo, address: \"{}\", registry: zookeeper, check: none}}\nservices:\n  echo: {{resolver: {{zookeeper: {{}}}}}}\n",
+            zk.registry_yaml_via(relay.addr, &format!("    root: {root}\n")),
+            app.addr
+        ))
+        .await;
+        let first = owner(&client, &node).await.expect("ready means registered");
+        assert_eq!(described_session(&proxy).await, format!("{:#x}", first as u64));
+        assert!(zk.ephemerals().get(&first).is_some_and(|p| p.contains(&node)), "{:?}", zk.ephemerals());
+        let p = &proxy;
+        eventually(SETTLE, || async move { answering(p, "echo", 20).await == ["app", "peer"] }).await;
+
+        // Cut off: the server expires the session and drops its node, while requests keep
+        // flowing on the table waypost has.
+        relay.pause();
+        let cut = tokio::time::Instant::now();
+        let both = sorted([app.addr, peer.addr]);
+        while owner(&client, &node).await.is_some() {
+            assert!(cut.elapsed() < EXPIRY, "the server never expired the session");
+            assert_eq!(table_serving(&proxy, "echo", 5).await, both);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(zk.ephemerals().get(&first).is_none(), "nothing left of the old session");
+        for _ in 0..10 {
+            assert_eq!(table_serving(&proxy, "echo", 5).await, both, "served while cut off");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+
+        // Back in reach: a new session, the node under it, the watch on it.
+        relay.resume();
+        let c = &client;
+        let node_ref = &node;
+        eventually(SETTLE, || async move {
+            owner(c, node_ref).await.is_some_and(|o| o != first && o != 0)
+        })
+        .await;
+        let second = owner(&client, &node).await.unwrap();
+        assert_eq!(zk.ephemerals().get(&second), Some(&vec![node.clone()]));
+        assert!(zk.ephemerals().get(&first).is_none());
+        assert_eq!(described_session(&proxy).await, format!("{:#x}", second as u64));
+        eventually(SETTLE, || async move { answering(p, "echo", 20).await == ["app", "peer"] }).await;
+        let late = Upstream::start("late").await;
+        zk::create(&client, &format!("{root}/echo/{}", late.addr), cloudwego_data(10).as_bytes()).await;
+        eventually(SETTLE, || async move {
+            answering(p, "echo", 30).await == ["app", "late", "peer"]
+        })
+        .await;
+
+        let losses = [("reason", "expired")];
+        assert_eq!(counter(&proxy, "waypost_registry_zookeeper_session_losses_total", &losses).await, 1.0);
+        assert_eq!(counter(&proxy, "waypost_registry_zookeeper_sessions_total", &[]).await, 2.0);
+        assert_eq!(counter(&proxy, "waypost_registry_zookeeper_connected", &[]).await, 1.0);
+        let restarts = [("reason", "new_session")];
+        assert!(counter(&proxy, "waypost_registry_zookeeper_watch_restarts_total", &restarts).await >= 1.0);
+        assert!(counter(&proxy, "waypost_register_reregistrations_total", &[("registry", "zookeeper")]).await >= 1.0);
+        support::external::promtool_check(metrics(&proxy).await.as_bytes());
+
+        // Stopping deregisters under the new session.
+        proxy.stop().await;
+        assert_eq!(owner(&client, &node).await, None);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_withdrawn_for_health_stays_withdrawn_through_a_session_change() {
+    within(DEADLINE, async {
+        let zk = ZooKeeper::shared();
+        let client = zk.client().await;
+        let relay = Relay::start(zk.address()).await;
+        let root = unique_root();
+        let app = Upstream::start("app").await;
+        // The health check connects here; dropping the listener makes the app unhealthy.
+        let health = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let health_addr = health.local_addr().unwrap();
+        let node = format!("{root}/echo/{}", app.addr);
+        let proxy = TestProxy::start(&format!(
+            "{}register:\n  - service: echo\n    address: \"{}\"\n    registry: zookeeper\n    check: {{tcp: \"{health_addr}\", interval: 100ms, timeout: 50ms, rise: 1, fall: 1}}\n",
+            zk.registry_yaml_via(relay.addr, &format!("    root: {root}\n")),
+            app.addr
+        ))
+        .await;
+        let first = owner(&client, &node).await.expect("registered once healthy");
+        drop(health);
+        let c = &client;
+        let n = &node;
+        eventually(SETTLE, || async move { owner(c, n).await.is_none() }).await;
+
+        // The session expires and is replaced while the app is unhealthy.
+        relay.pause();
+        let cut = tokio::time::Instant::now();
+        while zk.ephemerals().contains_key(&first) || cut.elapsed() < zk::SESSION * 2 {
+            assert!(cut.elapsed() < EXPIRY, "the server never expired the session");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        relay.resume();
+        let p = &proxy;
+        eventually(SETTLE, || async move {
+            counter(p, "waypost_registry_zookeeper_sessions_total", &[]).await == 2.0
+                && counter(p, "waypost_registry_zookeeper_connected", &[]).await == 1.0
+        })
+        .await;
+        // Many renewal periods under the new session: still withdrawn.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(owner(&client, &node).await, None, "re-created by a session change");
+        assert!(zk.ephemerals().values().all(|paths| !paths.contains(&node)));
+
+        // Healthy again: registered again, under the new session.
+        let _health = std::net::TcpListener::bind(health_addr).unwrap();
+        eventually(SETTLE, || async move {
+            owner(c, n).await.is_some_and(|o| o != first)
+        })
+        .await;
+    })
+    .await
+}
