@@ -210,10 +210,15 @@ impl ZooKeeper {
     }
 
     /// `registry:` YAML for this server reached at `server` (itself, or a relay), with `extra`
-    /// keys (`root: /t1`…) in its block; 2 s sessions, 1 s requests.
+    /// keys (`root: /t1`…) in its block; 1 s requests, and 2 s sessions unless `extra` says.
     pub fn registry_yaml_via(&self, server: SocketAddr, extra: &str) -> String {
+        let session = if extra.contains("session_timeout:") {
+            ""
+        } else {
+            "    session_timeout: 2s\n"
+        };
         format!(
-            "registry:\n  zookeeper:\n    servers: [\"{server}\"]\n    session_timeout: 2s\n    request_timeout: 1s\n{extra}"
+            "registry:\n  zookeeper:\n    servers: [\"{server}\"]\n{session}    request_timeout: 1s\n{extra}"
         )
     }
 
