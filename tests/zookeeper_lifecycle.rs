@@ -281,9 +281,19 @@ async fn a_waypost_restarted_within_the_session_timeout_leaves_one_node() {
         first.proc.signal("KILL");
         drop(first);
         // Restarted at once: the old session still holds its node, which Hertz fails on.
-        let _second = Binary::start("second", &config, dir.path()).await;
+        let second = Binary::start("second", &config, dir.path()).await;
         let new = owner(&client, &node).await.expect("registered again");
         assert_ne!(new, old, "the node belongs to the new session");
+        // At the first attempt: not after failing until the old session expired.
+        let text = get(&format!("http://127.0.0.1:{}/metrics", second.admin), &[])
+            .await
+            .unwrap()
+            .text();
+        let failures: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("waypost_register_failures_total{") && !l.ends_with(" 0"))
+            .collect();
+        assert!(failures.is_empty(), "{failures:?}");
         assert_eq!(
             zk::children(&client, &format!("{root}/shop")).await,
             [app.addr.to_string()]

@@ -115,6 +115,9 @@ async fn an_expired_session_is_replaced_and_the_node_comes_back_under_the_new_on
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert!(zk.ephemerals().get(&first).is_none(), "nothing left of the old session");
+        // A change waypost cannot see now: only a full read under the new session brings it.
+        let during = Upstream::start("during").await;
+        zk::create(&client, &format!("{root}/echo/{}", during.addr), cloudwego_data(10).as_bytes()).await;
         for _ in 0..10 {
             assert_eq!(table_serving(&proxy, "echo", 5).await, both, "served while cut off");
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -132,11 +135,14 @@ async fn an_expired_session_is_replaced_and_the_node_comes_back_under_the_new_on
         assert_eq!(zk.ephemerals().get(&second), Some(&vec![node.clone()]));
         assert!(zk.ephemerals().get(&first).is_none());
         assert_eq!(described_session(&proxy).await, format!("{:#x}", second as u64));
-        eventually(SETTLE, || async move { answering(p, "echo", 20).await == ["app", "peer"] }).await;
+        eventually(SETTLE, || async move {
+            answering(p, "echo", 30).await == ["app", "during", "peer"]
+        })
+        .await;
         let late = Upstream::start("late").await;
         zk::create(&client, &format!("{root}/echo/{}", late.addr), cloudwego_data(10).as_bytes()).await;
         eventually(SETTLE, || async move {
-            answering(p, "echo", 30).await == ["app", "late", "peer"]
+            answering(p, "echo", 40).await == ["app", "during", "late", "peer"]
         })
         .await;
 
@@ -205,6 +211,41 @@ async fn a_registration_withdrawn_for_health_stays_withdrawn_through_a_session_c
             owner(c, n).await.is_some_and(|o| o != first)
         })
         .await;
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_lost_within_the_session_is_followed_by_a_full_read() {
+    within(DEADLINE, async {
+        let zk = ZooKeeper::shared();
+        let client = zk.client().await;
+        let relay = Relay::start(zk.address()).await;
+        let root = unique_root();
+        let a = Upstream::start("a").await;
+        zk::create(&client, &format!("{root}/echo/{}", a.addr), cloudwego_data(10).as_bytes()).await;
+        // A 4 s session: the connection comes back well before the server would expire it.
+        let proxy = TestProxy::start(&format!(
+            "{}discovery: {{refresh_interval: 1h}}\nservices:\n  echo: {{resolver: {{zookeeper: {{}}}}}}\n",
+            zk.registry_yaml_via(relay.addr, &format!("    root: {root}\n    session_timeout: 4s\n"))
+        ))
+        .await;
+        assert_eq!(answering(&proxy, "echo", 5).await, ["a"]);
+        // Cut briefly; meanwhile b joins. ZooKeeper does not replay what a persistent watch
+        // missed while disconnected (ZOOKEEPER-4698): only the read after reconnecting shows b.
+        relay.pause();
+        let p = &proxy;
+        eventually(SETTLE, || async move {
+            counter(p, "waypost_registry_zookeeper_connected", &[]).await == 0.0
+        })
+        .await;
+        let b = Upstream::start("b").await;
+        zk::create(&client, &format!("{root}/echo/{}", b.addr), cloudwego_data(10).as_bytes()).await;
+        relay.resume();
+        eventually(SETTLE, || async move { answering(p, "echo", 30).await == ["a", "b"] }).await;
+        assert_eq!(counter(&proxy, "waypost_registry_zookeeper_sessions_total", &[]).await, 1.0, "the same session");
+        let reconnected = [("reason", "reconnected")];
+        assert!(counter(&proxy, "waypost_registry_zookeeper_watch_restarts_total", &reconnected).await >= 1.0);
     })
     .await
 }
