@@ -14,7 +14,7 @@
 //!
 //! Run: `cargo bench --bench etcd` (prints p50/p90/p99/max; copy them to bench/RESULTS.md).
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,25 +25,15 @@ use waypost::registry::etcd::EtcdClient;
 
 #[path = "support.rs"]
 mod support;
-use support::{await_instances, low_port, measure, report, serve, spawn_waypost, Conn};
-
-/// Changes measured per case.
-const CHANGES: usize = 300;
-/// Instances of the large case.
-const LARGE: usize = 1_000;
+use support::{
+    await_instances, low_port, measure, report, serve, spawn_waypost, Conn, Killed, CHANGES, LARGE,
+};
 
 /// etcd on a temp dir, killed on drop.
 struct Etcd {
-    child: Child,
+    _child: Killed,
     endpoint: String,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn start_etcd() -> Etcd {
@@ -72,7 +62,7 @@ fn start_etcd() -> Etcd {
         .spawn()
         .expect("etcd is not installed: run `apt-get install -y etcd-server`");
     Etcd {
-        child,
+        _child: Killed(child),
         endpoint: format!("127.0.0.1:{c}"),
         _dir: dir,
     }

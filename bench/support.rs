@@ -11,6 +11,21 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+/// Changes measured per case.
+pub const CHANGES: usize = 300;
+/// Instances of the large case.
+pub const LARGE: usize = 1_000;
+
+/// A child process (a registry server) killed and reaped when dropped.
+pub struct Killed(pub std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A free port below 32768 (Linux gives outgoing connections the range above).
 pub fn low_port() -> u16 {
     loop {

@@ -20,7 +20,7 @@
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
@@ -28,25 +28,15 @@ use zookeeper_client::{Acls, Client, CreateMode};
 
 #[path = "support.rs"]
 mod support;
-use support::{await_instances, low_port, measure, report, serve, spawn_waypost, Conn};
-
-/// Changes measured per case.
-const CHANGES: usize = 300;
-/// Instances of the large case.
-const LARGE: usize = 1_000;
+use support::{
+    await_instances, low_port, measure, report, serve, spawn_waypost, Conn, Killed, CHANGES, LARGE,
+};
 
 /// A ZooKeeper server on a temp dir, killed on drop.
 struct ZooKeeper {
-    child: Child,
+    _child: Killed,
     port: u16,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for ZooKeeper {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn start_zookeeper() -> ZooKeeper {
@@ -82,7 +72,7 @@ fn start_zookeeper() -> ZooKeeper {
         .spawn()
         .expect("java is not installed: run `apt-get install -y zookeeper`");
     let zk = ZooKeeper {
-        child,
+        _child: Killed(child),
         port,
         _dir: dir,
     };

@@ -22,20 +22,6 @@ use zookeeper_client::{Acls, CreateMode};
 /// Every test finishes within this, or fails.
 const DEADLINE: Duration = Duration::from_secs(60);
 
-fn registration(service: &str, addr: &str, weight: u32, tags: &[(&str, &str)]) -> Registration {
-    Registration {
-        service: service.into(),
-        address: addr.parse().unwrap(),
-        weight,
-        tags: Arc::new(
-            tags.iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        ),
-        ttl: Duration::from_secs(2),
-    }
-}
-
 /// A session of waypost's own on `zk` (credentials `auth`), supervised until the trigger fires.
 fn session(
     zk: &ZooKeeper,
@@ -54,19 +40,6 @@ fn session(
         ZookeeperSession::new(&cfg, ZookeeperMetrics::detached(), stop),
         trigger,
     )
-}
-
-/// GETs `/` for `host` through the outbound listener `url`; the answering instance's name.
-async fn routed_to(url: &str, host: &str) -> String {
-    let got = get(&format!("{url}/"), &[("host", host)]).await.unwrap();
-    assert_eq!(
-        got.status,
-        200,
-        "{host}: {} {}",
-        got.header("x-waypost-error"),
-        got.text()
-    );
-    got.header("x-instance").to_string()
 }
 
 /// Creates `path` with `data` through `zkCli.sh`, as an operator would (parents must exist).
@@ -90,9 +63,7 @@ fn zkcli_create(zk: &ZooKeeper, path: &str, data: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_written_as_hertz_and_kitex_write_them_are_routed_to_and_changes_arrive_by_watch() {
     within(DEADLINE, async {
-        let zk = ZooKeeper::shared();
-        let client = zk.client().await;
-        let root = unique_root();
+        let (zk, client, root) = zk::fixture().await;
         let ups = [
             Upstream::start("hertz").await,
             Upstream::start("kitex").await,
@@ -160,9 +131,7 @@ async fn nodes_written_as_hertz_and_kitex_write_them_are_routed_to_and_changes_a
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_registrar_writes_golden_nodes_and_replaces_another_sessions_node() {
     within(DEADLINE, async {
-        let zk = ZooKeeper::shared();
-        let client = zk.client().await;
-        let root = unique_root();
+        let (zk, client, root) = zk::fixture().await;
         let (session, _stop) = session(zk, None);
         let registrar = ZookeeperRegistrar::new(session.clone(), Codec::new(&root));
         let cases = [
@@ -270,9 +239,7 @@ fn cases_reg() -> Registration {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn echo_never_reads_echo2_and_a_malformed_child_does_not_hide_the_good_ones() {
     within(DEADLINE, async {
-        let zk = ZooKeeper::shared();
-        let client = zk.client().await;
-        let root = unique_root();
+        let (zk, client, root) = zk::fixture().await;
         let a = Upstream::start("a").await;
         let b = Upstream::start("b").await;
         zk::create(&client, &format!("{root}/echo/{}", a.addr), cloudwego_data(0).as_bytes()).await;

@@ -12,9 +12,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use support::external::{free_port, spawn_waypost, Proc};
-use support::zookeeper::{self as zk, cloudwego_data, unique_root, ZooKeeper};
+use support::zookeeper::{self as zk, cloudwego_data, ZooKeeper};
 use support::*;
-use zookeeper_client::Client;
 
 /// Every test finishes within this, or fails.
 const DEADLINE: Duration = Duration::from_secs(90);
@@ -55,32 +54,10 @@ fn entry(service: &str, addr: SocketAddr, extra: &str) -> String {
     format!("  - {{service: {service}, address: \"{addr}\", registry: zookeeper, check: none{extra}}}\n")
 }
 
-/// The ephemeral owner of `path`, if it exists.
-async fn owner(client: &Client, path: &str) -> Option<i64> {
-    zk::get(client, path)
-        .await
-        .map(|(_, stat)| stat.ephemeral_owner)
-}
-
-/// The instance answering a GET for `host` at `url`.
-async fn routed_to(url: &str, host: &str) -> String {
-    let got = get(&format!("{url}/"), &[("host", host)]).await.unwrap();
-    assert_eq!(
-        got.status,
-        200,
-        "{host}: {} {}",
-        got.header("x-waypost-error"),
-        got.text()
-    );
-    got.header("x-instance").to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_wayposts_register_their_apps_and_route_to_each_others() {
     within(DEADLINE, async {
-        let zk = ZooKeeper::shared();
-        let client = zk.client().await;
-        let root = unique_root();
+        let (zk, client, root) = zk::fixture().await;
         let dir = tempfile::tempdir().unwrap();
         let (app_a, app_b) = (
             Upstream::start("app-a").await,
@@ -141,9 +118,7 @@ async fn two_wayposts_register_their_apps_and_route_to_each_others() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_health_gate_decides_when_the_node_exists() {
     within(DEADLINE, async {
-        let zk = ZooKeeper::shared();
-        let client = zk.client().await;
-        let root = unique_root();
+        let (zk, client, root) = zk::fixture().await;
         let app = Upstream::start("app").await;
         let health_addr = dead_addr().await;
         let node = format!("{root}/shop/{}", app.addr);
@@ -155,14 +130,14 @@ async fn the_health_gate_decides_when_the_node_exists() {
         .await;
         // Unhealthy from the start: never registered.
         tokio::time::sleep(Duration::from_secs(1)).await;
-        assert_eq!(owner(&client, &node).await, None);
+        assert_eq!(zk::owner(&client, &node).await, None);
         let (c, n) = (&client, &node);
         let health = std::net::TcpListener::bind(health_addr).unwrap();
-        eventually(SETTLE, || async move { owner(c, n).await.is_some() }).await;
+        eventually(SETTLE, || async move { zk::owner(c, n).await.is_some() }).await;
         drop(health);
-        eventually(SETTLE, || async move { owner(c, n).await.is_none() }).await;
+        eventually(SETTLE, || async move { zk::owner(c, n).await.is_none() }).await;
         let _health = std::net::TcpListener::bind(health_addr).unwrap();
-        eventually(SETTLE, || async move { owner(c, n).await.is_some() }).await;
+        eventually(SETTLE, || async move { zk::owner(c, n).await.is_some() }).await;
     })
     .await
 }
@@ -170,9 +145,7 @@ async fn the_health_gate_decides_when_the_node_exists() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_removes_the_node_before_the_listener_stops_accepting() {
     within(DEADLINE, async {
-        let zk = ZooKeeper::shared();
-        let client = zk.client().await;
-        let root = unique_root();
+        let (zk, client, root) = zk::fixture().await;
         let dir = tempfile::tempdir().unwrap();
         let app = Upstream::start("app").await;
         let node = format!("{root}/shop/{}", app.addr);
@@ -187,7 +160,7 @@ async fn sigterm_removes_the_node_before_the_listener_stops_accepting() {
         )
         .await;
         assert!(
-            owner(&client, &node).await.is_some(),
+            zk::owner(&client, &node).await.is_some(),
             "ready means registered"
         );
         proc.signal("TERM");
@@ -195,7 +168,7 @@ async fn sigterm_removes_the_node_before_the_listener_stops_accepting() {
         // Seen from outside: first the node leaves ZooKeeper while the listener still accepts
         // (peers that have not noticed yet are served)...
         let (c, n) = (&client, &node);
-        eventually(SETTLE, || async move { owner(c, n).await.is_none() }).await;
+        eventually(SETTLE, || async move { zk::owner(c, n).await.is_none() }).await;
         assert!(
             accepting(),
             "the listener stopped before the node was deleted"
@@ -218,9 +191,7 @@ async fn sigterm_removes_the_node_before_the_listener_stops_accepting() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_leaves_the_node_to_the_session_expiry_then_the_peer_stops_routing_there() {
     within(DEADLINE, async {
-        let zk = ZooKeeper::shared();
-        let client = zk.client().await;
-        let root = unique_root();
+        let (zk, client, root) = zk::fixture().await;
         let dir = tempfile::tempdir().unwrap();
         let (doomed, other) = (Upstream::start("doomed").await, Upstream::start("other").await);
         zk::create(&client, &format!("{root}/shop/{}", other.addr), cloudwego_data(10).as_bytes()).await;
@@ -231,7 +202,7 @@ async fn sigkill_leaves_the_node_to_the_session_expiry_then_the_peer_stops_routi
             dir.path(),
         )
         .await;
-        let session = owner(&client, &node).await.expect("registered");
+        let session = zk::owner(&client, &node).await.expect("registered");
         // The peer polls hourly: the node's deletion reaches it through its watch.
         let peer = TestProxy::start(&format!(
             "{}discovery: {{refresh_interval: 1h}}\nservices:\n  shop: {{resolver: {{zookeeper: {{}}}}}}\n",
@@ -248,10 +219,10 @@ async fn sigkill_leaves_the_node_to_the_session_expiry_then_the_peer_stops_routi
         registrant.proc.signal("KILL");
         drop(registrant);
         // No deregistration ran: the node stays while the server keeps the session...
-        assert_eq!(owner(&client, &node).await, Some(session), "deleted without its session expiring");
+        assert_eq!(zk::owner(&client, &node).await, Some(session), "deleted without its session expiring");
         // ...and goes with it; the peer then routes only to the other instance.
         let (c, n) = (&client, &node);
-        eventually(SETTLE, || async move { owner(c, n).await.is_none() }).await;
+        eventually(SETTLE, || async move { zk::owner(c, n).await.is_none() }).await;
         assert!(!zk.ephemerals().contains_key(&session));
         eventually(SETTLE, || async move { spread(p, "shop", 10).await.keys().all(|k| k == "other") }).await;
         for _ in 0..5 {
@@ -265,9 +236,7 @@ async fn sigkill_leaves_the_node_to_the_session_expiry_then_the_peer_stops_routi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waypost_restarted_within_the_session_timeout_leaves_one_node() {
     within(DEADLINE, async {
-        let zk = ZooKeeper::shared();
-        let client = zk.client().await;
-        let root = unique_root();
+        let (zk, client, root) = zk::fixture().await;
         let dir = tempfile::tempdir().unwrap();
         let app = Upstream::start("app").await;
         let node = format!("{root}/shop/{}", app.addr);
@@ -277,12 +246,12 @@ async fn a_waypost_restarted_within_the_session_timeout_leaves_one_node() {
             entry("shop", app.addr, "")
         );
         let first = Binary::start("first", &config, dir.path()).await;
-        let old = owner(&client, &node).await.expect("registered");
+        let old = zk::owner(&client, &node).await.expect("registered");
         first.proc.signal("KILL");
         drop(first);
         // Restarted at once: the old session still holds its node, which Hertz fails on.
         let second = Binary::start("second", &config, dir.path()).await;
-        let new = owner(&client, &node).await.expect("registered again");
+        let new = zk::owner(&client, &node).await.expect("registered again");
         assert_ne!(new, old, "the node belongs to the new session");
         // At the first attempt: not after failing until the old session expired.
         let text = get(&format!("http://127.0.0.1:{}/metrics", second.admin), &[])
@@ -305,7 +274,7 @@ async fn a_waypost_restarted_within_the_session_timeout_leaves_one_node() {
             !sessions.contains(&format!("{:#x}", old as u64))
         })
         .await;
-        assert_eq!(owner(&client, &node).await, Some(new));
+        assert_eq!(zk::owner(&client, &node).await, Some(new));
         assert_eq!(
             zk::children(&client, &format!("{root}/shop")).await,
             [app.addr.to_string()]

@@ -15,30 +15,13 @@ mod support;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::zookeeper::{self as zk, cloudwego_data, unique_root, Relay, ZooKeeper};
+use support::zookeeper::{self as zk, cloudwego_data, Relay};
 use support::*;
-use zookeeper_client::Client;
 
 /// Every test finishes within this, or fails.
 const DEADLINE: Duration = Duration::from_secs(90);
 /// Longer than the server takes to expire a 2 s session nobody pings (it checks every tick).
 const EXPIRY: Duration = Duration::from_secs(15);
-
-/// The names of the instances answering `host` over `n` requests, sorted; a request waypost
-/// answers itself shows as its `x-waypost-error` marker.
-async fn answering(proxy: &TestProxy, host: &str, n: usize) -> Vec<String> {
-    let mut names = std::collections::BTreeSet::new();
-    for _ in 0..n {
-        let got = get(&format!("{}/", proxy.url()), &[("host", host)])
-            .await
-            .unwrap();
-        names.insert(match got.status {
-            200 => got.header("x-instance").to_string(),
-            _ => format!("error: {}", got.header("x-waypost-error")),
-        });
-    }
-    names.into_iter().collect()
-}
 
 /// The addresses in `host`'s table, sorted; and `n` requests for it, each of which must be
 /// answered by an instance.
@@ -51,13 +34,6 @@ async fn table_serving(proxy: &TestProxy, host: &str, n: usize) -> Vec<String> {
         .into_iter()
         .map(|(address, _)| address)
         .collect()
-}
-
-/// The ephemeral owner of `path`, if it exists.
-async fn owner(client: &Client, path: &str) -> Option<i64> {
-    zk::get(client, path)
-        .await
-        .map(|(_, stat)| stat.ephemeral_owner)
 }
 
 /// `addrs` as sorted text.
@@ -84,10 +60,8 @@ async fn described_session(proxy: &TestProxy) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_session_is_replaced_and_the_node_comes_back_under_the_new_one() {
     within(DEADLINE, async {
-        let zk = ZooKeeper::shared();
-        let client = zk.client().await;
+        let (zk, client, root) = zk::fixture().await;
         let relay = Relay::start(zk.address()).await;
-        let root = unique_root();
         let app = Upstream::start("app").await;
         let peer = Upstream::start("peer").await;
         zk::create(&client, &format!("{root}/echo/{}", peer.addr), cloudwego_data(10).as_bytes()).await;
@@ -98,7 +72,7 @@ async fn an_expired_session_is_replaced_and_the_node_comes_back_under_the_new_on
             app.addr
         ))
         .await;
-        let first = owner(&client, &node).await.expect("ready means registered");
+        let first = zk::owner(&client, &node).await.expect("ready means registered");
         assert_eq!(described_session(&proxy).await, format!("{:#x}", first as u64));
         assert!(zk.ephemerals().get(&first).is_some_and(|p| p.contains(&node)), "{:?}", zk.ephemerals());
         let p = &proxy;
@@ -109,12 +83,12 @@ async fn an_expired_session_is_replaced_and_the_node_comes_back_under_the_new_on
         relay.pause();
         let cut = tokio::time::Instant::now();
         let both = sorted([app.addr, peer.addr]);
-        while owner(&client, &node).await.is_some() {
+        while zk::owner(&client, &node).await.is_some() {
             assert!(cut.elapsed() < EXPIRY, "the server never expired the session");
             assert_eq!(table_serving(&proxy, "echo", 5).await, both);
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert!(zk.ephemerals().get(&first).is_none(), "nothing left of the old session");
+        assert!(!zk.ephemerals().contains_key(&first), "nothing left of the old session");
         // A change waypost cannot see now: only a full read under the new session brings it.
         let during = Upstream::start("during").await;
         zk::create(&client, &format!("{root}/echo/{}", during.addr), cloudwego_data(10).as_bytes()).await;
@@ -128,12 +102,12 @@ async fn an_expired_session_is_replaced_and_the_node_comes_back_under_the_new_on
         let c = &client;
         let node_ref = &node;
         eventually(SETTLE, || async move {
-            owner(c, node_ref).await.is_some_and(|o| o != first && o != 0)
+            zk::owner(c, node_ref).await.is_some_and(|o| o != first && o != 0)
         })
         .await;
-        let second = owner(&client, &node).await.unwrap();
+        let second = zk::owner(&client, &node).await.unwrap();
         assert_eq!(zk.ephemerals().get(&second), Some(&vec![node.clone()]));
-        assert!(zk.ephemerals().get(&first).is_none());
+        assert!(!zk.ephemerals().contains_key(&first));
         assert_eq!(described_session(&proxy).await, format!("{:#x}", second as u64));
         eventually(SETTLE, || async move {
             answering(p, "echo", 30).await == ["app", "during", "peer"]
@@ -157,7 +131,7 @@ async fn an_expired_session_is_replaced_and_the_node_comes_back_under_the_new_on
 
         // Stopping deregisters under the new session.
         proxy.stop().await;
-        assert_eq!(owner(&client, &node).await, None);
+        assert_eq!(zk::owner(&client, &node).await, None);
     })
     .await
 }
@@ -165,10 +139,8 @@ async fn an_expired_session_is_replaced_and_the_node_comes_back_under_the_new_on
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_registration_withdrawn_for_health_stays_withdrawn_through_a_session_change() {
     within(DEADLINE, async {
-        let zk = ZooKeeper::shared();
-        let client = zk.client().await;
+        let (zk, client, root) = zk::fixture().await;
         let relay = Relay::start(zk.address()).await;
-        let root = unique_root();
         let app = Upstream::start("app").await;
         // The health check connects here; dropping the listener makes the app unhealthy.
         let health = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -180,11 +152,11 @@ async fn a_registration_withdrawn_for_health_stays_withdrawn_through_a_session_c
             app.addr
         ))
         .await;
-        let first = owner(&client, &node).await.expect("registered once healthy");
+        let first = zk::owner(&client, &node).await.expect("registered once healthy");
         drop(health);
         let c = &client;
         let n = &node;
-        eventually(SETTLE, || async move { owner(c, n).await.is_none() }).await;
+        eventually(SETTLE, || async move { zk::owner(c, n).await.is_none() }).await;
 
         // The session expires and is replaced while the app is unhealthy.
         relay.pause();
@@ -202,13 +174,13 @@ async fn a_registration_withdrawn_for_health_stays_withdrawn_through_a_session_c
         .await;
         // Many renewal periods under the new session: still withdrawn.
         tokio::time::sleep(Duration::from_secs(3)).await;
-        assert_eq!(owner(&client, &node).await, None, "re-created by a session change");
+        assert_eq!(zk::owner(&client, &node).await, None, "re-created by a session change");
         assert!(zk.ephemerals().values().all(|paths| !paths.contains(&node)));
 
         // Healthy again: registered again, under the new session.
         let _health = std::net::TcpListener::bind(health_addr).unwrap();
         eventually(SETTLE, || async move {
-            owner(c, n).await.is_some_and(|o| o != first)
+            zk::owner(c, n).await.is_some_and(|o| o != first)
         })
         .await;
     })
@@ -218,10 +190,8 @@ async fn a_registration_withdrawn_for_health_stays_withdrawn_through_a_session_c
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_lost_within_the_session_is_followed_by_a_full_read() {
     within(DEADLINE, async {
-        let zk = ZooKeeper::shared();
-        let client = zk.client().await;
+        let (zk, client, root) = zk::fixture().await;
         let relay = Relay::start(zk.address()).await;
-        let root = unique_root();
         let a = Upstream::start("a").await;
         zk::create(&client, &format!("{root}/echo/{}", a.addr), cloudwego_data(10).as_bytes()).await;
         // A 4 s session: the connection comes back well before the server would expire it.

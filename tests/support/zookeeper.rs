@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use zookeeper_client::{Acls, Client, CreateMode, Stat};
 
-use super::external::require;
+use super::external::{low_port, require};
 
 /// How long the server may take to answer `ruok`.
 const READY: Duration = Duration::from_secs(40);
@@ -53,16 +53,6 @@ pub struct ZooKeeper {
     dir: PathBuf,
     /// The watchdog shell; the server goes when its stdin closes.
     _watchdog: Mutex<(Child, ChildStdin)>,
-}
-
-/// A free TCP port below 32768 on 127.0.0.1 (bound, then released).
-fn low_port() -> u16 {
-    loop {
-        let port = fastrand::u16(20_000..32_000);
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
 }
 
 impl ZooKeeper {
@@ -240,6 +230,19 @@ impl ZooKeeper {
 /// A root of its own for one test (`/t-<random>`): tests sharing the server never meet.
 pub fn unique_root() -> String {
     format!("/t-{:08x}", fastrand::u32(..))
+}
+
+/// What a test starts with: the shared server, a client of the test's own, a root of its own.
+pub async fn fixture() -> (&'static ZooKeeper, Client, String) {
+    let zk = ZooKeeper::shared();
+    (zk, zk.client().await, unique_root())
+}
+
+/// The ephemeral owner of `path` (0 for a persistent node), if it exists.
+pub async fn owner(client: &Client, path: &str) -> Option<i64> {
+    get(client, path)
+        .await
+        .map(|(_, stat)| stat.ephemeral_owner)
 }
 
 /// Creates the persistent node `path` with `data`, and its parents (empty), as `zkCli.sh create`

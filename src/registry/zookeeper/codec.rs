@@ -144,17 +144,17 @@ mod tests {
 
     use super::*;
 
+    /// `echo` at `addr` (the TTL plays no part in the data).
     fn reg(addr: &str, weight: u32, tags: &[(&str, &str)]) -> Registration {
+        let tags = tags.iter().map(|&(k, v)| (k.into(), v.into())).collect();
+        let (service, address) = ("echo".into(), addr.parse().unwrap());
+        let ttl = Duration::ZERO;
         Registration {
-            service: "echo".into(),
-            address: addr.parse().unwrap(),
+            service,
+            address,
             weight,
-            tags: Arc::new(
-                tags.iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-            ),
-            ttl: Duration::from_secs(10),
+            tags: Arc::new(tags),
+            ttl,
         }
     }
 

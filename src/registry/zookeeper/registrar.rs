@@ -94,7 +94,10 @@ impl ZookeeperRegistrar {
                 )
                 .await;
             match created {
-                Ok(_) => return Ok(self.created(path, &live)),
+                Ok(_) => {
+                    self.created(path, &live);
+                    return Ok(());
+                }
                 Err(e) if e.code() == Some(&ZkCode::NodeExists) => {}
                 Err(e) => return Err(e.into()),
             }
@@ -117,7 +120,10 @@ impl ZookeeperRegistrar {
                     .map(|_| false)
             };
             match outcome {
-                Ok(true) => return Ok(self.created(path, &live)),
+                Ok(true) => {
+                    self.created(path, &live);
+                    return Ok(());
+                }
                 Ok(false) => {}
                 Err(e) if matches!(e.code(), Some(ZkCode::NoNode | ZkCode::BadVersion)) => {}
                 Err(e) => return Err(e.into()),
