@@ -284,11 +284,11 @@ impl Watch {
             let generation = live.generation;
             let first = tokio::select! {
                 event = watcher.changed() => event,
-                changed = self.sessions.changed() => {
-                    // The watch's own session events are what count; this catches a session
-                    // replaced behind it.
-                    let replaced = changed.is_ok() && self.sessions.borrow_and_update().as_ref().is_some_and(|l| l.generation != generation);
-                    if replaced {
+                // The watch's own session events are what count; this catches a session replaced
+                // behind it. (The sender lives in the session this stream holds: never closed.)
+                Ok(()) = self.sessions.changed() => {
+                    let current = self.sessions.borrow_and_update().as_ref().map(|l| l.generation);
+                    if current.is_some_and(|g| g != generation) {
                         self.restart("new_session");
                     }
                     continue;
