@@ -110,7 +110,11 @@ async fn nodes_written_as_hertz_and_kitex_write_them_are_routed_to_and_changes_a
         })
         .await;
         zk::delete(&client, &format!("{root}/hz/{}", ups[0].addr)).await;
-        eventually(SETTLE, || async { routed_to(&url, "hz").await == "hertz-late" }).await;
+        let only_late = [(late.addr.to_string(), 10)];
+        eventually(SETTLE, || async {
+            support::dnstest::instance_weights(&proxy, "hz").await == only_late
+        })
+        .await;
         for _ in 0..20 {
             assert_eq!(routed_to(&url, "hz").await, "hertz-late");
         }
@@ -119,11 +123,22 @@ async fn nodes_written_as_hertz_and_kitex_write_them_are_routed_to_and_changes_a
             support::dnstest::instance_weights(&proxy, "hz").await == [(late.addr.to_string(), 7)]
         })
         .await;
-        // The whole service node goes and comes back.
+        // The whole service node goes (the guard holds the emptying answer: still served) and
+        // comes back.
+        let held = || async {
+            support::dnstest::refreshes(&proxy, "hz", "held").await
+        };
+        let held_before = held().await;
         zk::delete(&client, &late_path).await;
         zk::delete(&client, &format!("{root}/hz")).await;
+        eventually(SETTLE, || async { held().await > held_before }).await;
+        assert_eq!(routed_to(&url, "hz").await, "hertz-late");
         zk::create(&client, &late_path, cloudwego_data(10).as_bytes()).await;
-        eventually(SETTLE, || async { routed_to(&url, "hz").await == "hertz-late" }).await;
+        eventually(SETTLE, || async {
+            support::dnstest::instance_weights(&proxy, "hz").await == only_late
+        })
+        .await;
+        assert_eq!(routed_to(&url, "hz").await, "hertz-late");
     })
     .await
 }
@@ -261,8 +276,9 @@ async fn echo_never_reads_echo2_and_a_malformed_child_does_not_hide_the_good_one
         assert_eq!(counts.get("a"), Some(&50), "echo routed elsewhere: {counts:?}");
         assert_eq!(spread(&proxy, "echo2", 10).await.get("b"), Some(&10));
 
-        // Polled every 200 ms, the two bad children are still counted once each.
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        // Polled every 200 ms, the two bad children are still counted once each, polls later.
+        let polls = || async { support::dnstest::refreshes(&proxy, "echo", "unchanged").await };
+        eventually(SETTLE, || async { polls().await >= 3.0 }).await;
         let invalid = || async {
             metric(&metrics(&proxy).await, "waypost_registry_zookeeper_invalid_children_total", &[])
         };

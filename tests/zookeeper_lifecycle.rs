@@ -122,14 +122,19 @@ async fn the_health_gate_decides_when_the_node_exists() {
         let app = Upstream::start("app").await;
         let health_addr = dead_addr().await;
         let node = format!("{root}/shop/{}", app.addr);
-        let _proxy = TestProxy::start_unready(&format!(
+        let proxy = TestProxy::start_unready(&format!(
             "{}register:\n  - service: shop\n    address: \"{}\"\n    registry: zookeeper\n    check: {{tcp: \"{health_addr}\", interval: 100ms, timeout: 50ms, rise: 2, fall: 2}}\n",
             registry(zk, &root, "2s"),
             app.addr
         ))
         .await;
-        // Unhealthy from the start: never registered.
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        // Unhealthy from the start: never registered, however many checks fail.
+        let bad = [("result", "bad")];
+        let p = &proxy;
+        eventually(SETTLE, || async move {
+            metric(&metrics(p).await, "waypost_register_health_checks_total", &bad) >= Some(5.0)
+        })
+        .await;
         assert_eq!(zk::owner(&client, &node).await, None);
         let (c, n) = (&client, &node);
         let health = std::net::TcpListener::bind(health_addr).unwrap();

@@ -172,8 +172,12 @@ async fn a_registration_withdrawn_for_health_stays_withdrawn_through_a_session_c
                 && counter(p, "waypost_registry_zookeeper_connected", &[]).await == 1.0
         })
         .await;
-        // Many renewal periods under the new session: still withdrawn.
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        // Many renewal periods under the new session (20 more failed checks at 100 ms): still
+        // withdrawn.
+        let bad = [("result", "bad")];
+        let checks = || async move { counter(p, "waypost_register_health_checks_total", &bad).await };
+        let before = checks().await;
+        eventually(SETTLE, || async { checks().await >= before + 20.0 }).await;
         assert_eq!(zk::owner(&client, &node).await, None, "re-created by a session change");
         assert!(zk.ephemerals().values().all(|paths| !paths.contains(&node)));
 
@@ -194,10 +198,11 @@ async fn a_connection_lost_within_the_session_is_followed_by_a_full_read() {
         let relay = Relay::start(zk.address()).await;
         let a = Upstream::start("a").await;
         zk::create(&client, &format!("{root}/echo/{}", a.addr), cloudwego_data(10).as_bytes()).await;
-        // A 4 s session: the connection comes back well before the server would expire it.
+        // A 20 s session: the connection comes back long before the server would expire it,
+        // however busy the machine.
         let proxy = TestProxy::start(&format!(
             "{}discovery: {{refresh_interval: 1h}}\nservices:\n  echo: {{resolver: {{zookeeper: {{}}}}}}\n",
-            zk.registry_yaml_via(relay.addr, &format!("    root: {root}\n    session_timeout: 4s\n"))
+            zk.registry_yaml_via(relay.addr, &format!("    root: {root}\n    session_timeout: 20s\n"))
         ))
         .await;
         assert_eq!(answering(&proxy, "echo", 5).await, ["a"]);
@@ -213,7 +218,13 @@ async fn a_connection_lost_within_the_session_is_followed_by_a_full_read() {
         zk::create(&client, &format!("{root}/echo/{}", b.addr), cloudwego_data(10).as_bytes()).await;
         relay.resume();
         eventually(SETTLE, || async move { answering(p, "echo", 30).await == ["a", "b"] }).await;
-        assert_eq!(counter(&proxy, "waypost_registry_zookeeper_sessions_total", &[]).await, 1.0, "the same session");
+        let text = metrics(&proxy).await;
+        let zk_lines: Vec<&str> = text.lines().filter(|l| l.starts_with("waypost_registry_zookeeper")).collect();
+        assert_eq!(
+            metric(&text, "waypost_registry_zookeeper_sessions_total", &[]),
+            Some(1.0),
+            "the same session: {zk_lines:#?}"
+        );
         let reconnected = [("reason", "reconnected")];
         assert!(counter(&proxy, "waypost_registry_zookeeper_watch_restarts_total", &reconnected).await >= 1.0);
     })

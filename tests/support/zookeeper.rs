@@ -8,8 +8,9 @@
 //!   free loopback port below 32768 (the range above is Linux's for outgoing connections), with
 //!   a temp data dir, the admin server off and `ruok`/`dump` allowed; ready when `ruok` answers
 //!   `imok`.
-//! - `tickTime` is 200 ms, so the server grants session timeouts between 400 ms and 4 s: tests
-//!   ask for 2 s and see expiries within seconds.
+//! - `tickTime` is 200 ms and `maxSessionTimeout` 30 s, so the server grants session timeouts
+//!   between 400 ms and 30 s: tests ask for 2 s and see expiries within seconds, or for 20 s
+//!   where a session must survive whatever stalls a busy machine brings.
 //! - The JVM runs under a small shell that holds a pipe from the test process: when the test
 //!   process ends, however it ends, the pipe closes and the shell kills the server and removes
 //!   its directory. A static is never dropped; this is how the shared server is always stopped.
@@ -34,8 +35,10 @@ use super::external::{low_port, require};
 
 /// How long the server may take to answer `ruok`.
 const READY: Duration = Duration::from_secs(40);
-/// The server's tick: sessions get between 2 and 20 ticks.
+/// The server's tick: sessions get at least 2 ticks.
 const TICK_MS: u64 = 200;
+/// The longest session the server grants (its default would be 20 ticks, 4 s).
+const MAX_SESSION_MS: u64 = 30_000;
 /// The session timeout tests ask for.
 pub const SESSION: Duration = Duration::from_secs(2);
 
@@ -80,7 +83,7 @@ impl ZooKeeper {
             std::fs::write(
                 dir.join("zoo.cfg"),
                 format!(
-                    "tickTime={TICK_MS}\ndataDir={}\nclientPort={port}\nclientPortAddress=127.0.0.1\n\
+                    "tickTime={TICK_MS}\nmaxSessionTimeout={MAX_SESSION_MS}\ndataDir={}\nclientPort={port}\nclientPortAddress=127.0.0.1\n\
                      admin.enableServer=false\n4lw.commands.whitelist=ruok,dump,srvr\n\
                      maxClientCnxns=0\n",
                     dir.join("data").display()
