@@ -1,6 +1,6 @@
 //! The ZooKeeper backend's own families (`waypost_registry_zookeeper_*`): what the generic
 //! discovery and registration metrics cannot see — the session (connected or not, established,
-//! lost and why), children skipped because they do not parse, and watches re-read after a
+//! lost and why), children skipped because they do not parse, and watches added again after a
 //! reconnection or a new session. Labels are fixed enums handed in as `&'static str`, never
 //! paths or addresses.
 
@@ -25,8 +25,8 @@ pub struct ZookeeperMetrics {
     /// `waypost_registry_zookeeper_invalid_children_total`: children skipped because their
     /// name or data does not parse, each path and version once.
     pub invalid_children: IntCounter,
-    /// `waypost_registry_zookeeper_watch_restarts_total{reason}`: watched services read again
-    /// in full (`reconnected`, `new_session`, `failed`).
+    /// `waypost_registry_zookeeper_watch_restarts_total{reason}`: watches added again and their
+    /// services read in full (`reconnected`, `new_session`, `failed`).
     pub watch_restarts: IntCounterVec,
 }
 
@@ -82,7 +82,7 @@ impl ZookeeperMetrics {
                 IntCounterVec::new(
                     Opts::new(
                         "waypost_registry_zookeeper_watch_restarts_total",
-                        "Watched ZooKeeper services read again in full, by reason (reconnected, new_session, failed).",
+                        "ZooKeeper watches added again and their services read in full, by reason (reconnected, new_session, failed).",
                     ),
                     &["reason"],
                 )

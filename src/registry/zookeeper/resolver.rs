@@ -7,8 +7,10 @@
 //! is applied to the map of children: a created or changed child is read again, a deleted one
 //! removed, an event on the service node itself (created, deleted) reads everything again. The
 //! watch is a hint that can miss events (ZOOKEEPER-4698: none are delivered for what changed
-//! while the connection was lost), so after a reconnection, a new session or a failed request
-//! the whole service is read again, and the cache keeps polling at its refresh interval anyway.
+//! while the connection was lost), and the server drops it with the connection, which
+//! `zookeeper-client` 0.11 does not restore for persistent watches; so after a reconnection, a
+//! new session or a failed request the watch is added again and the whole service read again,
+//! and the cache keeps polling at its refresh interval anyway.
 //!
 //! An answer's revision is the zxid of the last change it reflects — the larger of the service
 //! node's `pzxid` (last child created or deleted) and its children's `mzxid` — the same whether
@@ -259,7 +261,7 @@ struct Watch {
     revision: Option<i64>,
     /// Failed attempts in a row, for the backoff.
     failures: u32,
-    /// The connection was lost since the last full read: read in full once it is back.
+    /// The connection was lost since the watch was added: add it again once it is back.
     disconnected: bool,
 }
 
@@ -354,7 +356,12 @@ impl Watch {
                     SessionState::Disconnected => self.disconnected = true,
                     SessionState::SyncConnected | SessionState::ConnectedReadOnly => {
                         if std::mem::take(&mut self.disconnected) {
-                            full = true;
+                            // Back within the session, but the server lost the watch with the
+                            // connection, and zookeeper-client 0.11 does not restore persistent
+                            // watches (`resend_watches` only sends the first three kinds): add it
+                            // again, and read what it missed meanwhile (ZOOKEEPER-4698).
+                            self.restart("reconnected");
+                            return Ok(None);
                         }
                     }
                     _ => {
@@ -382,12 +389,6 @@ impl Watch {
             return Ok(None);
         };
         if full {
-            self.inner
-                .session
-                .metrics()
-                .watch_restarts
-                .with_label_values(&["reconnected"])
-                .inc();
             let listing = self.inner.list(&live, &self.path).await?;
             self.map = listing.map;
             self.revision = listing.revision;
