@@ -25,6 +25,9 @@ use crate::registry::dns::{DnsClient, DnsResolver};
 use crate::registry::etcd::{Codec, EtcdClient, EtcdRegistrar, EtcdResolver};
 use crate::registry::file::{FileRegistrar, FileResolver};
 use crate::registry::static_::StaticResolver;
+use crate::registry::zookeeper::{
+    self as zk, ZookeeperRegistrar, ZookeeperResolver, ZookeeperSession,
+};
 use crate::shutdown;
 
 /// The addresses the app actually bound (ports resolved when the config says `:0`).
@@ -60,21 +63,29 @@ pub struct App {
 
 /// The registries' clients, each built on first use and then shared by every resolver and
 /// registrar that talks to that registry: one DNS client, one etcd client (one connection per
-/// member for the whole process). A new registry's client belongs here too.
+/// member for the whole process), one ZooKeeper session. A new registry's client belongs here
+/// too.
 struct Clients<'a> {
     config: &'a Config,
     dns: Option<Arc<DnsClient>>,
     etcd: Option<Arc<EtcdClient>>,
     etcd_metrics: EtcdMetrics,
+    /// The process's ZooKeeper session (it connects on first use).
+    zookeeper: Arc<ZookeeperSession>,
 }
 
 impl<'a> Clients<'a> {
-    fn new(config: &'a Config, etcd_metrics: EtcdMetrics) -> Self {
+    fn new(
+        config: &'a Config,
+        etcd_metrics: EtcdMetrics,
+        zookeeper: Arc<ZookeeperSession>,
+    ) -> Self {
         Self {
             config,
             dns: None,
             etcd: None,
             etcd_metrics,
+            zookeeper,
         }
     }
 
@@ -111,6 +122,8 @@ struct RegistrarFactory<'a, 'c> {
     file: Option<Arc<FileRegistrar>>,
     /// One etcd registrar per layout and prefix, shared by the entries writing there.
     etcd: HashMap<(EtcdLayout, String), Arc<EtcdRegistrar>>,
+    /// The registrar on the process's ZooKeeper session (built on first use).
+    zookeeper: Option<Arc<ZookeeperRegistrar>>,
 }
 
 impl<'a, 'c> RegistrarFactory<'a, 'c> {
@@ -120,6 +133,7 @@ impl<'a, 'c> RegistrarFactory<'a, 'c> {
             clients,
             file: None,
             etcd: HashMap::new(),
+            zookeeper: None,
         }
     }
 
@@ -143,6 +157,15 @@ impl<'a, 'c> RegistrarFactory<'a, 'c> {
                 let etcd = Arc::new(EtcdRegistrar::new(self.clients.etcd()?, codec, ttl));
                 self.etcd.insert(place, etcd.clone());
                 Ok((etcd, ttl))
+            }
+            // One registrar on the process's session; its nodes live as long as the session.
+            RegistryKind::Zookeeper => {
+                let session = self.clients.zookeeper.clone();
+                let registrar = self.zookeeper.get_or_insert_with(|| {
+                    let codec = zk::Codec::new(&registry.zookeeper.root);
+                    Arc::new(ZookeeperRegistrar::new(session, codec))
+                });
+                Ok((registrar.clone(), registry.zookeeper.session_timeout.0))
             }
         }
     }
@@ -197,6 +220,9 @@ impl<'a, 'c> RegistrarFactory<'a, 'c> {
                                 == written.service_prefix(&at, e.service.as_str())
                                 && (layout == EtcdLayout::Grpc) == (written == EtcdLayout::Grpc)
                         }
+                        (ResolverConfig::Zookeeper(z), RegistryKind::Zookeeper) => {
+                            z.name.as_deref().unwrap_or(name.as_str()) == e.service.as_str()
+                        }
                         _ => false,
                     }
                 })?;
@@ -238,6 +264,11 @@ impl<'a, 'c> ResolverFactory<'a, 'c> {
                     self.clients.etcd_metrics.clone(),
                 ))
             }
+            ResolverConfig::Zookeeper(z) => Arc::new(ZookeeperResolver::new(
+                self.clients.zookeeper.clone(),
+                zk::Codec::new(&self.config.registry.zookeeper.root),
+                z.name.clone(),
+            )),
         })
     }
 
@@ -277,7 +308,15 @@ impl App {
         let mut pools = vec![default_pool.clone()];
         let mut declared = Vec::new();
         let mut per_service = BTreeMap::new();
-        let mut clients = Clients::new(&config, metrics.etcd.clone());
+        let (refresh_trigger, refresh_stop) = shutdown::channel();
+        // One ZooKeeper session for resolvers and registrars, supervised until the refreshers
+        // stop (after deregistration); it connects on first use.
+        let zookeeper = ZookeeperSession::new(
+            &config.registry.zookeeper,
+            metrics.zookeeper.clone(),
+            refresh_stop.clone(),
+        );
+        let mut clients = Clients::new(&config, metrics.etcd.clone(), zookeeper);
         let mut factory = ResolverFactory::new(&config, &mut clients);
         let rules = factory.rules()?;
         for (name, svc) in &config.services {
@@ -297,7 +336,6 @@ impl App {
             let timeout = svc.upstream.timeout.unwrap_or(config.upstream.timeout).0;
             per_service.insert(name.to_string(), (timeout, pool));
         }
-        let (refresh_trigger, refresh_stop) = shutdown::channel();
         let family = metrics.forward.clone();
         let default_timeout = config.upstream.timeout.0;
         let make = Box::new(move |name: &str| {

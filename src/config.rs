@@ -14,6 +14,7 @@ mod locate;
 mod register;
 mod types;
 mod validate;
+mod zookeeper;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -27,6 +28,7 @@ pub use register::{
     default_register_weight, CheckConfig, HttpUrl, ProbeConfig, RegisterEntry, RegistryKind,
 };
 pub use types::{Addr, Dur, ServiceName};
+pub use zookeeper::{ZookeeperRegistryConfig, ZookeeperResolverConfig};
 
 /// Where the outbound listener binds when the config does not say (linkerd's outbound port).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:4140";
@@ -197,6 +199,9 @@ pub struct RegistryConfig {
     /// The etcd cluster, shared by etcd resolvers and registrars.
     #[serde(default)]
     pub etcd: EtcdRegistryConfig,
+    /// The ZooKeeper ensemble, shared by ZooKeeper resolvers and registrars (one session).
+    #[serde(default)]
+    pub zookeeper: ZookeeperRegistryConfig,
 }
 
 /// `registry.file:` — the embedded, serverless registry on local disk.
@@ -267,6 +272,8 @@ pub enum ResolverConfig {
     Dns(DnsResolverConfig),
     /// Instances registered in etcd (`registry.etcd`), in the Hertz, Kitex or gRPC layout.
     Etcd(EtcdResolverConfig),
+    /// Instances registered in ZooKeeper (`registry.zookeeper`), as Hertz and Kitex lay them out.
+    Zookeeper(ZookeeperResolverConfig),
 }
 
 /// `resolver: {dns: …}` — either `port` (A/AAAA lookup of `name`) or `srv` (SRV lookup).

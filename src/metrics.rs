@@ -18,6 +18,8 @@ pub mod register;
 pub use register::RegisterMetrics;
 pub mod etcd;
 pub use etcd::EtcdMetrics;
+pub mod zookeeper;
+pub use zookeeper::ZookeeperMetrics;
 
 /// Request latency buckets (seconds): sub-millisecond resolution for a localhost proxy, up to
 /// the default 15 s upstream timeout.
@@ -40,6 +42,8 @@ pub struct Metrics {
     pub register: RegisterMetrics,
     /// The etcd backend's families.
     pub etcd: EtcdMetrics,
+    /// The ZooKeeper backend's families.
+    pub zookeeper: ZookeeperMetrics,
 }
 
 /// Discovery and cache families.
@@ -253,6 +257,7 @@ impl Metrics {
             ),
         };
         let etcd = EtcdMetrics::new(&r);
+        let zookeeper = ZookeeperMetrics::new(&r);
         let build = register(
             &r,
             GaugeVec::new(
@@ -276,6 +281,7 @@ impl Metrics {
             discovery,
             forward,
             etcd,
+            zookeeper,
         }
     }
 

@@ -7,9 +7,11 @@
 //! - [`dns`] — A/AAAA and SRV records (resolver only).
 //! - [`file`] — the embedded file registry of one host (both).
 //! - [`etcd`] — etcd, in the Hertz, Kitex and grpc-go layouts (both).
+//! - [`zookeeper`] — ZooKeeper, as Hertz and Kitex lay it out (both).
 
 pub mod dns;
 pub mod etcd;
 pub mod file;
 #[path = "registry/static.rs"]
 pub mod static_;
+pub mod zookeeper;

@@ -427,6 +427,10 @@ async fn promtool_accepts_live_metrics() {
         "waypost_register_shutdown_duration_seconds",
         "waypost_build_info",
         "waypost_registry_etcd_failovers_total",
+        "waypost_registry_zookeeper_connected",
+        "waypost_registry_zookeeper_sessions_total",
+        "waypost_registry_zookeeper_connect_failures_total",
+        "waypost_registry_zookeeper_invalid_children_total",
         "process_resident_memory_bytes",
     ] {
         assert!(

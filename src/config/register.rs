@@ -40,8 +40,8 @@ pub struct RegisterEntry {
 }
 
 impl RegisterEntry {
-    /// Where the entry lives in its registry: the file registry's `<service>/<address>`, or the
-    /// etcd key (its layout and prefix defaulted from `registry.etcd`).
+    /// Where the entry lives in its registry: the file registry's `<service>/<address>`, the
+    /// etcd key (its layout and prefix defaulted from `registry.etcd`), or the ZooKeeper node.
     fn place(&self, config: &Config) -> String {
         match self.registry {
             RegistryKind::File => format!("{}/{}", self.service, self.address),
@@ -56,6 +56,12 @@ impl RegisterEntry {
                     self.address
                 )
             }
+            RegistryKind::Zookeeper => format!(
+                "{}/{}/{}",
+                config.registry.zookeeper.root.trim_end_matches('/'),
+                self.service,
+                self.address
+            ),
         }
     }
 }
@@ -74,6 +80,8 @@ pub enum RegistryKind {
     File,
     /// etcd (`registry.etcd`), in the entry's layout under its prefix (`register[].etcd`).
     Etcd,
+    /// ZooKeeper (`registry.zookeeper`): an ephemeral node per entry, as Hertz and Kitex write.
+    Zookeeper,
 }
 
 impl RegistryKind {
@@ -82,6 +90,7 @@ impl RegistryKind {
         match self {
             Self::File => "file",
             Self::Etcd => "etcd",
+            Self::Zookeeper => "zookeeper",
         }
     }
 }
@@ -263,6 +272,12 @@ pub(super) fn validate(config: &Config) -> Result<(), (String, String)> {
             }
             (None, _) => {}
         }
+        if entry.registry == RegistryKind::Zookeeper {
+            config
+                .registry
+                .zookeeper
+                .check_service(entry.service.as_str(), &format!("{base}.service"))?;
+        }
         validate_check(entry.check.as_ref(), &base)?;
         // Two entries in one place of one registry would overwrite each other's entry and take
         // it for lost at every renewal.
@@ -274,6 +289,7 @@ pub(super) fn validate(config: &Config) -> Result<(), (String, String)> {
             let what = match entry.registry {
                 RegistryKind::Etcd => format!("the etcd key {place}"),
                 RegistryKind::File => format!("{addr} as {}", entry.service),
+                RegistryKind::Zookeeper => format!("the ZooKeeper node {place}"),
             };
             return Err((
                 format!("{base}.address"),

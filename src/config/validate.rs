@@ -61,6 +61,7 @@ impl Config {
             return Err(("dns.max_ttl".into(), "must be at least dns.min_ttl".into()));
         }
         self.registry.etcd.validate("registry.etcd")?;
+        self.registry.zookeeper.validate("registry.zookeeper")?;
         for (i, rule) in d.on_demand.iter().enumerate() {
             let base = format!("discovery.on_demand.{i}");
             let suffix_ok = rule.suffix.len() > 1
@@ -96,7 +97,13 @@ impl Config {
                     ))
                 }
                 ResolverConfig::Etcd(e) => e.validate(&format!("{base}.resolver.etcd"))?,
-                ResolverConfig::File(_) => {}
+                ResolverConfig::Zookeeper(z) if z.name.is_some() => {
+                    return Err((
+                        format!("{base}.resolver.zookeeper.name"),
+                        "an on-demand rule resolves the requested name; remove `name`".into(),
+                    ))
+                }
+                ResolverConfig::File(_) | ResolverConfig::Zookeeper(_) => {}
             }
         }
         for (name, svc) in &self.services {
@@ -106,6 +113,12 @@ impl Config {
             }
             if let ResolverConfig::Etcd(cfg) = &svc.resolver {
                 cfg.validate(&format!("{base}.resolver.etcd"))?;
+            }
+            if let ResolverConfig::Zookeeper(cfg) = &svc.resolver {
+                let key = format!("{base}.resolver.zookeeper");
+                cfg.validate(&key)?;
+                let name = cfg.name.as_deref().unwrap_or(name.as_str());
+                self.registry.zookeeper.check_service(name, &key)?;
             }
             if let Some(addr) = &svc.listen {
                 listeners.push((format!("{base}.listen"), addr.0));

@@ -22,7 +22,7 @@ use waypost::config::{Dur, EtcdRegistryConfig};
 use waypost::metrics::EtcdMetrics;
 use waypost::registry::etcd::EtcdClient;
 
-use super::external::{require, Proc};
+use super::external::{low_port, require, Proc};
 
 mod secure;
 pub use secure::Secure;
@@ -52,16 +52,6 @@ pub struct Etcd {
     certs: Option<tempfile::TempDir>,
     /// Whether authentication is on (etcdctl then logs in as `root`).
     auth: bool,
-}
-
-/// A free TCP port below 32768 on 127.0.0.1 (bound, then released).
-fn low_port() -> u16 {
-    loop {
-        let port = fastrand::u16(20_000..32_000);
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
 }
 
 impl Etcd {

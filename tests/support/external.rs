@@ -117,6 +117,18 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A free TCP port below 32768 on 127.0.0.1 (bound, then released), for servers the tests start:
+/// the range above is Linux's for outgoing connections, and a server can fail to bind a port an
+/// earlier client connection still holds.
+pub fn low_port() -> u16 {
+    loop {
+        let port = fastrand::u16(20_000..32_000);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// Starts the waypost binary with the config text `yaml` written under `dir`.
 pub fn spawn_waypost(name: &str, yaml: &str, dir: &Path) -> Proc {
     let cfg = dir.join(format!("{name}.yaml"));

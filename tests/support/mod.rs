@@ -9,6 +9,7 @@ pub mod etcd;
 pub mod external;
 pub mod health;
 pub mod raw;
+pub mod zookeeper;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -521,4 +522,54 @@ pub async fn expect_error(proxy: &TestProxy, host: &str, status: u16, kind: &str
         got.text()
     );
     got
+}
+
+/// GETs `/` for `host` through the outbound listener `url`; the answering instance's name. Any
+/// answer but a 200 fails the test.
+pub async fn routed_to(url: &str, host: &str) -> String {
+    let got = get(&format!("{url}/"), &[("host", host)]).await.unwrap();
+    assert_eq!(
+        got.status,
+        200,
+        "{host}: {} {}",
+        got.header("x-waypost-error"),
+        got.text()
+    );
+    got.header("x-instance").to_string()
+}
+
+/// The names of the instances answering `host` over `n` requests, sorted; a request waypost
+/// answers itself (no instance yet, say) shows as its `x-waypost-error` marker.
+pub async fn answering(proxy: &TestProxy, host: &str, n: usize) -> Vec<String> {
+    let mut names = std::collections::BTreeSet::new();
+    for _ in 0..n {
+        let got = get(&format!("{}/", proxy.url()), &[("host", host)])
+            .await
+            .unwrap();
+        names.insert(match got.status {
+            200 => got.header("x-instance").to_string(),
+            _ => format!("error: {}", got.header("x-waypost-error")),
+        });
+    }
+    names.into_iter().collect()
+}
+
+/// A registration of `service` at `addr` with `weight` and `tags` (TTL 10 s).
+pub fn registration(
+    service: &str,
+    addr: &str,
+    weight: u32,
+    tags: &[(&str, &str)],
+) -> waypost::register::Registration {
+    waypost::register::Registration {
+        service: service.into(),
+        address: addr.parse().unwrap(),
+        weight,
+        tags: Arc::new(
+            tags.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        ),
+        ttl: Duration::from_secs(10),
+    }
 }
