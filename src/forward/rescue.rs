@@ -11,18 +11,6 @@ use http::{HeaderValue, Response, StatusCode};
 /// Header set on every response waypost generates; its value is the error kind.
 pub const ERROR_HEADER: &str = "x-waypost-error";
 
-/// Every kind label of `waypost_forward_errors_total`.
-pub const KINDS: [&str; 8] = [
-    "bad_request",
-    "unknown_service",
-    "no_instances",
-    "discovery_failed",
-    "upstream_connect",
-    "upstream_timeout",
-    "upstream_error",
-    "method_not_allowed",
-];
-
 /// Why a request was not forwarded or got no upstream response.
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
@@ -160,7 +148,7 @@ mod tests {
         ];
         for (err, status) in cases {
             let kind = err.kind();
-            assert!(KINDS.contains(&kind));
+            assert!(crate::metrics::ERROR_KINDS.contains(&kind), "{kind}");
             let resp = err.into_response();
             assert_eq!(resp.status().as_u16(), status);
             assert_eq!(resp.headers()[ERROR_HEADER], kind);
