@@ -12,8 +12,14 @@
 //! (bench/FINDINGS.md).
 
 pub mod body;
+pub mod chunked;
+pub mod fields;
+pub mod framing;
 mod head;
+pub mod request;
+pub mod response;
 pub mod upload;
+pub mod write;
 
 use std::future::Future as _;
 use std::io;
@@ -22,7 +28,7 @@ use std::task::{Context, Poll, Waker};
 
 use bytes::BytesMut;
 use http::header::{self, HeaderValue};
-use http::{request, Method};
+use http::Method;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -238,7 +244,7 @@ impl Conn {
 /// §8.6). Framing headers from the app are replaced, as the app's framing belonged to its own
 /// hop. The head goes into `head` (cleared first); the framing is returned.
 pub fn encode_request<B: http_body::Body>(
-    parts: &mut request::Parts,
+    parts: &mut http::request::Parts,
     body: &B,
     head: &mut Vec<u8>,
 ) -> Framing {

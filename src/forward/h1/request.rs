@@ -1,0 +1,420 @@
+//! Request heads from apps: parsed with httparse, checked against the HTTP/1 policy (README),
+//! framed once ([`super::framing`]), and encoded for the upstream from that decision — request
+//! line in origin form, end-to-end fields in arrival order with `Host` (replaced by the
+//! authority of an absolute-form target), then the framing field, written last by [`finish`].
+//! Nothing of the app's own framing fields, hop-by-hop fields or the fields its `Connection`
+//! names is ever copied upstream.
+
+use std::mem::MaybeUninit;
+
+use http::Method;
+
+use super::fields::{is_framing_or_routing, is_hop_by_hop, is_valid_host, tokens, trim_ows};
+use super::framing::{Framing, FramingError, FramingFields};
+use super::write::{decimal, field};
+use crate::config::MAX_HEADERS_LIMIT;
+
+/// The limits a request head must stay within (`client.max_head_size`, `client.max_headers`).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest head, request line and fields, in bytes.
+    pub max_head_size: usize,
+    /// Most fields (at most [`MAX_HEADERS_LIMIT`]).
+    pub max_headers: usize,
+}
+
+/// What the front of the read buffer holds.
+#[derive(Debug)]
+pub enum Parsed {
+    /// Not a whole head yet (and within the size limit so far).
+    Partial,
+    /// A whole, valid head; the upstream head is in the output buffer, but for [`finish`].
+    Complete(Request),
+}
+
+/// A request head that passed every check, and what the rest of the pipeline needs of it.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// Length of the head in the read buffer; the body, if any, follows it.
+    pub len: usize,
+    /// The method.
+    pub method: Method,
+    /// An HTTP/1.0 request (answered in HTTP/1.0; kept alive only when it asks).
+    pub http10: bool,
+    /// How its body is delimited: the one decision every later step uses.
+    pub framing: Framing,
+    /// Where the `Host` value sits in the encoded head (start, end): the absolute-form
+    /// authority when there was one, else the app's `Host`. `None` for an HTTP/1.0 request
+    /// without either; [`finish`] then writes the service name.
+    pub host: Option<(u32, u32)>,
+    /// The connection closes after the response: `Connection: close`, or HTTP/1.0 without
+    /// `Connection: keep-alive`.
+    pub close: bool,
+    /// The app accepts trailer fields (`TE: trailers`).
+    pub trailers: bool,
+    /// `Expect: 100-continue` (HTTP/1.1): the upstream's `100 Continue` is relayed.
+    pub expect_continue: bool,
+}
+
+impl Request {
+    /// A HEAD request: its response has no body, whatever its fields say.
+    pub fn is_head(&self) -> bool {
+        self.method == Method::HEAD
+    }
+
+    /// Safe to send twice (RFC 9110 §9.2.2).
+    pub fn is_idempotent(&self) -> bool {
+        matches!(
+            self.method,
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::TRACE
+                | Method::DELETE
+                | Method::PUT
+        )
+    }
+}
+
+/// Why a request head is refused; each maps to one status ([`super::super::rescue`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// The head breaks a syntax rule: 400, with the rule.
+    #[error("{0}")]
+    Malformed(&'static str),
+    /// The framing is ambiguous or refused: 400, or 501 for a coding waypost does not decode.
+    #[error("{0}")]
+    Framing(#[from] FramingError),
+    /// The head is larger than `client.max_head_size`: 431.
+    #[error("request head larger than {0} bytes")]
+    HeadTooLarge(usize),
+    /// More fields than `client.max_headers`: 431.
+    #[error("more than {0} header fields")]
+    TooManyFields(usize),
+    /// A well-formed `HTTP/x.y` other than 1.0 and 1.1: 505.
+    #[error("only HTTP/1.0 and HTTP/1.1 are served over HTTP/1")]
+    Version,
+    /// An `Expect` other than `100-continue`: 417.
+    #[error("the only expectation waypost meets is 100-continue")]
+    Expectation,
+    /// CONNECT: 405 (waypost tunnels nothing; it is never an open proxy).
+    #[error("method CONNECT is not supported by waypost")]
+    Connect,
+}
+
+/// Parses the request head at the front of `buf`. A complete, valid head is encoded into `out`
+/// (cleared first) for the upstream: request line and end-to-end fields; [`finish`] adds the
+/// rest once the request is routed.
+pub fn parse(buf: &[u8], limits: Limits, out: &mut Vec<u8>) -> Result<Parsed, RequestError> {
+    // Slots httparse fills: left uninitialized, which saves writing all of them per request.
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS_LIMIT];
+    let slots = &mut slots[..limits.max_headers.min(MAX_HEADERS_LIMIT)];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(buf, slots) {
+        Ok(httparse::Status::Complete(len)) if len > limits.max_head_size => {
+            return Err(RequestError::HeadTooLarge(limits.max_head_size))
+        }
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() >= limits.max_head_size => {
+            return Err(RequestError::HeadTooLarge(limits.max_head_size))
+        }
+        Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(RequestError::TooManyFields(limits.max_headers))
+        }
+        Err(httparse::Error::Version) => return Err(version_error(buf)),
+        Err(e) => return Err(RequestError::Malformed(syntax(e))),
+    };
+    let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
+        return Err(RequestError::Malformed("incomplete request line"));
+    };
+    let http10 = minor == 0;
+    let method = Method::from_bytes(method.as_bytes())
+        .map_err(|_| RequestError::Malformed("invalid method"))?;
+    if method == Method::CONNECT {
+        return Err(RequestError::Connect);
+    }
+    let target = Target::parse(&method, target)?;
+    let seen = walk(req.headers, http10)?;
+    let framing = seen.framing.request(http10)?;
+    if let Some(host) = seen.host {
+        if !is_valid_host(host) {
+            return Err(RequestError::Malformed("invalid Host field"));
+        }
+    } else if !http10 {
+        return Err(RequestError::Malformed(
+            "no Host field in an HTTP/1.1 request",
+        ));
+    }
+    let host = encode(out, &method, &target, req.headers, &seen, http10);
+    Ok(Parsed::Complete(Request {
+        len,
+        method,
+        http10,
+        framing,
+        host,
+        close: seen.close || (http10 && !seen.keep_alive),
+        trailers: seen.trailers,
+        expect_continue: seen.expect_continue,
+    }))
+}
+
+/// Ends the upstream head in `out`: `Host` when the app sent none and the target named no
+/// authority (`service`, the name it was routed to), then the framing field from the decision
+/// (`content-length: 0` for an empty POST/PUT/PATCH, which some servers require: RFC 9110
+/// §8.6), then the empty line.
+pub fn finish(out: &mut Vec<u8>, req: &Request, service: &str) {
+    if req.host.is_none() {
+        field(out, b"host", service.as_bytes());
+    }
+    match req.framing {
+        Framing::Length(n) => {
+            out.extend_from_slice(b"content-length: ");
+            decimal(out, n);
+            out.extend_from_slice(b"\r\n");
+        }
+        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Framing::Empty | Framing::Close => {
+            if matches!(req.method, Method::POST | Method::PUT | Method::PATCH) {
+                out.extend_from_slice(b"content-length: 0\r\n");
+            }
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The precise rule an httparse error broke.
+fn syntax(e: httparse::Error) -> &'static str {
+    match e {
+        httparse::Error::Token => "malformed request line",
+        httparse::Error::HeaderName => "invalid field name (or obs-fold)",
+        httparse::Error::HeaderValue => "invalid field value",
+        httparse::Error::NewLine => "malformed line ending",
+        _ => "malformed request head",
+    }
+}
+
+/// 505 for a well-formed `HTTP/x.y` other than 1.0/1.1, 400 for anything else in its place.
+fn version_error(buf: &[u8]) -> RequestError {
+    let line = buf.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let version = line.rsplit(|&b| b == b' ').next().unwrap_or_default();
+    match version {
+        [b'H', b'T', b'T', b'P', b'/', x, b'.', y] if x.is_ascii_digit() && y.is_ascii_digit() => {
+            RequestError::Version
+        }
+        _ => RequestError::Malformed("malformed HTTP version"),
+    }
+}
+
+/// The request target, by form (RFC 9112 §3.2).
+enum Target<'a> {
+    /// `/path?query`: forwarded as is.
+    Origin(&'a str),
+    /// `OPTIONS *`.
+    Asterisk,
+    /// `http://authority/path?query`: routed by the authority, sent in origin form.
+    Absolute {
+        /// `host[:port]`, as written.
+        authority: &'a str,
+        /// What follows the authority: empty, `/…` or `?…`.
+        rest: &'a str,
+    },
+}
+
+impl<'a> Target<'a> {
+    fn parse(method: &Method, target: &'a str) -> Result<Self, RequestError> {
+        // httparse leaves visible ASCII (and refuses controls and spaces); a fragment is never
+        // sent by a client (RFC 9112 §3.2), so one here is refused rather than forwarded.
+        if target
+            .bytes()
+            .any(|b| b == b'#' || !(b'!'..=b'~').contains(&b))
+        {
+            return Err(RequestError::Malformed(
+                "request target has a fragment or a byte outside visible ASCII",
+            ));
+        }
+        if target.starts_with('/') {
+            return Ok(Target::Origin(target));
+        }
+        if target == "*" {
+            return match *method {
+                Method::OPTIONS => Ok(Target::Asterisk),
+                _ => Err(RequestError::Malformed(
+                    "asterisk-form target is only for OPTIONS",
+                )),
+            };
+        }
+        let Some((scheme, rest)) = target.split_once("://") else {
+            return Err(RequestError::Malformed(
+                "request target is not origin-form, absolute-form or OPTIONS *",
+            ));
+        };
+        if !scheme.eq_ignore_ascii_case("http") {
+            return Err(RequestError::Malformed(
+                "only http:// absolute-form targets can be forwarded",
+            ));
+        }
+        let end = rest.find(['/', '?']).unwrap_or(rest.len());
+        let (authority, rest) = rest.split_at(end);
+        if authority.contains('@') {
+            return Err(RequestError::Malformed("userinfo in the request target"));
+        }
+        if authority.is_empty() || !is_valid_host(authority.as_bytes()) {
+            return Err(RequestError::Malformed(
+                "invalid authority in the request target",
+            ));
+        }
+        Ok(Target::Absolute { authority, rest })
+    }
+}
+
+/// What one walk over the fields found.
+struct Seen<'a> {
+    framing: FramingFields,
+    host: Option<&'a [u8]>,
+    close: bool,
+    keep_alive: bool,
+    trailers: bool,
+    expect_continue: bool,
+    /// `Connection` names fields that are not hop-by-hop by themselves: they are left out too.
+    named: bool,
+}
+
+/// Walks the fields once: framing fields folded, `Host` counted, `Connection`, `TE` and
+/// `Expect` read. Names are matched by length first (most names match no length).
+fn walk<'a>(headers: &[httparse::Header<'a>], http10: bool) -> Result<Seen<'a>, RequestError> {
+    let mut seen = Seen {
+        framing: FramingFields::default(),
+        host: None,
+        close: false,
+        keep_alive: false,
+        trailers: false,
+        expect_continue: false,
+        named: false,
+    };
+    for h in headers {
+        let name = h.name.as_bytes();
+        let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
+        match name.len() {
+            4 if is(b"host") => {
+                if seen.host.replace(h.value).is_some() {
+                    return Err(RequestError::Malformed("more than one Host field"));
+                }
+            }
+            14 if is(b"content-length") => seen.framing.content_length(h.value),
+            17 if is(b"transfer-encoding") => seen.framing.transfer_encoding(h.value),
+            10 if is(b"connection") => {
+                for token in tokens(h.value) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        seen.close = true;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                        seen.keep_alive = true;
+                    } else if is_framing_or_routing(token) {
+                        return Err(RequestError::Malformed(
+                            "Connection names a framing or routing field",
+                        ));
+                    } else if !is_hop_by_hop(token) {
+                        seen.named = true;
+                    }
+                }
+            }
+            2 if is(b"te") => {
+                seen.trailers |= tokens(h.value).any(|t| {
+                    let coding = t.split(|&b| b == b';').next().unwrap_or_default();
+                    trim_ows(coding).eq_ignore_ascii_case(b"trailers")
+                });
+            }
+            // HTTP/1.0 has no expectations: the field is dropped (RFC 9110 §10.1.1).
+            6 if is(b"expect") && !http10 => {
+                if !trim_ows(h.value).eq_ignore_ascii_case(b"100-continue") {
+                    return Err(RequestError::Expectation);
+                }
+                seen.expect_continue = true;
+            }
+            _ => {}
+        }
+    }
+    Ok(seen)
+}
+
+/// Encodes the request line and the fields that go on into `out`; returns where the `Host`
+/// value was written.
+fn encode(
+    out: &mut Vec<u8>,
+    method: &Method,
+    target: &Target<'_>,
+    headers: &[httparse::Header<'_>],
+    seen: &Seen<'_>,
+    http10: bool,
+) -> Option<(u32, u32)> {
+    out.clear();
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    let authority = match target {
+        Target::Origin(path) => {
+            out.extend_from_slice(path.as_bytes());
+            None
+        }
+        Target::Asterisk => {
+            out.push(b'*');
+            None
+        }
+        Target::Absolute { authority, rest } => {
+            if !rest.starts_with('/') {
+                out.push(b'/');
+            }
+            out.extend_from_slice(rest.as_bytes());
+            Some(authority.as_bytes())
+        }
+    };
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut host = None;
+    for h in headers {
+        let name = h.name.as_bytes();
+        let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
+        let skip = match name.len() {
+            4 if is(b"host") => {
+                host = Some(host_field(out, name, authority.unwrap_or(h.value)));
+                continue;
+            }
+            14 => is(b"content-length"),
+            17 => is(b"transfer-encoding"),
+            6 => http10 && is(b"expect"),
+            _ => is_hop_by_hop(name),
+        };
+        if skip || (seen.named && named_by_connection(headers, name)) {
+            continue;
+        }
+        field(out, name, h.value);
+    }
+    match (host, authority) {
+        (None, Some(authority)) => Some(host_field(out, b"host", authority)),
+        (host, _) => host,
+    }
+}
+
+/// Writes a `Host` field; returns where its value sits in `out`.
+fn host_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) -> (u32, u32) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    let start = out.len() as u32;
+    out.extend_from_slice(value);
+    let end = out.len() as u32;
+    out.extend_from_slice(b"\r\n");
+    (start, end)
+}
+
+/// Whether a `Connection` field of `headers` names `name` (only asked when some names fields
+/// that are not hop-by-hop by themselves: a rare request).
+fn named_by_connection(headers: &[httparse::Header<'_>], name: &[u8]) -> bool {
+    headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+        .flat_map(|h| tokens(h.value))
+        .any(|t| t.eq_ignore_ascii_case(name))
+}
+
+#[cfg(test)]
+#[path = "request/tests.rs"]
+mod tests;
