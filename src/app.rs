@@ -220,7 +220,7 @@ impl App {
         let proxy = Arc::new(Proxy::new(
             cache.clone(),
             metrics.forward.clone(),
-            config.upstream.buffer_size,
+            forward::Settings::from_config(&config.client, &config.upstream),
         ));
         let (accept_trigger, accept_stop) = shutdown::channel();
         let (drain_trigger, drain) = shutdown::channel();

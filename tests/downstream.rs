@@ -1,7 +1,8 @@
-//! The app side of forwarding at the byte level: waypost's own HTTP/1.1 loop for bodiless
-//! requests, and the hand-over to hyper for everything else on the same connection. Apps here
-//! are raw TCP clients writing exact bytes (pipelined, HTTP/1.0, absolute-form, no `Host`);
-//! upstreams are scripted raw servers ([`support::raw`]) that record what reached them.
+//! The app side of forwarding at the byte level: waypost's one HTTP/1 loop, which serves every
+//! HTTP/1.x request on a connection, bodies included. Apps here are raw TCP clients writing
+//! exact bytes (pipelined, HTTP/1.0, absolute-form, no `Host`); upstreams are scripted raw
+//! servers ([`support::raw`]) that record what reached them. The HTTP/1 policy's own cases
+//! (smuggling shapes, timeouts, limits, bodies) are in `tests/http1.rs`.
 
 mod support;
 
@@ -140,7 +141,7 @@ async fn echo_line() -> RawUpstream {
 }
 
 #[tokio::test]
-async fn pipelined_requests_hop_by_hop_fields_and_the_hand_over_to_hyper() {
+async fn pipelined_requests_with_and_without_bodies_and_hop_by_hop_fields() {
     within(TEST_LIMIT, async {
         let up = echo_line().await;
         let proxy = proxy_for(&up).await;
@@ -153,7 +154,7 @@ async fn pipelined_requests_hop_by_hop_fields_and_the_hand_over_to_hyper() {
         .await;
         assert_eq!(app.response(false).await.text(), "GET /a HTTP/1.1");
         assert_eq!(app.response(false).await.text(), "GET /b?q=1 HTTP/1.1");
-        // A request with a body goes to hyper, and so does the rest of the connection.
+        // A request with a body, and the next one, on the same loop and connection.
         app.send("POST /c HTTP/1.1\r\nHost: echo\r\nContent-Length: 5\r\n\r\nhello")
             .await;
         assert_eq!(app.response(false).await.text(), "POST /c HTTP/1.1");
@@ -278,10 +279,9 @@ async fn bodiless_204_and_304_send_no_body_bytes_to_the_app() {
         .await;
         let proxy = proxy_for(&up).await;
         let mut app = App::connect(&proxy).await;
-        // First on waypost's own loop (bodiless requests), then — after a request with a body
-        // hands the connection to hyper — on hyper's.
-        for phase in ["own loop", "hyper"] {
-            if phase == "hyper" {
+        // On a fresh connection, then after a request with a body on the same connection.
+        for phase in ["first", "after a body"] {
+            if phase == "after a body" {
                 app.send("POST /in HTTP/1.1\r\nHost: echo\r\nContent-Length: 2\r\n\r\nhi")
                     .await;
                 assert_eq!(app.response(false).await.text(), "POST /in HTTP/1.1");
@@ -322,8 +322,8 @@ async fn absolute_form_head_requests_and_errors_keep_the_connection() {
         .await;
         let proxy = proxy_for(&up).await;
         let mut app = App::connect(&proxy).await;
-        // Absolute form without Host: origin form upstream, Host from the authority.
-        app.send("GET http://echo:8080/p?q=1 HTTP/1.1\r\n\r\n")
+        // Absolute form: origin form upstream, Host replaced by the authority.
+        app.send("GET http://echo:8080/p?q=1 HTTP/1.1\r\nHost: other\r\n\r\n")
             .await;
         assert_eq!(app.response(false).await.text(), "GET /p?q=1 HTTP/1.1");
         // HEAD: the length is the upstream's, and no body follows.
@@ -341,6 +341,14 @@ async fn absolute_form_head_requests_and_errors_keep_the_connection() {
         let seen = up.requests();
         assert_eq!(seen[0].header("host"), Some("echo:8080"));
         assert_eq!(seen.len(), 3, "the 404 never reached the upstream");
+        // Absolute form without Host in HTTP/1.1 breaks RFC 9112 §3.2: 400, and the
+        // connection closes.
+        app.send("GET http://echo/ HTTP/1.1\r\n\r\n").await;
+        let resp = app.response(false).await;
+        assert!(resp.line.starts_with("HTTP/1.1 400"), "{resp:?}");
+        assert_eq!(resp.header("x-waypost-error"), Some("bad_request"));
+        assert!(app.closed().await, "a 400 closes the connection");
+        assert_eq!(up.requests().len(), 3, "nothing of the 400 went upstream");
     })
     .await;
 }
@@ -356,7 +364,7 @@ async fn heads_split_across_reads_and_heads_with_many_fields() {
         tokio::time::sleep(Duration::from_millis(50)).await;
         app.send("st: echo\r\n\r\n").await;
         assert_eq!(app.response(false).await.text(), "GET /split HTTP/1.1");
-        // More fields than the own loop takes: hyper serves it (it allows 100).
+        // Many fields (up to client.max_headers, 100 by default).
         let many: String = (0..80).map(|i| format!("x-f{i}: {i}\r\n")).collect();
         app.send(&format!("GET /many HTTP/1.1\r\nHost: echo\r\n{many}\r\n"))
             .await;
@@ -383,42 +391,34 @@ async fn idle_connections_close_when_waypost_drains() {
 }
 
 #[tokio::test]
-async fn heads_the_loop_does_not_take_go_to_hyper() {
+async fn expect_upgrade_and_malformed_heads_are_the_one_loops_too() {
     within(TEST_LIMIT, async {
         let up = echo_line().await;
         let proxy = proxy_for(&up).await;
-        // hyper's server lowercases field names; the own loop forwards them as the app wrote
-        // them. So the case of `X-Case` upstream tells which of the two served each request.
-        let served_by_hyper = |i: usize| {
-            let raw = String::from_utf8_lossy(&up.requests()[i].raw).into_owned();
-            assert!(raw.contains("x-case: 1") || raw.contains("X-Case: 1"), "{raw}");
-            raw.contains("x-case: 1")
-        };
+        // Field names travel as the app wrote them: the loop never rebuilds a head from a map.
         let cases = [
-            ("GET /own HTTP/1.1\r\nHost: echo\r\nX-Case: 1\r\n\r\n", false),
-            ("GET /expect HTTP/1.1\r\nHost: echo\r\nExpect: 100-continue\r\nX-Case: 1\r\n\r\n", true),
-            (
-                "GET /upgrade HTTP/1.1\r\nHost: echo\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\
-                 X-Case: 1\r\n\r\n",
-                true,
-            ),
+            "GET /expect HTTP/1.1\r\nHost: echo\r\nExpect: 100-continue\r\nX-Case: 1\r\n\r\n",
+            "GET /upgrade HTTP/1.1\r\nHost: echo\r\nConnection: upgrade\r\nUpgrade: websocket\r\nX-Case: 1\r\n\r\n",
         ];
-        for (i, (request, hyper)) in cases.iter().enumerate() {
+        for (i, request) in cases.iter().enumerate() {
             let mut app = App::connect(&proxy).await;
             app.send(request).await;
-            let mut resp = app.response(false).await;
-            while resp.line.starts_with("HTTP/1.1 1") {
-                resp = app.response(false).await;
-            }
+            let resp = app.response(false).await;
             let path = request.split(' ').nth(1).unwrap();
             assert_eq!(resp.text(), format!("GET {path} HTTP/1.1"), "{request:?}");
-            assert_eq!(served_by_hyper(i), *hyper, "{request:?}");
+            let raw = String::from_utf8_lossy(&up.requests()[i].raw).into_owned();
+            assert!(raw.contains("X-Case: 1"), "{raw}");
+            // Upgrade is not forwarded until tunnelling lands: a plain request goes on.
+            let seen = &up.requests()[i];
+            assert_eq!((seen.header("upgrade"), seen.header("connection")), (None, None), "{raw}");
         }
-        // A head httparse rejects (a field line without a colon): hyper's own 400.
+        // A head httparse rejects (a field line without a colon): waypost's own 400.
         let mut app = App::connect(&proxy).await;
         app.send("GET / HTTP/1.1\r\nHost echo\r\n\r\n").await;
         let resp = app.response(false).await;
         assert!(resp.line.starts_with("HTTP/1.1 400"), "{resp:?}");
+        assert_eq!(resp.header("x-waypost-error"), Some("bad_request"), "{resp:?}");
+        assert!(app.closed().await);
         assert_eq!(up.requests().len(), cases.len(), "the malformed request went nowhere");
     })
     .await;

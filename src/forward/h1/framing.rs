@@ -26,33 +26,49 @@ pub enum Framing {
 
 /// Why a request's framing is refused: every variant is a 400, but for
 /// [`FramingError::UnsupportedCoding`] (501).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FramingError {
     /// Both `Content-Length` and `Transfer-Encoding`.
-    #[error("both Content-Length and Transfer-Encoding")]
     LengthAndEncoding,
     /// A `Content-Length` value that is not 1 to 19 digits.
-    #[error("Content-Length is not a number")]
     BadLength,
     /// `Content-Length` values that disagree.
-    #[error("conflicting Content-Length values")]
     ConflictingLengths,
     /// `Transfer-Encoding` in an HTTP/1.0 message.
-    #[error("Transfer-Encoding in an HTTP/1.0 request")]
     EncodingInHttp10,
     /// A `Transfer-Encoding` element that is not a coding, or a field with none.
-    #[error("malformed Transfer-Encoding")]
     BadEncoding,
     /// `chunked` more than once.
-    #[error("chunked applied more than once")]
     ChunkedTwice,
     /// A final coding other than `chunked`: the body's end cannot be known.
-    #[error("final transfer coding is not chunked")]
     NotChunked,
     /// A coding before the final `chunked`: waypost does not forward codings it does not decode.
-    #[error("transfer coding other than chunked")]
     UnsupportedCoding,
 }
+
+impl FramingError {
+    /// The rule broken, as a static message (what [`std::fmt::Display`] writes).
+    pub fn rule(self) -> &'static str {
+        match self {
+            FramingError::LengthAndEncoding => "both Content-Length and Transfer-Encoding",
+            FramingError::BadLength => "Content-Length is not a number",
+            FramingError::ConflictingLengths => "conflicting Content-Length values",
+            FramingError::EncodingInHttp10 => "Transfer-Encoding in an HTTP/1.0 request",
+            FramingError::BadEncoding => "malformed Transfer-Encoding",
+            FramingError::ChunkedTwice => "chunked applied more than once",
+            FramingError::NotChunked => "final transfer coding is not chunked",
+            FramingError::UnsupportedCoding => "transfer coding other than chunked",
+        }
+    }
+}
+
+impl std::fmt::Display for FramingError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.rule())
+    }
+}
+
+impl std::error::Error for FramingError {}
 
 /// What the framing fields of one head said, folded field by field.
 #[derive(Debug, Clone, Copy, Default)]
@@ -216,7 +232,12 @@ mod tests {
 
     #[test]
     fn request_rules() {
-        let table: &[(&[(&str, &str)], bool, Result<Framing, FramingError>)] = &[
+        type Row = (
+            &'static [(&'static str, &'static str)],
+            bool,
+            Result<Framing, FramingError>,
+        );
+        let table: &[Row] = &[
             (&[], false, Ok(Empty)),
             (&[("x-other", "1")], false, Ok(Empty)),
             (&[(CL, "5")], false, Ok(Length(5))),

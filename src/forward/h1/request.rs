@@ -64,16 +64,16 @@ impl Request {
 
     /// Safe to send twice (RFC 9110 §9.2.2).
     pub fn is_idempotent(&self) -> bool {
-        matches!(
-            self.method,
-            Method::GET
-                | Method::HEAD
-                | Method::OPTIONS
-                | Method::TRACE
-                | Method::DELETE
-                | Method::PUT
-        )
+        idempotent(&self.method)
     }
+}
+
+/// Whether requests with `method` may be sent a second time (RFC 9110 §9.2.2).
+pub fn idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::DELETE | Method::PUT
+    )
 }
 
 /// Why a request head is refused; each maps to one status ([`super::super::rescue`]).
@@ -160,14 +160,82 @@ pub fn parse(buf: &[u8], limits: Limits, out: &mut Vec<u8>) -> Result<Parsed, Re
 }
 
 /// Ends the upstream head in `out`: `Host` when the app sent none and the target named no
-/// authority (`service`, the name it was routed to), then the framing field from the decision
-/// (`content-length: 0` for an empty POST/PUT/PATCH, which some servers require: RFC 9110
-/// §8.6), then the empty line.
+/// authority (`service`, the name it was routed to), then the framing field from the decision,
+/// then the empty line.
 pub fn finish(out: &mut Vec<u8>, req: &Request, service: &str) {
-    if req.host.is_none() {
-        field(out, b"host", service.as_bytes());
+    let host = req.host.is_none().then_some(service.as_bytes());
+    end(out, &req.method, req.framing, host);
+}
+
+/// The upstream head of a request that arrived over HTTP/2 (`parts`; `bodiless` when its
+/// stream carries no body), under the same rules: origin-form target, hop-by-hop and framing
+/// fields left out, `Host` from the `:authority` (else the app's `Host`, else `service`), and
+/// the framing field last — `content-length` when the app declared one, chunked otherwise.
+/// `Expect` is left out: hyper's h2 server answers it itself when the body is first read.
+pub fn encode_h2(
+    parts: &http::request::Parts,
+    bodiless: bool,
+    service: &str,
+    out: &mut Vec<u8>,
+) -> Result<Framing, RequestError> {
+    let mut lengths = FramingFields::default();
+    for value in parts.headers.get_all(http::header::CONTENT_LENGTH) {
+        lengths.content_length(value.as_bytes());
     }
-    match req.framing {
+    let framing = match lengths.request(false)? {
+        _ if bodiless => Framing::Empty,
+        Framing::Empty => Framing::Chunked,
+        declared => declared,
+    };
+    out.clear();
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    out.extend_from_slice(if target.is_empty() {
+        b"/"
+    } else {
+        target.as_bytes()
+    });
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    // HTTP/2 has no Connection field (hyper refuses one); a translated request might.
+    let named: Vec<&[u8]> = parts
+        .headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .flat_map(|v| tokens(v.as_bytes()))
+        .collect();
+    for (name, value) in &parts.headers {
+        let name = name.as_str().as_bytes();
+        let is = |n: &[u8]| name == n;
+        let skip = is(b"host")
+            || is(b"content-length")
+            || is(b"transfer-encoding")
+            || is(b"expect")
+            || is_hop_by_hop(name)
+            || named.iter().any(|n| n.eq_ignore_ascii_case(name));
+        if !skip {
+            field(out, name, value.as_bytes());
+        }
+    }
+    let host = match parts.uri.authority() {
+        Some(authority) => authority.as_str().as_bytes(),
+        None => parts
+            .headers
+            .get(http::header::HOST)
+            .map_or(service.as_bytes(), |h| h.as_bytes()),
+    };
+    field(out, b"host", host);
+    end(out, &parts.method, framing, None);
+    Ok(framing)
+}
+
+/// `Host` (when given), the framing field from the decision (`content-length: 0` for an empty
+/// POST/PUT/PATCH, which some servers require: RFC 9110 §8.6), and the empty line.
+fn end(out: &mut Vec<u8>, method: &Method, framing: Framing, host: Option<&[u8]>) {
+    if let Some(host) = host {
+        field(out, b"host", host);
+    }
+    match framing {
         Framing::Length(n) => {
             out.extend_from_slice(b"content-length: ");
             decimal(out, n);
@@ -175,7 +243,7 @@ pub fn finish(out: &mut Vec<u8>, req: &Request, service: &str) {
         }
         Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         Framing::Empty | Framing::Close => {
-            if matches!(req.method, Method::POST | Method::PUT | Method::PATCH) {
+            if matches!(*method, Method::POST | Method::PUT | Method::PATCH) {
                 out.extend_from_slice(b"content-length: 0\r\n");
             }
         }
@@ -297,10 +365,8 @@ fn walk<'a>(headers: &[httparse::Header<'a>], http10: bool) -> Result<Seen<'a>, 
         let name = h.name.as_bytes();
         let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
         match name.len() {
-            4 if is(b"host") => {
-                if seen.host.replace(h.value).is_some() {
-                    return Err(RequestError::Malformed("more than one Host field"));
-                }
+            4 if is(b"host") && seen.host.replace(h.value).is_some() => {
+                return Err(RequestError::Malformed("more than one Host field"));
             }
             14 if is(b"content-length") => seen.framing.content_length(h.value),
             17 if is(b"transfer-encoding") => seen.framing.transfer_encoding(h.value),

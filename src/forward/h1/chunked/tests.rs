@@ -3,11 +3,11 @@
 
 use super::*;
 
-/// Decodes `raw` fed `step` bytes at a time: the data, the trailers, the bytes left over.
-fn decode_all(
-    raw: &[u8],
-    step: usize,
-) -> Result<(Vec<u8>, Option<HeaderMap>, Vec<u8>), ChunkError> {
+/// What decoding a whole body gave: the data, the trailers, the bytes left over.
+type Whole = (Vec<u8>, Option<HeaderMap>, Vec<u8>);
+
+/// Decodes `raw` fed `step` bytes at a time.
+fn decode_all(raw: &[u8], step: usize) -> Result<Whole, ChunkError> {
     let mut d = Decoder::new();
     let mut buf = BytesMut::new();
     let mut fed = 0;

@@ -1,0 +1,204 @@
+//! The app side of forwarding: the listeners' accept loops and each connection's life — the
+//! connection timeouts of every listener (README, "HTTP/1 policy"), HTTP/1 served by one loop
+//! of our own ([`http1`]), HTTP/2 with prior knowledge (h2c) by hyper's h2 server ([`h2`]),
+//! told apart once, at the connection's start, by its first bytes. There is no hand-over in
+//! the middle of a connection.
+
+pub(crate) mod h2;
+pub(crate) mod http1;
+mod source;
+mod timer;
+
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::h1::request::Limits;
+use super::route::Listener;
+use super::Proxy;
+use crate::config::{ClientConfig, Http2Config, UpstreamConfig};
+use crate::shutdown::Shutdown;
+use http1::{Http1, Stop};
+use timer::{Deadline, Drain};
+
+/// The client preface of HTTP/2 with prior knowledge (RFC 9113 §3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How app connections are served: `client:` and the buffer size, parsed once.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `client.header_timeout`.
+    pub header_timeout: Duration,
+    /// `client.idle_timeout`.
+    pub idle_timeout: Duration,
+    /// `client.body_timeout`.
+    pub body_timeout: Duration,
+    /// `client.max_head_size` and `client.max_headers`.
+    pub limits: Limits,
+    /// `upstream.buffer_size`: the most one read of a body asks for.
+    pub buffer_size: usize,
+    /// `client.http2`.
+    pub http2: Http2Config,
+    /// `client.http2.max_header_list_size`, or `client.max_head_size`.
+    pub http2_max_header_list_size: usize,
+}
+
+impl Settings {
+    /// The settings `client` and `upstream` describe.
+    pub fn from_config(client: &ClientConfig, upstream: &UpstreamConfig) -> Self {
+        Self {
+            header_timeout: client.header_timeout.0,
+            idle_timeout: client.idle_timeout.0,
+            body_timeout: client.body_timeout.0,
+            limits: Limits {
+                max_head_size: client.max_head_size.0,
+                max_headers: client.max_headers,
+            },
+            buffer_size: upstream.buffer_size,
+            http2: client.http2.clone(),
+            http2_max_header_list_size: client.http2_max_header_list_size(),
+        }
+    }
+}
+
+/// What every connection of one listener shares.
+struct Shared {
+    proxy: Arc<Proxy>,
+    kind: Arc<Listener>,
+    h2: h2::Builder,
+}
+
+/// Accepts connections on `listener` until `stop` fires, serving each with `proxy`. Each
+/// connection task holds a clone of `drained`; once every task has finished, the receiving end
+/// sees the channel close. On `drain`, connections finish their in-flight requests and close.
+pub async fn serve(
+    listener: TcpListener,
+    kind: Listener,
+    proxy: Arc<Proxy>,
+    mut stop: Shutdown,
+    drain: Shutdown,
+    drained: mpsc::Sender<()>,
+) {
+    let label = match &kind {
+        Listener::Outbound => "outbound".to_string(),
+        Listener::Service(name) => format!("service:{name}"),
+    };
+    let open = proxy.metrics.connections(&label);
+    let shared = Arc::new(Shared {
+        h2: h2::builder(&proxy.settings),
+        proxy,
+        kind: Arc::new(kind),
+    });
+    loop {
+        let (stream, _peer) = tokio::select! {
+            biased;
+            _ = stop.recv() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(listener = %label, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let (shared, drain, done, open) =
+            (shared.clone(), drain.clone(), drained.clone(), open.clone());
+        tokio::spawn(async move {
+            open.inc();
+            connection(stream, &shared, drain).await;
+            open.dec();
+            drop(done);
+        });
+    }
+    tracing::debug!(listener = %label, "stopped accepting");
+}
+
+/// One app connection, from accept to close. Until its first bytes arrive it holds no buffer;
+/// if none arrive within `client.header_timeout` (or the drain comes first), it closes
+/// silently.
+async fn connection(stream: TcpStream, shared: &Shared, drain: Shutdown) {
+    let settings = &shared.proxy.settings;
+    let first = Instant::now() + settings.header_timeout;
+    let mut timer = Deadline::default();
+    let mut drain = Drain::new(drain);
+    match sniff(&stream, &mut timer, first, &mut drain).await {
+        None => {}
+        Some(true) => h2::serve(stream, shared, drain).await,
+        Some(false) => http1(Http1::new(stream, timer), shared, first, drain).await,
+    }
+}
+
+/// Serves HTTP/1 requests on `conn` until it closes.
+async fn http1(mut conn: Http1, shared: &Shared, first: Instant, mut drain: Drain) {
+    let proxy = &shared.proxy;
+    let mut first = Some(first);
+    loop {
+        let req = match conn
+            .read_head(&proxy.settings, first.take(), &mut drain)
+            .await
+        {
+            Ok(req) => req,
+            Err(Stop::Quiet) => return,
+            Err(Stop::Reject(e)) => return proxy.refuse(conn, e.into()).await,
+            Err(Stop::HeadTimeout) => {
+                let e =
+                    super::ForwardError::RequestTimeout("the request head did not arrive in time");
+                return proxy.refuse(conn, e).await;
+            }
+        };
+        if !proxy.serve_h1(&mut conn, req, &shared.kind).await {
+            return conn.close().await;
+        }
+    }
+}
+
+/// Waits for the connection's first bytes and tells whether they start HTTP/2's preface
+/// (`Some(true)`), or anything else (`Some(false)`: HTTP/1, which the HTTP/1 loop checks);
+/// `None` when nothing came in time, the app closed, or the drain fired. The bytes are peeked
+/// at, not read: whichever server takes the connection reads them itself.
+async fn sniff(
+    stream: &TcpStream,
+    timer: &mut Deadline,
+    until: Instant,
+    drain: &mut Drain,
+) -> Option<bool> {
+    let mut seen = [0u8; 24];
+    // A preface split over several packets is rare: wait for the rest, backing off.
+    let mut pause = Duration::from_millis(1);
+    loop {
+        let peeked = std::future::poll_fn(|cx| {
+            let mut buf = tokio::io::ReadBuf::new(&mut seen);
+            match stream.poll_peek(cx, &mut buf) {
+                Poll::Ready(Ok(n)) => Poll::Ready(Some(n)),
+                Poll::Ready(Err(_)) => Poll::Ready(None),
+                Poll::Pending if timer.poll_at(cx, until).is_ready() => Poll::Ready(None),
+                Poll::Pending if drain.poll(cx).is_ready() => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await;
+        let n = match peeked {
+            None | Some(0) => return None,
+            Some(n) => n,
+        };
+        if seen[..n] != H2_PREFACE[..n] {
+            return Some(false);
+        }
+        if n == H2_PREFACE.len() {
+            return Some(true);
+        }
+        let later = Instant::now() + pause;
+        if later >= until {
+            return None;
+        }
+        tokio::time::sleep_until(later).await;
+        pause = (pause * 2).min(Duration::from_millis(200));
+    }
+}

@@ -1,0 +1,498 @@
+//! The HTTP/1 side of an app connection: one loop serves every HTTP/1.x request on it — heads
+//! read under the idle and header deadlines, bodies streamed both ways, interim `100 Continue`
+//! relayed, responses written back in the app's own version. Request heads are parsed and
+//! framed by the one framing module ([`h1::request`]); responses are written from the response
+//! framing decision ([`h1::response`]). The walk from head to response is `forward.rs`'s.
+//!
+//! Memory follows traffic: the read buffer and the two head buffers are taken from a small
+//! per-thread stock when the first bytes of a request arrive and given back when the connection
+//! goes idle with nothing buffered, so an idle connection holds no buffer at all.
+
+use std::cell::RefCell;
+use std::future::Future as _;
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::task::Poll;
+
+use bytes::BytesMut;
+use http::StatusCode;
+use http_body_util::BodyExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::WriteHalf;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::source::AppBody;
+use super::timer::{Deadline, Drain};
+use super::Settings;
+use crate::forward::client::{
+    Body, BodyError, First, Outgoing, Pool, ProtoError, SendError, SourceError,
+};
+use crate::forward::h1::framing::Framing;
+use crate::forward::h1::request::{self, Parsed, Request, RequestError};
+use crate::forward::h1::response::{self, Reply};
+use crate::forward::h1::write::{chunk_size, last_chunk};
+use crate::forward::LastRoute;
+
+/// What a read asks for while a head is expected.
+const READ: usize = 8 * 1024;
+/// Bodies up to this size are copied behind the response head and sent with it in one piece.
+const SMALL_BODY: usize = 4 * 1024;
+/// Buffer sets kept per thread for connections that become busy (64 × ~9 KiB at most).
+const SPARE: usize = 64;
+/// The longest a closing connection reads (and drops) what the app still sends.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Why the head loop stopped.
+pub(super) enum Stop {
+    /// Close without a word: nothing of a request arrived (idle, drained, end of stream).
+    Quiet,
+    /// Answer with this error, then close.
+    Reject(RequestError),
+    /// The head did not complete within `client.header_timeout`: 408, then close.
+    HeadTimeout,
+}
+
+/// How an exchange failed; `forward.rs` turns each into an answer (or a close).
+pub(crate) enum Failure {
+    /// No response from the upstream; `body_done`: the app's body was read whole.
+    Send(SendError, bool),
+    /// No response head within the service's timeout.
+    Timeout(bool),
+    /// The app's body could not be read, and no response byte went out.
+    Request(SourceError),
+    /// The upstream's body broke before any response byte went to the app.
+    Upstream(ProtoError),
+    /// Nothing can be said to the app any more: close.
+    Closed,
+}
+
+/// A finished exchange.
+pub(crate) struct Exchanged {
+    /// The response status.
+    pub status: StatusCode,
+    /// When the response head arrived.
+    pub head_at: Instant,
+    /// The connection closes now.
+    pub close: bool,
+}
+
+/// The buffers of a busy connection.
+#[derive(Default)]
+struct Buffers {
+    /// Bytes read and not yet consumed: the next request head(s), or body bytes.
+    read: BytesMut,
+    /// The request head for the upstream.
+    head: Vec<u8>,
+    /// The response head being written.
+    out: Vec<u8>,
+}
+
+thread_local! {
+    /// Buffer sets given back by connections gone idle, for the next to become busy.
+    static STOCK: RefCell<Vec<Buffers>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Buffers {
+    fn take() -> Self {
+        STOCK
+            .with(|s| s.borrow_mut().pop())
+            .unwrap_or_else(|| Buffers {
+                read: BytesMut::with_capacity(READ),
+                head: Vec::with_capacity(512),
+                out: Vec::with_capacity(512),
+            })
+    }
+
+    /// Back to the stock if they are of the usual size; freed otherwise.
+    fn give(mut self) {
+        if self.read.capacity() != READ || self.head.capacity() > 4096 || self.out.capacity() > 4096
+        {
+            return;
+        }
+        self.read.clear();
+        STOCK.with(|s| {
+            let mut s = s.borrow_mut();
+            if s.len() < SPARE {
+                s.push(self);
+            }
+        });
+    }
+}
+
+/// An app connection served over HTTP/1.
+pub(crate) struct Http1 {
+    stream: TcpStream,
+    bufs: Buffers,
+    /// Header, idle and body waits.
+    timer: Deadline,
+    /// The upstream response timeout.
+    response: Deadline,
+    /// The service the last request named (see [`LastRoute`]).
+    pub(crate) last: LastRoute,
+}
+
+impl Http1 {
+    /// A connection over `stream`; no buffer is taken until bytes arrive.
+    pub(super) fn new(stream: TcpStream, timer: Deadline) -> Self {
+        Self {
+            stream,
+            bufs: Buffers::default(),
+            timer,
+            response: Deadline::default(),
+            last: LastRoute::default(),
+        }
+    }
+
+    /// The upstream head being built, and the route memo (routing reads the `Host` in it).
+    pub fn head_and_route(&mut self) -> (&mut Vec<u8>, &mut LastRoute) {
+        (&mut self.bufs.head, &mut self.last)
+    }
+
+    /// Reads and parses the next request head. `first`: the deadline of a connection's first
+    /// request (from accept); later requests may idle for `client.idle_timeout` and then have
+    /// `client.header_timeout` from their first byte.
+    pub(super) async fn read_head(
+        &mut self,
+        settings: &Settings,
+        first: Option<Instant>,
+        drain: &mut Drain,
+    ) -> Result<Request, Stop> {
+        let idle_until = first.unwrap_or_else(|| Instant::now() + settings.idle_timeout);
+        let mut head_until = first;
+        let mut parse = true;
+        loop {
+            if !self.bufs.read.is_empty() {
+                if parse {
+                    let buf = &self.bufs.read;
+                    match request::parse(buf, settings.limits, &mut self.bufs.head) {
+                        Ok(Parsed::Complete(req)) => return Ok(req),
+                        Ok(Parsed::Partial) => {}
+                        Err(e) => return Err(Stop::Reject(e)),
+                    }
+                }
+                head_until.get_or_insert_with(|| Instant::now() + settings.header_timeout);
+            }
+            let idle = self.bufs.read.is_empty();
+            if idle {
+                // Nothing buffered: the buffers go back until bytes arrive again.
+                std::mem::take(&mut self.bufs).give();
+            }
+            let at = if idle {
+                idle_until
+            } else {
+                head_until.unwrap_or(idle_until)
+            };
+            let woke = {
+                let mut readable = pin!(self.stream.readable());
+                let timer = &mut self.timer;
+                std::future::poll_fn(|cx| {
+                    if let Poll::Ready(r) = readable.as_mut().poll(cx) {
+                        return Poll::Ready(Some(r.is_ok()));
+                    }
+                    if timer.poll_at(cx, at).is_ready() {
+                        return Poll::Ready(None);
+                    }
+                    // Only an idle connection closes on drain; a head in progress finishes.
+                    if idle && drain.poll(cx).is_ready() {
+                        return Poll::Ready(Some(false));
+                    }
+                    Poll::Pending
+                })
+                .await
+            };
+            match woke {
+                None if idle => return Err(Stop::Quiet),
+                None => return Err(Stop::HeadTimeout),
+                Some(false) => return Err(Stop::Quiet),
+                Some(true) => {}
+            }
+            if self.bufs.read.capacity() == 0 {
+                self.bufs = Buffers::take();
+            }
+            let read = &mut self.bufs.read;
+            if read.capacity() - read.len() < READ / 4 {
+                read.reserve(READ);
+            }
+            let before = read.len();
+            match self.stream.try_read_buf(read) {
+                Ok(0) => return Err(Stop::Quiet),
+                Ok(_) => {
+                    // A head can only have completed if a line did; a head at the size limit
+                    // is parsed (to be refused) either way.
+                    parse = read[before..].contains(&b'\n')
+                        || read.len() >= settings.limits.max_head_size;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => parse = false,
+                Err(_) => return Err(Stop::Quiet),
+            }
+        }
+    }
+
+    /// Takes `len` bytes (a head, or a bodiless request's head) off the read buffer.
+    pub fn consume(&mut self, len: usize) {
+        bytes::Buf::advance(&mut self.bufs.read, len);
+    }
+
+    /// Skips the body of `req` when it is already whole in the buffer (a request answered
+    /// without being forwarded); `false` when it is not, or is malformed: the connection must
+    /// then close after the answer, as the body's bytes cannot be told from the next request.
+    pub fn skip_body(&mut self, req: &Request) -> bool {
+        match req.framing {
+            Framing::Empty => true,
+            Framing::Length(n) if self.bufs.read.len() as u64 >= n => {
+                bytes::Buf::advance(&mut self.bufs.read, n as usize);
+                true
+            }
+            Framing::Chunked => {
+                let mut probe = self.bufs.read.clone();
+                let mut decoder = crate::forward::h1::chunked::Decoder::new();
+                loop {
+                    match decoder.decode(&mut probe, READ) {
+                        Ok(crate::forward::h1::chunked::Decoded::Data(_)) => {}
+                        Ok(crate::forward::h1::chunked::Decoded::End(_)) => {
+                            self.bufs.read = probe;
+                            return true;
+                        }
+                        _ => return false,
+                    }
+                }
+            }
+            _ => false,
+        }
+    }
+
+    /// Writes a response waypost generated; the connection closes after it when `close`.
+    pub async fn answer(
+        &mut self,
+        resp: http::Response<bytes::Bytes>,
+        http10: bool,
+        close: bool,
+    ) -> io::Result<()> {
+        let out = &mut self.bufs.out;
+        let reply = Reply { close, http10 };
+        response::encode_own(out, resp.status(), resp.headers(), resp.body().len(), reply);
+        write_all(&mut self.stream, &mut [out, resp.body()]).await
+    }
+
+    /// Closes the connection after a last response: our side first, then what the app still
+    /// sends (the rest of a body the upstream did not wait for, a pipelined request) is read
+    /// and dropped until the app closes too, for at most [`LINGER`]. Closing with unread bytes
+    /// would send a reset, which can destroy the response before the app reads it (RFC 9112
+    /// §9.6).
+    pub async fn close(mut self) {
+        if self.stream.shutdown().await.is_err() {
+            return;
+        }
+        let until = Instant::now() + LINGER;
+        let mut sink = [0u8; 16 * 1024];
+        while let Ok(Ok(1..)) = tokio::time::timeout_at(
+            until,
+            tokio::io::AsyncReadExt::read(&mut self.stream, &mut sink),
+        )
+        .await
+        {}
+    }
+
+    /// Sends `req` (its head finished in the head buffer, its body after it in the read
+    /// buffer and on the socket) to `addr`, and writes the response to the app. `until`: the
+    /// deadline of the response head.
+    pub async fn exchange(
+        &mut self,
+        req: &Request,
+        pool: &Pool,
+        addr: SocketAddr,
+        until: Instant,
+        settings: &Settings,
+    ) -> Result<Exchanged, Failure> {
+        let Http1 {
+            stream,
+            bufs,
+            timer,
+            response,
+            ..
+        } = self;
+        let Buffers { read, head, out } = bufs;
+        let (rd, mut wr) = stream.split();
+        let mut source = AppBody::new(
+            rd,
+            read,
+            req.framing,
+            timer,
+            settings.body_timeout,
+            settings.buffer_size,
+        );
+        let whole = source.prefill(head).map_err(Failure::Request)?;
+        let outgoing = Outgoing {
+            head,
+            framing: source.rest(),
+            head_request: req.is_head(),
+            replayable: req.framing == Framing::Empty && req.is_idempotent(),
+            relay_continue: req.expect_continue,
+        };
+        let sent = {
+            let wr = &mut wr;
+            let send = async {
+                let (mut ex, mut first) = pool
+                    .send(addr, &outgoing, (!whole).then_some(source))
+                    .await
+                    .map_err(Some)?;
+                loop {
+                    match first {
+                        First::Continue => {
+                            write_all(wr, &mut [b"HTTP/1.1 100 Continue\r\n\r\n"])
+                                .await
+                                .map_err(|_| None)?;
+                            first = ex.head().await.map_err(Some)?;
+                        }
+                        First::Final(head) => return Ok((ex, head)),
+                    }
+                }
+            };
+            response.within(until, pin!(send)).await
+        };
+        let (ex, head) = match sent {
+            None => return Err(Failure::Timeout(whole)),
+            Some(Err(None)) => return Err(Failure::Closed),
+            Some(Err(Some(SendError::Request(e)))) => return Err(Failure::Request(e)),
+            Some(Err(Some(e))) => return Err(Failure::Send(e, whole)),
+            Some(Ok(sent)) => sent,
+        };
+        let head_at = Instant::now();
+        let status = head.status;
+        let framing = response::encode(
+            out,
+            &head,
+            Reply {
+                close: req.close,
+                http10: req.http10,
+            },
+        );
+        let mut body = ex.into_body(&head);
+        drop(head);
+        let trailers = req.trailers && framing == Framing::Chunked;
+        let written = respond(&mut wr, out, &mut body, framing, trailers).await;
+        let close = match written {
+            Ok(()) => req.close || framing == Framing::Close || !body.upload_finished(),
+            Err(Stopped::Request(e, false)) => return Err(Failure::Request(e)),
+            Err(Stopped::Upstream(e, false)) => return Err(Failure::Upstream(e)),
+            Err(_) => true,
+        };
+        Ok(Exchanged {
+            status,
+            head_at,
+            close,
+        })
+    }
+}
+
+/// Why writing a response stopped; `bool`: some of it had gone to the app.
+enum Stopped {
+    Request(SourceError, bool),
+    Upstream(ProtoError, bool),
+    App,
+}
+
+/// Streams the response body to the app behind its head (in `out`), framed as `framing`,
+/// moving the request body meanwhile. The head goes out with the first piece of the body.
+async fn respond<U: crate::forward::client::Source + Unpin>(
+    wr: &mut WriteHalf<'_>,
+    out: &mut Vec<u8>,
+    body: &mut Body<U>,
+    framing: Framing,
+    trailers: bool,
+) -> Result<(), Stopped> {
+    let mut head_out = true;
+    let mut size = [0u8; 18];
+    loop {
+        let frame = match body.frame().await {
+            None => break,
+            Some(Ok(frame)) => frame,
+            Some(Err(BodyError::Request(e))) => return Err(Stopped::Request(e, !head_out)),
+            Some(Err(BodyError::Upstream(e))) => {
+                tracing::debug!(error = %e, "upstream response body failed");
+                return Err(Stopped::Upstream(e, !head_out));
+            }
+        };
+        let head: &[u8] = if head_out { out } else { &[] };
+        match frame.into_data() {
+            Ok(data) if framing == Framing::Chunked => {
+                let prefix = chunk_size(&mut size, data.len());
+                write_driving(wr, &mut [head, prefix, &data, b"\r\n"], body).await?;
+            }
+            // A small body joins the head: one `send`, no `writev`.
+            Ok(data) if head_out && data.len() <= SMALL_BODY => {
+                out.extend_from_slice(&data);
+                write_driving(wr, &mut [out], body).await?;
+            }
+            Ok(data) => write_driving(wr, &mut [head, &data], body).await?,
+            Err(frame) => {
+                // Trailers come last, after the last chunk (only chunked bodies have them).
+                let Ok(fields) = frame.into_trailers() else {
+                    continue;
+                };
+                if framing != Framing::Chunked {
+                    continue;
+                }
+                let mut last = Vec::with_capacity(64);
+                last_chunk(&mut last, trailers.then_some(&fields));
+                write_driving(wr, &mut [head, &last], body).await?;
+                return Ok(());
+            }
+        }
+        head_out = false;
+    }
+    let last: &[u8] = if framing == Framing::Chunked {
+        b"0\r\n\r\n"
+    } else {
+        &[]
+    };
+    let head: &[u8] = if head_out { out } else { &[] };
+    write_driving(wr, &mut [head, last], body).await
+}
+
+/// Writes `parts` to the app while the request body keeps moving.
+async fn write_driving<U: crate::forward::client::Source + Unpin>(
+    wr: &mut WriteHalf<'_>,
+    parts: &mut [&[u8]],
+    body: &mut Body<U>,
+) -> Result<(), Stopped> {
+    if !body.uploading() {
+        return write_all(wr, parts).await.map_err(|_| Stopped::App);
+    }
+    let mut write = pin!(write_all(wr, parts));
+    std::future::poll_fn(|cx| {
+        if let Err(e) = body.poll_upload(cx) {
+            return Poll::Ready(Err(Stopped::Request(e, true)));
+        }
+        write.as_mut().poll(cx).map_err(|_| Stopped::App)
+    })
+    .await
+}
+
+/// Writes every byte of `parts`, in as few system calls as the kernel allows (one, normally):
+/// a plain `send` for one part, `writev` for several.
+async fn write_all<W: tokio::io::AsyncWrite + Unpin>(
+    stream: &mut W,
+    parts: &mut [&[u8]],
+) -> io::Result<()> {
+    let mut slices: [IoSlice<'_>; 4] = [IoSlice::new(&[]); 4];
+    let n = parts.len().min(4);
+    for (slot, part) in slices.iter_mut().zip(parts.iter()) {
+        *slot = IoSlice::new(part);
+    }
+    let mut slices = &mut slices[..n];
+    IoSlice::advance_slices(&mut slices, 0);
+    while !slices.is_empty() {
+        let n = match slices {
+            [one] => stream.write(one).await?,
+            _ => stream.write_vectored(slices).await?,
+        };
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut slices, n);
+    }
+    Ok(())
+}
