@@ -187,6 +187,7 @@ impl Proxy {
         let (err, body_done) = match sent {
             Ok(done) => {
                 svc.record(done.status.as_u16(), done.head_at - started);
+                conn.idle_since = done.ended;
                 return !done.close;
             }
             Err(Failure::Send(e, body_done)) => (svc.failed(addr, e), body_done),
@@ -360,6 +361,11 @@ impl Proxy {
 }
 
 impl LastRoute {
+    /// The `Host` bytes of the last request routed (already found valid), or nothing.
+    pub(crate) fn host(&self) -> &[u8] {
+        &self.host
+    }
+
     /// The target the `Host` value `host` (or the listener) names.
     fn route(
         &mut self,

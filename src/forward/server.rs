@@ -128,10 +128,12 @@ async fn connection(stream: TcpStream, shared: &Shared, drain: Shutdown) {
     let first = Instant::now() + settings.header_timeout;
     let mut timer = Deadline::default();
     let mut drain = Drain::new(drain);
+    // Each protocol's future is allocated once bytes arrive: until then a connection costs
+    // only this small one (10,000 silent connections must cost little).
     match sniff(&stream, &mut timer, first, &mut drain).await {
         None => {}
-        Some(true) => h2::serve(stream, shared, drain).await,
-        Some(false) => http1(Http1::new(stream, timer), shared, first, drain).await,
+        Some(true) => Box::pin(h2::serve(stream, shared, drain)).await,
+        Some(false) => Box::pin(http1(Http1::new(stream, timer), shared, first, drain)).await,
     }
 }
 

@@ -31,7 +31,8 @@ pub enum First {
 /// A request whose head went out, waiting for its response.
 pub struct Exchange<U> {
     pub(super) conn: Conn,
-    pub(super) upload: Option<Upload<U>>,
+    /// Boxed: requests without a body to stream (nearly all) move small values around.
+    pub(super) upload: Option<Box<Upload<U>>>,
     /// Writing the request body failed (the upstream stopped reading): its response may still
     /// come, but the connection is done for after it.
     pub(super) upload_broken: bool,
@@ -109,7 +110,7 @@ impl<U: Source> Exchange<U> {
 /// everything; a failed write to the upstream only stops the upload (the upstream may have
 /// answered and stopped reading).
 fn drive<U: Source>(
-    upload: &mut Option<Upload<U>>,
+    upload: &mut Option<Box<Upload<U>>>,
     broken: &mut bool,
     conn: &mut Conn,
     cx: &mut Context<'_>,
@@ -144,7 +145,7 @@ pub enum BodyError {
 pub struct Body<U> {
     state: State,
     conn: Option<Conn>,
-    upload: Option<Upload<U>>,
+    upload: Option<Box<Upload<U>>>,
     upload_broken: bool,
     /// Set while the connection may be reused once both bodies end.
     home: Option<Home>,
@@ -174,6 +175,24 @@ impl<U: Source> Body<U> {
     /// Whether a request body is still being sent.
     pub fn uploading(&self) -> bool {
         self.conn.is_some() && !self.upload_finished()
+    }
+
+    /// The whole body, when it came with the head and nothing is left to do on the connection
+    /// (no request body still going): the common small response, written without the frame
+    /// loop. `None` otherwise, and the body is untouched.
+    pub fn take_whole(&mut self) -> Option<Bytes> {
+        if self.conn.is_some() || self.upload.is_some() {
+            return None;
+        }
+        match &mut self.state {
+            State::Buffered(data) => {
+                let data = std::mem::take(data);
+                self.state = State::Done;
+                Some(data)
+            }
+            State::Done => Some(Bytes::new()),
+            _ => None,
+        }
     }
 
     /// Moves the request body on while the response waits to be written to the app; only the

@@ -94,6 +94,16 @@ impl FramingFields {
         if let Some(Err(_)) = self.length {
             return;
         }
+        // The usual value, one plain number, without the list machinery.
+        if self.length.is_none()
+            && !value.is_empty()
+            && value.len() <= 19
+            && value.iter().all(u8::is_ascii_digit)
+        {
+            let n = value.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+            self.length = Some(Ok(n));
+            return;
+        }
         let mut found = self.length.map(|l| l.unwrap_or(0));
         let mut any = false;
         for part in value.split(|&b| b == b',') {

@@ -104,8 +104,14 @@ pub enum RequestError {
 
 /// Parses the request head at the front of `buf`. A complete, valid head is encoded into `out`
 /// (cleared first) for the upstream: request line and end-to-end fields; [`finish`] adds the
-/// rest once the request is routed.
-pub fn parse(buf: &[u8], limits: Limits, out: &mut Vec<u8>) -> Result<Parsed, RequestError> {
+/// rest once the request is routed. `known_host`: a `Host` value already found valid on this
+/// connection (the last one routed; empty for none), whose check is not repeated.
+pub fn parse(
+    buf: &[u8],
+    limits: Limits,
+    out: &mut Vec<u8>,
+    known_host: &[u8],
+) -> Result<Parsed, RequestError> {
     // Slots httparse fills: left uninitialized, which saves writing all of them per request.
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS_LIMIT];
     let slots = &mut slots[..limits.max_headers.min(MAX_HEADERS_LIMIT)];
@@ -135,10 +141,10 @@ pub fn parse(buf: &[u8], limits: Limits, out: &mut Vec<u8>) -> Result<Parsed, Re
         return Err(RequestError::Connect);
     }
     let target = Target::parse(&method, target)?;
-    let seen = walk(req.headers, http10)?;
+    let seen = walk(buf, req.headers, &method, &target, http10, out)?;
     let framing = seen.framing.request(http10)?;
-    if let Some(host) = seen.host {
-        if !is_valid_host(host) {
+    if let Some(host) = seen.app_host {
+        if host != known_host && !is_valid_host(host) {
             return Err(RequestError::Malformed("invalid Host field"));
         }
     } else if !http10 {
@@ -146,13 +152,12 @@ pub fn parse(buf: &[u8], limits: Limits, out: &mut Vec<u8>) -> Result<Parsed, Re
             "no Host field in an HTTP/1.1 request",
         ));
     }
-    let host = encode(out, &method, &target, req.headers, &seen, http10);
     Ok(Parsed::Complete(Request {
         len,
         method,
         http10,
         framing,
-        host,
+        host: seen.host,
         close: seen.close || (http10 && !seen.keep_alive),
         trailers: seen.trailers,
         expect_continue: seen.expect_continue,
@@ -337,10 +342,13 @@ impl<'a> Target<'a> {
     }
 }
 
-/// What one walk over the fields found.
+/// What the walk over the fields found.
 struct Seen<'a> {
     framing: FramingFields,
-    host: Option<&'a [u8]>,
+    /// The app's `Host` value.
+    app_host: Option<&'a [u8]>,
+    /// Where the `Host` value sits in the encoded head.
+    host: Option<(u32, u32)>,
     close: bool,
     keep_alive: bool,
     trailers: bool,
@@ -349,11 +357,25 @@ struct Seen<'a> {
     named: bool,
 }
 
-/// Walks the fields once: framing fields folded, `Host` counted, `Connection`, `TE` and
-/// `Expect` read. Names are matched by length first (most names match no length).
-fn walk<'a>(headers: &[httparse::Header<'a>], http10: bool) -> Result<Seen<'a>, RequestError> {
+/// Walks the fields once: checks them, folds the framing fields, reads `Host`, `Connection`,
+/// `TE` and `Expect` — and encodes the request line and the fields that go on into `out`
+/// (cleared first). Names are matched by length first (most names match no length). Field
+/// lines the app wrote as waypost would (`name: value` and CRLF) are copied in runs, one copy
+/// for consecutive lines, rather than field by field. In the rare case that `Connection`
+/// names other fields, the fields are encoded again without them.
+fn walk<'a>(
+    buf: &'a [u8],
+    headers: &[httparse::Header<'a>],
+    method: &Method,
+    target: &Target<'_>,
+    http10: bool,
+    out: &mut Vec<u8>,
+) -> Result<Seen<'a>, RequestError> {
+    let authority = request_line(out, method, target);
+    let line_end = out.len();
     let mut seen = Seen {
         framing: FramingFields::default(),
+        app_host: None,
         host: None,
         close: false,
         keep_alive: false,
@@ -361,15 +383,29 @@ fn walk<'a>(headers: &[httparse::Header<'a>], http10: bool) -> Result<Seen<'a>, 
         expect_continue: false,
         named: false,
     };
+    let base = buf.as_ptr() as usize;
+    // Consecutive field lines to copy as they are: (start, end) in `buf`.
+    let mut run = (0, 0);
     for h in headers {
         let name = h.name.as_bytes();
         let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
-        match name.len() {
-            4 if is(b"host") && seen.host.replace(h.value).is_some() => {
-                return Err(RequestError::Malformed("more than one Host field"));
+        let forward = match name.len() {
+            4 if is(b"host") => {
+                if seen.app_host.replace(h.value).is_some() {
+                    return Err(RequestError::Malformed("more than one Host field"));
+                }
+                flush(out, buf, &mut run);
+                seen.host = Some(host_field(out, name, authority.unwrap_or(h.value)));
+                continue;
             }
-            14 if is(b"content-length") => seen.framing.content_length(h.value),
-            17 if is(b"transfer-encoding") => seen.framing.transfer_encoding(h.value),
+            14 if is(b"content-length") => {
+                seen.framing.content_length(h.value);
+                false
+            }
+            17 if is(b"transfer-encoding") => {
+                seen.framing.transfer_encoding(h.value);
+                false
+            }
             10 if is(b"connection") => {
                 for token in tokens(h.value) {
                     if token.eq_ignore_ascii_case(b"close") {
@@ -384,36 +420,81 @@ fn walk<'a>(headers: &[httparse::Header<'a>], http10: bool) -> Result<Seen<'a>, 
                         seen.named = true;
                     }
                 }
+                false
             }
             2 if is(b"te") => {
                 seen.trailers |= tokens(h.value).any(|t| {
                     let coding = t.split(|&b| b == b';').next().unwrap_or_default();
                     trim_ows(coding).eq_ignore_ascii_case(b"trailers")
                 });
+                false
             }
             // HTTP/1.0 has no expectations: the field is dropped (RFC 9110 §10.1.1).
-            6 if is(b"expect") && !http10 => {
-                if !trim_ows(h.value).eq_ignore_ascii_case(b"100-continue") {
-                    return Err(RequestError::Expectation);
+            6 if is(b"expect") => {
+                if !http10 {
+                    if !trim_ows(h.value).eq_ignore_ascii_case(b"100-continue") {
+                        return Err(RequestError::Expectation);
+                    }
+                    seen.expect_continue = true;
                 }
-                seen.expect_continue = true;
+                !http10
             }
-            _ => {}
+            _ => !is_hop_by_hop(name),
+        };
+        if !forward {
+            flush(out, buf, &mut run);
+            continue;
         }
+        let start = h.name.as_ptr() as usize - base;
+        let value = h.value.as_ptr() as usize - base;
+        let end = value + h.value.len();
+        let canonical = buf.get(start + name.len()..value) == Some(b": ")
+            && buf.get(end..end + 2) == Some(b"\r\n");
+        if !canonical {
+            flush(out, buf, &mut run);
+            field(out, name, h.value);
+        } else if run.1 == start && run.1 != 0 {
+            run.1 = end + 2;
+        } else {
+            flush(out, buf, &mut run);
+            run = (start, end + 2);
+        }
+    }
+    flush(out, buf, &mut run);
+    if seen.named {
+        out.truncate(line_end);
+        seen.host = None;
+        for h in headers {
+            let name = h.name.as_bytes();
+            if name.eq_ignore_ascii_case(b"host") {
+                seen.host = Some(host_field(out, name, authority.unwrap_or(h.value)));
+            } else if !is_hop_by_hop(name)
+                && !name.eq_ignore_ascii_case(b"content-length")
+                && !name.eq_ignore_ascii_case(b"transfer-encoding")
+                && !(http10 && name.eq_ignore_ascii_case(b"expect"))
+                && !named_by_connection(headers, name)
+            {
+                field(out, name, h.value);
+            }
+        }
+    }
+    if let (None, Some(authority)) = (seen.host, authority) {
+        seen.host = Some(host_field(out, b"host", authority));
     }
     Ok(seen)
 }
 
-/// Encodes the request line and the fields that go on into `out`; returns where the `Host`
-/// value was written.
-fn encode(
-    out: &mut Vec<u8>,
-    method: &Method,
-    target: &Target<'_>,
-    headers: &[httparse::Header<'_>],
-    seen: &Seen<'_>,
-    http10: bool,
-) -> Option<(u32, u32)> {
+/// Copies the pending run of field lines, if any.
+fn flush(out: &mut Vec<u8>, buf: &[u8], run: &mut (usize, usize)) {
+    if run.1 > run.0 {
+        out.extend_from_slice(&buf[run.0..run.1]);
+    }
+    *run = (0, 0);
+}
+
+/// Writes the request line (origin form, `*`, or the absolute form's path) into `out`
+/// (cleared first); returns the absolute form's authority.
+fn request_line<'t>(out: &mut Vec<u8>, method: &Method, target: &Target<'t>) -> Option<&'t [u8]> {
     out.clear();
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
@@ -435,29 +516,7 @@ fn encode(
         }
     };
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let mut host = None;
-    for h in headers {
-        let name = h.name.as_bytes();
-        let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
-        let skip = match name.len() {
-            4 if is(b"host") => {
-                host = Some(host_field(out, name, authority.unwrap_or(h.value)));
-                continue;
-            }
-            14 => is(b"content-length"),
-            17 => is(b"transfer-encoding"),
-            6 => http10 && is(b"expect"),
-            _ => is_hop_by_hop(name),
-        };
-        if skip || (seen.named && named_by_connection(headers, name)) {
-            continue;
-        }
-        field(out, name, h.value);
-    }
-    match (host, authority) {
-        (None, Some(authority)) => Some(host_field(out, b"host", authority)),
-        (host, _) => host,
-    }
+    authority
 }
 
 /// Writes a `Host` field; returns where its value sits in `out`.

@@ -55,6 +55,11 @@ pub struct Head {
 /// value end.
 type Span = [u32; 4];
 
+/// Tags on a span's name start while the head is parsed (heads are far below 2^30 bytes):
+/// a `Content-Length` that may frame the body, and a `Transfer-Encoding`.
+const LENGTH_TAG: u32 = 1 << 31;
+const CODING_TAG: u32 = 1 << 30;
+
 /// What [`parse`] found at the front of the buffer.
 #[derive(Debug)]
 pub enum Parsed {
@@ -136,15 +141,36 @@ pub fn parse(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, ResponseE
             (value + h.value.len()) as u32,
         ]
     };
+    let bodiless =
+        head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
     let mut close = false;
     let mut named = false;
     let mut framing = FramingFields::default();
+    let mut fields = Vec::with_capacity(resp.headers.len());
+    // The framing fields are tagged, and dropped once the decision says which go.
+    let mut tagged = false;
     for h in resp.headers.iter() {
         let name = h.name.as_bytes();
         let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
         match name.len() {
-            14 if is(b"content-length") => framing.content_length(h.value),
-            17 if is(b"transfer-encoding") => framing.transfer_encoding(h.value),
+            14 if is(b"content-length") => {
+                framing.content_length(h.value);
+                // A bodiless response's length describes the representation: it passes.
+                let mut s = span(h);
+                if !bodiless {
+                    s[0] |= LENGTH_TAG;
+                    tagged = true;
+                }
+                fields.push(s);
+            }
+            17 if is(b"transfer-encoding") => {
+                framing.transfer_encoding(h.value);
+                let mut s = span(h);
+                s[0] |= CODING_TAG;
+                tagged = true;
+                fields.push(s);
+            }
+            15 if is(ERROR_FIELD) => {}
             10 if is(b"connection") => {
                 for token in tokens(h.value) {
                     if token.eq_ignore_ascii_case(b"close") {
@@ -154,28 +180,25 @@ pub fn parse(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, ResponseE
                     }
                 }
             }
-            _ => {}
+            _ if is_hop_by_hop(name) => {}
+            _ => fields.push(span(h)),
         }
     }
-    let bodiless =
-        head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
     let (framing, sound) = framing.response(bodiless, http10)?;
-    let mut fields = Vec::with_capacity(resp.headers.len());
-    for h in resp.headers.iter() {
-        let name = h.name.as_bytes();
-        let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
-        // The framing fields a body is delimited by are written from the decision; those of a
-        // bodiless response (a HEAD's length) and a coding read to the close pass as received.
-        let skip = match name.len() {
-            14 => is(b"content-length") && framing != Framing::Empty,
-            15 => is(ERROR_FIELD),
-            17 => is(b"transfer-encoding") && framing == Framing::Chunked,
-            _ => is_hop_by_hop(name),
-        };
-        if skip || (named && named_by_connection(resp.headers, name)) {
-            continue;
-        }
-        fields.push(span(h));
+    if tagged {
+        // The field a body is delimited by is written from the decision; a coding read to the
+        // close passes as received.
+        let drop_coding = framing == Framing::Chunked;
+        fields.retain_mut(|s| {
+            let keep = (s[0] & LENGTH_TAG == 0) && (s[0] & CODING_TAG == 0 || !drop_coding);
+            s[0] &= !(LENGTH_TAG | CODING_TAG);
+            keep
+        });
+    }
+    if named {
+        fields.retain(|&[ns, ne, ..]| {
+            !named_by_connection(resp.headers, &buf[ns as usize..ne as usize])
+        });
     }
     let raw = buf.split_to(len).freeze();
     Ok(Parsed::Final(Head {
@@ -222,9 +245,24 @@ pub fn encode(out: &mut Vec<u8>, head: &Head, reply: Reply) -> Framing {
         Framing::Chunked if reply.http10 => Framing::Close,
         other => other,
     };
-    for (name, value) in head.fields() {
-        field(out, name, value);
+    // Field lines the upstream wrote as waypost would are copied in runs, one copy for
+    // consecutive lines, rather than field by field.
+    let raw = &head.raw[..];
+    let mut run = (0, 0);
+    for &[ns, ne, vs, ve] in &head.fields {
+        let (ns, ne, vs, ve) = (ns as usize, ne as usize, vs as usize, ve as usize);
+        let canonical = &raw[ne..vs] == b": " && raw.get(ve..ve + 2) == Some(b"\r\n");
+        if !canonical {
+            flush(out, raw, &mut run);
+            field(out, &raw[ns..ne], &raw[vs..ve]);
+        } else if run.1 == ns && run.1 != 0 {
+            run.1 = ve + 2;
+        } else {
+            flush(out, raw, &mut run);
+            run = (ns, ve + 2);
+        }
     }
+    flush(out, raw, &mut run);
     match framing {
         Framing::Length(n) => {
             out.extend_from_slice(b"content-length: ");
@@ -237,6 +275,14 @@ pub fn encode(out: &mut Vec<u8>, head: &Head, reply: Reply) -> Framing {
     connection(out, reply.close || framing == Framing::Close, reply.http10);
     out.extend_from_slice(b"\r\n");
     framing
+}
+
+/// Copies the pending run of field lines, if any.
+fn flush(out: &mut Vec<u8>, raw: &[u8], run: &mut (usize, usize)) {
+    if run.1 > run.0 {
+        out.extend_from_slice(&raw[run.0..run.1]);
+    }
+    *run = (0, 0);
 }
 
 /// Writes the head of a response waypost generated (status, `fields`, a body of `len` bytes)

@@ -32,6 +32,15 @@ pub fn decimal(out: &mut Vec<u8>, mut n: u64) {
 /// The status line of a response to an HTTP/1.0 app (`http10`) or an HTTP/1.1 one: apps are
 /// answered in their own version, as hyper's server does.
 pub fn status_line(out: &mut Vec<u8>, status: StatusCode, http10: bool) {
+    // The usual line, whole.
+    if status == StatusCode::OK {
+        out.extend_from_slice(if http10 {
+            b"HTTP/1.0 200 OK\r\n"
+        } else {
+            b"HTTP/1.1 200 OK\r\n"
+        });
+        return;
+    }
     out.extend_from_slice(if http10 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');

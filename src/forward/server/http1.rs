@@ -18,7 +18,7 @@ use std::task::Poll;
 use bytes::BytesMut;
 use http::StatusCode;
 use http_body_util::BodyExt;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::WriteHalf;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -74,6 +74,9 @@ pub(crate) struct Exchanged {
     pub status: StatusCode,
     /// When the response head arrived.
     pub head_at: Instant,
+    /// When the exchange ended, when known without asking the clock: a response written
+    /// whole in the same turn as its head ended at `head_at`.
+    pub ended: Option<Instant>,
     /// The connection closes now.
     pub close: bool,
 }
@@ -107,11 +110,17 @@ impl Buffers {
 
     /// Back to the stock if they are of the usual size; freed otherwise.
     fn give(mut self) {
-        if self.read.capacity() != READ || self.head.capacity() > 4096 || self.out.capacity() > 4096
+        if self.read.capacity() == 0 {
+            return;
+        }
+        // A consumed front is reclaimed by the next read's `reserve` (the buffer is empty).
+        self.read.clear();
+        if self.read.capacity() > 2 * READ
+            || self.head.capacity() > 4096
+            || self.out.capacity() > 4096
         {
             return;
         }
-        self.read.clear();
         STOCK.with(|s| {
             let mut s = s.borrow_mut();
             if s.len() < SPARE {
@@ -131,6 +140,8 @@ pub(crate) struct Http1 {
     response: Deadline,
     /// The service the last request named (see [`LastRoute`]).
     pub(crate) last: LastRoute,
+    /// When the last exchange ended, when known without asking the clock.
+    pub(crate) idle_since: Option<Instant>,
 }
 
 impl Http1 {
@@ -142,6 +153,7 @@ impl Http1 {
             timer,
             response: Deadline::default(),
             last: LastRoute::default(),
+            idle_since: None,
         }
     }
 
@@ -152,21 +164,26 @@ impl Http1 {
 
     /// Reads and parses the next request head. `first`: the deadline of a connection's first
     /// request (from accept); later requests may idle for `client.idle_timeout` and then have
-    /// `client.header_timeout` from their first byte.
+    /// `client.header_timeout` from their first byte, counted from when the last exchange
+    /// ended.
     pub(super) async fn read_head(
         &mut self,
         settings: &Settings,
         first: Option<Instant>,
         drain: &mut Drain,
     ) -> Result<Request, Stop> {
-        let idle_until = first.unwrap_or_else(|| Instant::now() + settings.idle_timeout);
+        let idle_until = match first {
+            Some(at) => at,
+            None => self.idle_since.take().unwrap_or_else(Instant::now) + settings.idle_timeout,
+        };
         let mut head_until = first;
         let mut parse = true;
         loop {
             if !self.bufs.read.is_empty() {
                 if parse {
                     let buf = &self.bufs.read;
-                    match request::parse(buf, settings.limits, &mut self.bufs.head) {
+                    let known = self.last.host();
+                    match request::parse(buf, settings.limits, &mut self.bufs.head, known) {
                         Ok(Parsed::Complete(req)) => return Ok(req),
                         Ok(Parsed::Partial) => {}
                         Err(e) => return Err(Stop::Reject(e)),
@@ -184,48 +201,51 @@ impl Http1 {
             } else {
                 head_until.unwrap_or(idle_until)
             };
-            let woke = {
-                let mut readable = pin!(self.stream.readable());
-                let timer = &mut self.timer;
+            let before = self.bufs.read.len();
+            let read = {
+                let (stream, timer, bufs) = (&mut self.stream, &mut self.timer, &mut self.bufs);
                 std::future::poll_fn(|cx| {
-                    if let Poll::Ready(r) = readable.as_mut().poll(cx) {
-                        return Poll::Ready(Some(r.is_ok()));
+                    // Buffers are taken only once the socket is readable.
+                    if bufs.read.capacity() == 0 {
+                        match stream.poll_read_ready(cx) {
+                            Poll::Ready(Ok(())) => *bufs = Buffers::take(),
+                            Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e))),
+                            Poll::Pending => {
+                                return waited(cx, timer, at, idle.then_some(&mut *drain))
+                            }
+                        }
                     }
-                    if timer.poll_at(cx, at).is_ready() {
-                        return Poll::Ready(None);
+                    let read = &mut bufs.read;
+                    if read.capacity() - read.len() < READ / 4 {
+                        read.reserve(READ);
                     }
-                    // Only an idle connection closes on drain; a head in progress finishes.
-                    if idle && drain.poll(cx).is_ready() {
-                        return Poll::Ready(Some(false));
+                    // `read_buf` keeps no state between polls: a fresh one per poll is the same
+                    // future. A short read clears the socket's readiness (no second syscall).
+                    match pin!(stream.read_buf(read)).poll(cx) {
+                        Poll::Ready(r) => Poll::Ready(Some(r)),
+                        Poll::Pending => {
+                            if read.is_empty() {
+                                std::mem::take(bufs).give();
+                            }
+                            waited(cx, timer, at, idle.then_some(&mut *drain))
+                        }
                     }
-                    Poll::Pending
                 })
                 .await
             };
-            match woke {
+            match read {
                 None if idle => return Err(Stop::Quiet),
                 None => return Err(Stop::HeadTimeout),
-                Some(false) => return Err(Stop::Quiet),
-                Some(true) => {}
-            }
-            if self.bufs.read.capacity() == 0 {
-                self.bufs = Buffers::take();
-            }
-            let read = &mut self.bufs.read;
-            if read.capacity() - read.len() < READ / 4 {
-                read.reserve(READ);
-            }
-            let before = read.len();
-            match self.stream.try_read_buf(read) {
-                Ok(0) => return Err(Stop::Quiet),
-                Ok(_) => {
-                    // A head can only have completed if a line did; a head at the size limit
-                    // is parsed (to be refused) either way.
-                    parse = read[before..].contains(&b'\n')
+                Some(Ok(0)) | Some(Err(_)) => return Err(Stop::Quiet),
+                Some(Ok(_)) => {
+                    // The first bytes of a head are parsed at once; after that, a head can only
+                    // have completed if a line did (and one at the size limit is parsed to be
+                    // refused), which spares re-parsing a slowly sent head at every read.
+                    let read = &self.bufs.read;
+                    parse = before == 0
+                        || read[before..].contains(&b'\n')
                         || read.len() >= settings.limits.max_head_size;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => parse = false,
-                Err(_) => return Err(Stop::Quiet),
             }
         }
     }
@@ -286,7 +306,8 @@ impl Http1 {
             return;
         }
         let until = Instant::now() + LINGER;
-        let mut sink = [0u8; 16 * 1024];
+        // On the heap: on the stack it would sit in every connection's future, closing or not.
+        let mut sink = vec![0u8; 16 * 1024];
         while let Ok(Ok(1..)) = tokio::time::timeout_at(
             until,
             tokio::io::AsyncReadExt::read(&mut self.stream, &mut sink),
@@ -371,6 +392,25 @@ impl Http1 {
         );
         let mut body = ex.into_body(&head);
         drop(head);
+        // The usual small response came whole with its head: one write, no frame loop.
+        let whole = match framing {
+            Framing::Length(_) | Framing::Empty => body.take_whole(),
+            _ => None,
+        };
+        if let Some(data) = whole {
+            let written = if data.len() <= SMALL_BODY {
+                out.extend_from_slice(&data);
+                write_all(&mut wr, &mut [out]).await
+            } else {
+                write_all(&mut wr, &mut [out, &data]).await
+            };
+            return Ok(Exchanged {
+                status,
+                head_at,
+                ended: Some(head_at),
+                close: written.is_err() || req.close || !body.upload_finished(),
+            });
+        }
         let trailers = req.trailers && framing == Framing::Chunked;
         let written = respond(&mut wr, out, &mut body, framing, trailers).await;
         let close = match written {
@@ -382,9 +422,24 @@ impl Http1 {
         Ok(Exchanged {
             status,
             head_at,
+            ended: None,
             close,
         })
     }
+}
+
+/// The end of a wait for bytes: `Ready(None)` once `at` passed or the drain fired (when one is
+/// given: only idle connections close on drain; a head in progress finishes), else pending.
+fn waited(
+    cx: &mut std::task::Context<'_>,
+    timer: &mut Deadline,
+    at: Instant,
+    drain: Option<&mut Drain>,
+) -> Poll<Option<io::Result<usize>>> {
+    if timer.poll_at(cx, at).is_ready() || drain.is_some_and(|d| d.poll(cx).is_ready()) {
+        return Poll::Ready(None);
+    }
+    Poll::Pending
 }
 
 /// Why writing a response stopped; `bool`: some of it had gone to the app.

@@ -17,9 +17,15 @@ use crate::shutdown::Shutdown;
 /// it is; when it fires before the current deadline, it is moved there. That is one timer
 /// operation per timeout period instead of one per request. The timer is allocated at the
 /// first wait, not with the connection.
+///
+/// A `Deadline` belongs to one connection, so to one task: once its timer has been polled (and
+/// so holds the task's waker), later waits only check whether it fired — an atomic load —
+/// rather than polling it again.
 #[derive(Default)]
 pub(super) struct Deadline {
     sleep: Option<Pin<Box<Sleep>>>,
+    /// The timer holds this task's waker for its current deadline.
+    registered: bool,
 }
 
 impl Deadline {
@@ -29,17 +35,23 @@ impl Deadline {
             Some(sleep) => {
                 if sleep.deadline() > at {
                     sleep.as_mut().reset(at);
+                    self.registered = false;
                 }
                 sleep
             }
             None => self.sleep.insert(Box::pin(tokio::time::sleep_until(at))),
         };
+        if self.registered && !sleep.is_elapsed() {
+            return Poll::Pending;
+        }
         while sleep.as_mut().poll(cx).is_ready() {
             if Instant::now() >= at {
+                self.registered = false;
                 return Poll::Ready(());
             }
             sleep.as_mut().reset(at);
         }
+        self.registered = true;
         Poll::Pending
     }
 

@@ -12,7 +12,7 @@ const LIMITS: Limits = Limits {
 /// `raw` parsed and finished (routed to `svc`): the request and the upstream head.
 fn run(raw: &str) -> Result<(Request, String), RequestError> {
     let mut out = Vec::new();
-    match parse(raw.as_bytes(), LIMITS, &mut out)? {
+    match parse(raw.as_bytes(), LIMITS, &mut out, b"")? {
         Parsed::Partial => panic!("partial head: {raw:?}"),
         Parsed::Complete(req) => {
             finish(&mut out, &req, "svc");
@@ -229,13 +229,13 @@ fn partial_heads_wait_until_the_size_limit() {
     let mut out = Vec::new();
     let partial = "GET / HTTP/1.1\r\nHost: e\r\n";
     assert!(matches!(
-        parse(partial.as_bytes(), LIMITS, &mut out),
+        parse(partial.as_bytes(), LIMITS, &mut out, b""),
         Ok(Parsed::Partial)
     ));
     // A partial head as large as the limit, and a complete head over it: 431.
     let big = format!("GET / HTTP/1.1\r\nHost: e\r\nX: {}", "a".repeat(1024));
     assert_eq!(
-        parse(big.as_bytes(), LIMITS, &mut out).unwrap_err(),
+        parse(big.as_bytes(), LIMITS, &mut out, b"").unwrap_err(),
         HeadTooLarge(1024)
     );
     let over = format!(
@@ -243,9 +243,13 @@ fn partial_heads_wait_until_the_size_limit() {
         "a".repeat(1000)
     );
     assert_eq!(
-        parse(over.as_bytes(), LIMITS, &mut out).unwrap_err(),
+        parse(over.as_bytes(), LIMITS, &mut out, b"").unwrap_err(),
         HeadTooLarge(1024)
     );
+    // A host already checked on the connection is not checked again; others are.
+    let raw = b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n";
+    assert!(parse(raw, LIMITS, &mut out, b"a b").is_ok());
+    assert!(parse(raw, LIMITS, &mut out, b"a").is_err());
     // Nothing is parsed from a partial head that is already wrong.
-    assert!(parse(b"GET /\x01", LIMITS, &mut out).is_err());
+    assert!(parse(b"GET /\x01", LIMITS, &mut out, b"").is_err());
 }
