@@ -468,12 +468,14 @@ fn walk<'a>(
             let name = h.name.as_bytes();
             if name.eq_ignore_ascii_case(b"host") {
                 seen.host = Some(host_field(out, name, authority.unwrap_or(h.value)));
-            } else if !is_hop_by_hop(name)
-                && !name.eq_ignore_ascii_case(b"content-length")
-                && !name.eq_ignore_ascii_case(b"transfer-encoding")
-                && !(http10 && name.eq_ignore_ascii_case(b"expect"))
-                && !named_by_connection(headers, name)
-            {
+                continue;
+            }
+            let dropped = is_hop_by_hop(name)
+                || name.eq_ignore_ascii_case(b"content-length")
+                || name.eq_ignore_ascii_case(b"transfer-encoding")
+                || (http10 && name.eq_ignore_ascii_case(b"expect"))
+                || named_by_connection(headers, name);
+            if !dropped {
                 field(out, name, h.value);
             }
         }
