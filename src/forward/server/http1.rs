@@ -382,15 +382,19 @@ impl Http1 {
         };
         let head_at = Instant::now();
         let status = head.status;
+        let mut body = ex.into_body(&head);
+        // A request body not sent whole when the response starts (the upstream answered
+        // early) leaves bytes that cannot be told from a request: the connection closes after
+        // this response, and says so.
+        let close = req.close || !body.upload_finished();
         let framing = response::encode(
             out,
             &head,
             Reply {
-                close: req.close,
+                close,
                 http10: req.http10,
             },
         );
-        let mut body = ex.into_body(&head);
         drop(head);
         // The usual small response came whole with its head: one write, no frame loop.
         let whole = match framing {
@@ -408,13 +412,13 @@ impl Http1 {
                 status,
                 head_at,
                 ended: Some(head_at),
-                close: written.is_err() || req.close || !body.upload_finished(),
+                close: written.is_err() || close,
             });
         }
         let trailers = req.trailers && framing == Framing::Chunked;
         let written = respond(&mut wr, out, &mut body, framing, trailers).await;
         let close = match written {
-            Ok(()) => req.close || framing == Framing::Close || !body.upload_finished(),
+            Ok(()) => close || framing == Framing::Close || !body.upload_finished(),
             Err(Stopped::Request(e, false)) => return Err(Failure::Request(e)),
             Err(Stopped::Upstream(e, false)) => return Err(Failure::Upstream(e)),
             Err(_) => true,
