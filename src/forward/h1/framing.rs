@@ -214,6 +214,17 @@ impl FramingFields {
     }
 }
 
+impl FramingFields {
+    /// Whether a response's `Transfer-Encoding` field may pass to the app on a body delimited by
+    /// close: only a well-formed list of codings waypost does not decode, on HTTP/1.1, that
+    /// names no `chunked` — the app then reads to the close as waypost does. A faulty one
+    /// (HTTP/1.0, malformed, or naming `chunked`) is dropped: an app might decode chunks out of
+    /// bytes waypost forwards as they are.
+    pub fn coding_passes(&self, http10: bool) -> bool {
+        !http10 && !self.malformed && self.chunked == 0
+    }
+}
+
 /// The framing fields of `fields` (name, value), folded: what a head walk does, as one call.
 pub fn fold<'a>(fields: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) -> FramingFields {
     let mut f = FramingFields::default();

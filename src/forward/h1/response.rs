@@ -184,11 +184,16 @@ pub fn parse(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, ResponseE
             _ => fields.push(span(h)),
         }
     }
+    let coding_passes = framing.coding_passes(http10);
     let (framing, sound) = framing.response(bodiless, http10)?;
     if tagged {
         // The field a body is delimited by is written from the decision; a coding read to the
-        // close passes as received.
-        let drop_coding = framing == Framing::Chunked;
+        // close passes as received when it cannot be mistaken for chunked.
+        let drop_coding = match framing {
+            Framing::Chunked => true,
+            Framing::Close => !coding_passes,
+            Framing::Empty | Framing::Length(_) => false,
+        };
         fields.retain_mut(|s| {
             let keep = (s[0] & LENGTH_TAG == 0) && (s[0] & CODING_TAG == 0 || !drop_coding);
             s[0] &= !(LENGTH_TAG | CODING_TAG);
