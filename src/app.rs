@@ -215,7 +215,9 @@ impl App {
             metrics.clone(),
             accepting.clone(),
         ));
-        let admin_task = tokio::spawn(admin.serve(admin_listener, admin_stop));
+        let client = config.client.clone();
+        let admin_task =
+            tokio::spawn(async move { admin.serve(admin_listener, admin_stop, &client).await });
 
         let proxy = Arc::new(Proxy::new(
             cache.clone(),

@@ -36,7 +36,7 @@ use tokio::time::Instant;
 pub use client::Pool;
 pub use rescue::ForwardError;
 pub use route::Listener;
-pub use server::{serve, Settings};
+pub use server::{serve, sniff_h2c, Settings};
 
 use crate::balance::Balancer;
 use crate::cache::{Cache, Lookup, Publish, State, Status, Target};

@@ -220,3 +220,19 @@ async fn refusals_close_the_connection_and_routing_errors_keep_it() {
     })
     .await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_admin_listener_cuts_off_slow_heads_too() {
+    let up = echo_line().await;
+    let proxy = TestProxy::in_front_of_with(up.addr, TIMEOUTS).await;
+    // The admin port is reachable from the cluster in a pod: a head that never completes is
+    // cut off after client.header_timeout, as on the forwarding listeners.
+    let mut slow = RawApp::to(proxy.addrs.admin).await;
+    slow.send("GET /live HTTP/1.1\r\nHo").await;
+    while slow.fill().await {}
+    let mut silent = RawApp::to(proxy.addrs.admin).await;
+    assert!(
+        silent.closed().await,
+        "a silent admin connection must be closed"
+    );
+}

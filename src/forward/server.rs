@@ -130,7 +130,7 @@ async fn connection(stream: TcpStream, shared: &Shared, drain: Shutdown) {
     let mut drain = Drain::new(drain);
     // Each protocol's future is allocated once bytes arrive: until then a connection costs
     // only this small one (10,000 silent connections must cost little).
-    match sniff(&stream, &mut timer, first, &mut drain).await {
+    match sniff(&stream, &mut timer, first, Some(&mut drain)).await {
         None => {}
         Some(true) => Box::pin(h2::serve(stream, shared, drain)).await,
         Some(false) => Box::pin(http1(Http1::new(stream, timer), shared, first, drain)).await,
@@ -161,6 +161,13 @@ async fn http1(mut conn: Http1, shared: &Shared, first: Instant, mut drain: Drai
     }
 }
 
+/// Whether a connection's first bytes start HTTP/2's preface (`Some(true)`), or anything else
+/// (`Some(false)`); `None` when nothing came by `until` or the connection ended. Nothing is
+/// consumed. For listeners outside forwarding (the admin one) that serve both protocols.
+pub async fn sniff_h2c(stream: &TcpStream, until: Instant) -> Option<bool> {
+    sniff(stream, &mut Deadline::default(), until, None).await
+}
+
 /// Waits for the connection's first bytes and tells whether they start HTTP/2's preface
 /// (`Some(true)`), or anything else (`Some(false)`: HTTP/1, which the HTTP/1 loop checks);
 /// `None` when nothing came in time, the app closed, or the drain fired. The bytes are peeked
@@ -169,7 +176,7 @@ async fn sniff(
     stream: &TcpStream,
     timer: &mut Deadline,
     until: Instant,
-    drain: &mut Drain,
+    mut drain: Option<&mut Drain>,
 ) -> Option<bool> {
     let mut seen = [0u8; 24];
     // A preface split over several packets is rare: wait for the rest, backing off.
@@ -181,7 +188,9 @@ async fn sniff(
                 Poll::Ready(Ok(n)) => Poll::Ready(Some(n)),
                 Poll::Ready(Err(_)) => Poll::Ready(None),
                 Poll::Pending if timer.poll_at(cx, until).is_ready() => Poll::Ready(None),
-                Poll::Pending if drain.poll(cx).is_ready() => Poll::Ready(None),
+                Poll::Pending if drain.as_mut().is_some_and(|d| d.poll(cx).is_ready()) => {
+                    Poll::Ready(None)
+                }
                 Poll::Pending => Poll::Pending,
             }
         })
