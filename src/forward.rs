@@ -142,6 +142,8 @@ pub struct Proxy {
     unrouted: ServiceMetrics,
     /// How app connections are served.
     settings: Settings,
+    /// App connections open on every listener (for giving memory back after a flood).
+    open: server::OpenConnections,
 }
 
 impl Proxy {
@@ -152,6 +154,7 @@ impl Proxy {
             cache,
             metrics,
             settings,
+            open: server::OpenConnections::default(),
         }
     }
 

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use super::timer::Deadline;
 use crate::forward::client::{Piece, Source, SourceError};
-use crate::forward::h1::chunked::{Decoded, Decoder};
+use crate::forward::h1::chunked::{ChunkError, Decoded, Decoder};
 use crate::forward::h1::framing::Framing;
 use crate::forward::h1::write::{chunk_size, last_chunk};
 
@@ -120,6 +120,12 @@ impl<'a> AppBody<'a> {
         }
         // `read_buf` keeps no state between polls: a fresh one per poll is the same future.
         match pin!(self.rd.read_buf(self.buf)).poll(cx) {
+            // A chunked body cut short is a malformed one (a 400, if the app still reads: it
+            // may only have shut down its sending side); a length cut short just ends both
+            // connections (README, "HTTP/1 policy").
+            Poll::Ready(Ok(0)) if matches!(self.state, State::Chunked(_)) => Poll::Ready(Err(
+                SourceError::Malformed(ChunkError("the body ended before its last chunk")),
+            )),
             Poll::Ready(Ok(0)) => Poll::Ready(Err(SourceError::Truncated)),
             Poll::Ready(Ok(_)) => {
                 self.until = None;
