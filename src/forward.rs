@@ -175,12 +175,20 @@ impl Proxy {
         };
         let target = match routed {
             Ok(t) => t,
-            Err(e) => return self.answer(conn, None, e, &req, started).await,
+            Err(e) => {
+                let body_done = conn.skip_body(&req);
+                return self.reply(conn, None, e, &req, started, body_done).await;
+            }
         };
         let svc = target.publisher();
         let addr = match self.pick(&target).await {
             Ok(addr) => addr,
-            Err(e) => return self.answer(conn, Some(svc), e, &req, started).await,
+            Err(e) => {
+                let body_done = conn.skip_body(&req);
+                return self
+                    .reply(conn, Some(svc), e, &req, started, body_done)
+                    .await;
+            }
         };
         h1::request::finish(conn.head_and_route().0, &req, target.name());
         let deadline = started + svc.timeout;
@@ -207,23 +215,10 @@ impl Proxy {
             .await
     }
 
-    /// Answers `req` with `err` before anything was sent upstream: its body, if any, is skipped
-    /// when it is already whole in the buffer, and the connection closes otherwise.
-    async fn answer(
-        &self,
-        conn: &mut Http1,
-        svc: Option<&ServiceHandle>,
-        err: ForwardError,
-        req: &h1::request::Request,
-        started: Instant,
-    ) -> bool {
-        let body_done = conn.skip_body(req);
-        self.reply(conn, svc, err, req, started, body_done).await
-    }
-
     /// Writes waypost's answer to `req`; the connection stays open only after a routing or
-    /// upstream failure on a well-framed request whose body was read whole (README, "HTTP/1
-    /// policy").
+    /// upstream failure on a well-framed request whose body was read whole (`body_done`; one
+    /// answered before anything was sent skips its body when it is whole in the buffer) —
+    /// README, "HTTP/1 policy".
     async fn reply(
         &self,
         conn: &mut Http1,

@@ -5,9 +5,10 @@
 
 use std::fmt;
 
-use serde::de::{self, Deserializer, Visitor};
+use serde::de::Deserializer;
 use serde::Deserialize;
 
+use super::types::ParseVisitor;
 use super::Dur;
 
 /// The most `client.max_headers` may be: the HTTP/1 head parser keeps one slot per field on
@@ -207,25 +208,10 @@ impl fmt::Display for Size {
 
 impl<'de> Deserialize<'de> for Size {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = Size;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a size such as 65536 or \"64KiB\"")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Size, E> {
-                Size::parse(v).map_err(E::custom)
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Size, E> {
-                usize::try_from(v)
-                    .map(Size)
-                    .map_err(|_| E::custom(format!("size {v} is too large")))
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Size, E> {
-                Err(E::custom(format!("size {v} is negative")))
-            }
-        }
-        d.deserialize_any(V)
+        d.deserialize_any(ParseVisitor {
+            parse: Size::parse,
+            expecting: "a size such as 65536 or \"64KiB\"",
+        })
     }
 }
 

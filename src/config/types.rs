@@ -178,9 +178,11 @@ impl<'de> Deserialize<'de> for ServiceName {
 
 /// Parses a YAML string (or bare number, as text) with `parse` *inside* the visitor, so an
 /// error carries the scalar's own key path and position rather than its parent's.
-struct ParseVisitor<T> {
-    parse: fn(&str) -> Result<T, String>,
-    expecting: &'static str,
+pub(super) struct ParseVisitor<T> {
+    /// Turns the text into the value, or says what was expected.
+    pub parse: fn(&str) -> Result<T, String>,
+    /// What serde reports was expected.
+    pub expecting: &'static str,
 }
 
 impl<T> Visitor<'_> for ParseVisitor<T> {

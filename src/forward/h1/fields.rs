@@ -44,6 +44,16 @@ pub fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
         .filter(|t| !t.is_empty())
 }
 
+/// Whether a `Connection` field of `headers` names `name` (asked only when some field does
+/// name another: a rare message).
+pub fn named_by_connection(headers: &[httparse::Header<'_>], name: &[u8]) -> bool {
+    headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+        .flat_map(|h| tokens(h.value))
+        .any(|t| t.eq_ignore_ascii_case(name))
+}
+
 /// `value` without leading and trailing optional whitespace (SP and HTAB).
 pub fn trim_ows(value: &[u8]) -> &[u8] {
     let start = value

@@ -9,9 +9,11 @@ use std::mem::MaybeUninit;
 
 use http::Method;
 
-use super::fields::{is_framing_or_routing, is_hop_by_hop, is_valid_host, tokens, trim_ows};
+use super::fields::{
+    is_framing_or_routing, is_hop_by_hop, is_valid_host, named_by_connection, tokens, trim_ows,
+};
 use super::framing::{Framing, FramingError, FramingFields};
-use super::write::{decimal, field};
+use super::write::{field, framing_field, Lines};
 use crate::config::MAX_HEADERS_LIMIT;
 
 /// The limits a request head must stay within (`client.max_head_size`, `client.max_headers`).
@@ -240,18 +242,11 @@ fn end(out: &mut Vec<u8>, method: &Method, framing: Framing, host: Option<&[u8]>
     if let Some(host) = host {
         field(out, b"host", host);
     }
-    match framing {
-        Framing::Length(n) => {
-            out.extend_from_slice(b"content-length: ");
-            decimal(out, n);
-            out.extend_from_slice(b"\r\n");
-        }
-        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-        Framing::Empty | Framing::Close => {
-            if matches!(*method, Method::POST | Method::PUT | Method::PATCH) {
-                out.extend_from_slice(b"content-length: 0\r\n");
-            }
-        }
+    framing_field(out, framing);
+    if matches!(framing, Framing::Empty | Framing::Close)
+        && matches!(*method, Method::POST | Method::PUT | Method::PATCH)
+    {
+        out.extend_from_slice(b"content-length: 0\r\n");
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -384,8 +379,7 @@ fn walk<'a>(
         named: false,
     };
     let base = buf.as_ptr() as usize;
-    // Consecutive field lines to copy as they are: (start, end) in `buf`.
-    let mut run = (0, 0);
+    let mut lines = Lines::new(buf);
     for h in headers {
         let name = h.name.as_bytes();
         let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
@@ -394,7 +388,7 @@ fn walk<'a>(
                 if seen.app_host.replace(h.value).is_some() {
                     return Err(RequestError::Malformed("more than one Host field"));
                 }
-                flush(out, buf, &mut run);
+                lines.flush(out);
                 seen.host = Some(host_field(out, name, authority.unwrap_or(h.value)));
                 continue;
             }
@@ -442,25 +436,18 @@ fn walk<'a>(
             _ => !is_hop_by_hop(name),
         };
         if !forward {
-            flush(out, buf, &mut run);
+            lines.flush(out);
             continue;
         }
         let start = h.name.as_ptr() as usize - base;
         let value = h.value.as_ptr() as usize - base;
-        let end = value + h.value.len();
-        let canonical = buf.get(start + name.len()..value) == Some(b": ")
-            && buf.get(end..end + 2) == Some(b"\r\n");
-        if !canonical {
-            flush(out, buf, &mut run);
-            field(out, name, h.value);
-        } else if run.1 == start && run.1 != 0 {
-            run.1 = end + 2;
-        } else {
-            flush(out, buf, &mut run);
-            run = (start, end + 2);
-        }
+        lines.push(
+            out,
+            (start, start + name.len()),
+            (value, value + h.value.len()),
+        );
     }
-    flush(out, buf, &mut run);
+    lines.flush(out);
     if seen.named {
         out.truncate(line_end);
         seen.host = None;
@@ -484,14 +471,6 @@ fn walk<'a>(
         seen.host = Some(host_field(out, b"host", authority));
     }
     Ok(seen)
-}
-
-/// Copies the pending run of field lines, if any.
-fn flush(out: &mut Vec<u8>, buf: &[u8], run: &mut (usize, usize)) {
-    if run.1 > run.0 {
-        out.extend_from_slice(&buf[run.0..run.1]);
-    }
-    *run = (0, 0);
 }
 
 /// Writes the request line (origin form, `*`, or the absolute form's path) into `out`
@@ -530,16 +509,6 @@ fn host_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) -> (u32, u32) {
     let end = out.len() as u32;
     out.extend_from_slice(b"\r\n");
     (start, end)
-}
-
-/// Whether a `Connection` field of `headers` names `name` (only asked when some names fields
-/// that are not hop-by-hop by themselves: a rare request).
-fn named_by_connection(headers: &[httparse::Header<'_>], name: &[u8]) -> bool {
-    headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-        .flat_map(|h| tokens(h.value))
-        .any(|t| t.eq_ignore_ascii_case(name))
 }
 
 #[cfg(test)]

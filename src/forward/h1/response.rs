@@ -11,9 +11,9 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{response, Response, StatusCode, Version};
 
-use super::fields::{is_hop_by_hop, tokens};
+use super::fields::{is_hop_by_hop, named_by_connection, tokens};
 use super::framing::{Framing, FramingError, FramingFields};
-use super::write::{decimal, field, status_line};
+use super::write::{decimal, field, framing_field, status_line, Lines};
 
 /// Most fields accepted in a response head (hyper's limit too).
 pub const MAX_RESPONSE_FIELDS: usize = 100;
@@ -220,15 +220,6 @@ pub fn parse(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, ResponseE
     }))
 }
 
-/// Whether a `Connection` field of `headers` names `name`.
-fn named_by_connection(headers: &[httparse::Header<'_>], name: &[u8]) -> bool {
-    headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-        .flat_map(|h| tokens(h.value))
-        .any(|t| t.eq_ignore_ascii_case(name))
-}
-
 /// What a response to the app must say about its connection.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Reply {
@@ -250,44 +241,16 @@ pub fn encode(out: &mut Vec<u8>, head: &Head, reply: Reply) -> Framing {
         Framing::Chunked if reply.http10 => Framing::Close,
         other => other,
     };
-    // Field lines the upstream wrote as waypost would are copied in runs, one copy for
-    // consecutive lines, rather than field by field.
-    let raw = &head.raw[..];
-    let mut run = (0, 0);
+    // Field lines the upstream wrote as waypost would are copied in runs.
+    let mut lines = Lines::new(&head.raw);
     for &[ns, ne, vs, ve] in &head.fields {
-        let (ns, ne, vs, ve) = (ns as usize, ne as usize, vs as usize, ve as usize);
-        let canonical = &raw[ne..vs] == b": " && raw.get(ve..ve + 2) == Some(b"\r\n");
-        if !canonical {
-            flush(out, raw, &mut run);
-            field(out, &raw[ns..ne], &raw[vs..ve]);
-        } else if run.1 == ns && run.1 != 0 {
-            run.1 = ve + 2;
-        } else {
-            flush(out, raw, &mut run);
-            run = (ns, ve + 2);
-        }
+        lines.push(out, (ns as usize, ne as usize), (vs as usize, ve as usize));
     }
-    flush(out, raw, &mut run);
-    match framing {
-        Framing::Length(n) => {
-            out.extend_from_slice(b"content-length: ");
-            decimal(out, n);
-            out.extend_from_slice(b"\r\n");
-        }
-        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-        Framing::Empty | Framing::Close => {}
-    }
+    lines.flush(out);
+    framing_field(out, framing);
     connection(out, reply.close || framing == Framing::Close, reply.http10);
     out.extend_from_slice(b"\r\n");
     framing
-}
-
-/// Copies the pending run of field lines, if any.
-fn flush(out: &mut Vec<u8>, raw: &[u8], run: &mut (usize, usize)) {
-    if run.1 > run.0 {
-        out.extend_from_slice(&raw[run.0..run.1]);
-    }
-    *run = (0, 0);
 }
 
 /// Writes the head of a response waypost generated (status, `fields`, a body of `len` bytes)

@@ -6,12 +6,69 @@ use std::io::Write as _;
 
 use http::StatusCode;
 
+use super::framing::Framing;
+
 /// One `name: value` field line and its CRLF.
 pub fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
+}
+
+/// Field lines copied from the received bytes in runs: consecutive lines written the way waypost
+/// writes them (`name: value` and CRLF) go out with one copy for the run, rather than four per
+/// field; other lines are written with [`field`].
+pub struct Lines<'a> {
+    raw: &'a [u8],
+    /// The pending run: start and end in `raw`.
+    run: (usize, usize),
+}
+
+impl<'a> Lines<'a> {
+    /// Lines of `raw`, the bytes the fields were parsed from.
+    pub fn new(raw: &'a [u8]) -> Self {
+        Self { raw, run: (0, 0) }
+    }
+
+    /// Adds the field whose name is `raw[name.0..name.1]` and value `raw[value.0..value.1]`.
+    pub fn push(&mut self, out: &mut Vec<u8>, name: (usize, usize), value: (usize, usize)) {
+        let raw = self.raw;
+        let canonical = raw.get(name.1..value.0) == Some(b": ")
+            && raw.get(value.1..value.1 + 2) == Some(b"\r\n");
+        if !canonical {
+            self.flush(out);
+            field(out, &raw[name.0..name.1], &raw[value.0..value.1]);
+        } else if self.run.1 == name.0 && self.run.1 != 0 {
+            self.run.1 = value.1 + 2;
+        } else {
+            self.flush(out);
+            self.run = (name.0, value.1 + 2);
+        }
+    }
+
+    /// Copies the pending run, if any: before anything else is written to `out`.
+    pub fn flush(&mut self, out: &mut Vec<u8>) {
+        if self.run.1 > self.run.0 {
+            out.extend_from_slice(&self.raw[self.run.0..self.run.1]);
+        }
+        self.run = (0, 0);
+    }
+}
+
+/// The framing field for a body framed as `framing`: `content-length` or
+/// `transfer-encoding: chunked` (nothing for no body, or one delimited by close). Written last,
+/// from the decision, on both sides.
+pub fn framing_field(out: &mut Vec<u8>, framing: Framing) {
+    match framing {
+        Framing::Length(n) => {
+            out.extend_from_slice(b"content-length: ");
+            decimal(out, n);
+            out.extend_from_slice(b"\r\n");
+        }
+        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Framing::Empty | Framing::Close => {}
+    }
 }
 
 /// `n` in decimal digits (what `write!` does, without the formatting machinery).
