@@ -18,7 +18,9 @@ pub fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 
 /// Field lines copied from the received bytes in runs: consecutive lines written the way waypost
 /// writes them (`name: value` and CRLF) go out with one copy for the run, rather than four per
-/// field; other lines are written with [`field`].
+/// field; other lines are written with [`field`]. Its methods are always inlined: they run for
+/// every field of every head, and a call each costs about 200 instructions per request
+/// (callgrind).
 pub struct Lines<'a> {
     raw: &'a [u8],
     /// The pending run: start and end in `raw`.
@@ -27,11 +29,13 @@ pub struct Lines<'a> {
 
 impl<'a> Lines<'a> {
     /// Lines of `raw`, the bytes the fields were parsed from.
+    #[inline]
     pub fn new(raw: &'a [u8]) -> Self {
         Self { raw, run: (0, 0) }
     }
 
     /// Adds the field whose name is `raw[name.0..name.1]` and value `raw[value.0..value.1]`.
+    #[inline(always)]
     pub fn push(&mut self, out: &mut Vec<u8>, name: (usize, usize), value: (usize, usize)) {
         let raw = self.raw;
         let canonical = raw.get(name.1..value.0) == Some(b": ")
@@ -48,6 +52,7 @@ impl<'a> Lines<'a> {
     }
 
     /// Copies the pending run, if any: before anything else is written to `out`.
+    #[inline(always)]
     pub fn flush(&mut self, out: &mut Vec<u8>) {
         if self.run.1 > self.run.0 {
             out.extend_from_slice(&self.raw[self.run.0..self.run.1]);
@@ -59,6 +64,7 @@ impl<'a> Lines<'a> {
 /// The framing field for a body framed as `framing`: `content-length` or
 /// `transfer-encoding: chunked` (nothing for no body, or one delimited by close). Written last,
 /// from the decision, on both sides.
+#[inline(always)]
 pub fn framing_field(out: &mut Vec<u8>, framing: Framing) {
     match framing {
         Framing::Length(n) => {
