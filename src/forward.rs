@@ -1,14 +1,14 @@
 //! Stage 5 — forwarding: the listeners apps call on localhost, and the walk every request takes,
 //! each step in its own module, entered once:
 //!
-//! 1. **parse → frame** — [`server`] reads a head under the connection's timeouts, and the one
+//! 1. **parse → frame** — `server` reads a head under the connection's timeouts, and the one
 //!    HTTP/1 framing module ([`h1`]) parses it, checks it against the HTTP/1 policy (README),
 //!    decides its framing once and encodes the head the upstream will get from that decision;
 //! 2. **route** — [`route`] names the service (Host, absolute-form authority, or the listener);
 //! 3. **pick** — the service's weighted table (`balance`) picks an instance;
 //! 4. **send** — [`client`] sends the request over a pooled connection, its body streaming
 //!    from the app while the response comes back;
-//! 5. **respond** — [`server`] writes the response to the app, framed from the response's own
+//! 5. **respond** — `server` writes the response to the app, framed from the response's own
 //!    framing decision.
 //!
 //! A request is only ever sent to an address picked from a service's current table, which only

@@ -9,7 +9,7 @@
 //! - [`chunked`]: the strict chunked decoder, for request and response bodies, with the
 //!   trailer section filtered by [`fields::trailer_allowed`];
 //! - [`fields`]: what waypost knows of field names and values (hop-by-hop, tokens, `Host`);
-//! - [`write`]: the line and field writers, and the chunk encoder's pieces.
+//! - [`write`](mod@write): the line and field writers, and the chunk encoder's pieces.
 //!
 //! Nothing here does I/O: it all works on bytes, which is what makes it table-testable and
 //! fuzzable (`fuzz/`).

@@ -6,6 +6,7 @@
 
 pub(crate) mod h2;
 pub(crate) mod http1;
+mod respond;
 mod source;
 mod timer;
 

@@ -15,6 +15,7 @@ use super::fields::{
 use super::framing::{Framing, FramingError, FramingFields};
 use super::write::{field, framing_field, Lines};
 use crate::config::MAX_HEADERS_LIMIT;
+use target::Target;
 
 /// The limits a request head must stay within (`client.max_head_size`, `client.max_headers`).
 #[derive(Debug, Clone, Copy)]
@@ -275,68 +276,6 @@ fn version_error(buf: &[u8]) -> RequestError {
     }
 }
 
-/// The request target, by form (RFC 9112 §3.2).
-enum Target<'a> {
-    /// `/path?query`: forwarded as is.
-    Origin(&'a str),
-    /// `OPTIONS *`.
-    Asterisk,
-    /// `http://authority/path?query`: routed by the authority, sent in origin form.
-    Absolute {
-        /// `host[:port]`, as written.
-        authority: &'a str,
-        /// What follows the authority: empty, `/…` or `?…`.
-        rest: &'a str,
-    },
-}
-
-impl<'a> Target<'a> {
-    fn parse(method: &Method, target: &'a str) -> Result<Self, RequestError> {
-        // httparse leaves visible ASCII (and refuses controls and spaces); a fragment is never
-        // sent by a client (RFC 9112 §3.2), so one here is refused rather than forwarded.
-        if target
-            .bytes()
-            .any(|b| b == b'#' || !(b'!'..=b'~').contains(&b))
-        {
-            return Err(RequestError::Malformed(
-                "request target has a fragment or a byte outside visible ASCII",
-            ));
-        }
-        if target.starts_with('/') {
-            return Ok(Target::Origin(target));
-        }
-        if target == "*" {
-            return match *method {
-                Method::OPTIONS => Ok(Target::Asterisk),
-                _ => Err(RequestError::Malformed(
-                    "asterisk-form target is only for OPTIONS",
-                )),
-            };
-        }
-        let Some((scheme, rest)) = target.split_once("://") else {
-            return Err(RequestError::Malformed(
-                "request target is not origin-form, absolute-form or OPTIONS *",
-            ));
-        };
-        if !scheme.eq_ignore_ascii_case("http") {
-            return Err(RequestError::Malformed(
-                "only http:// absolute-form targets can be forwarded",
-            ));
-        }
-        let end = rest.find(['/', '?']).unwrap_or(rest.len());
-        let (authority, rest) = rest.split_at(end);
-        if authority.contains('@') {
-            return Err(RequestError::Malformed("userinfo in the request target"));
-        }
-        if authority.is_empty() || !is_valid_host(authority.as_bytes()) {
-            return Err(RequestError::Malformed(
-                "invalid authority in the request target",
-            ));
-        }
-        Ok(Target::Absolute { authority, rest })
-    }
-}
-
 /// What the walk over the fields found.
 struct Seen<'a> {
     framing: FramingFields,
@@ -511,6 +450,8 @@ fn host_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) -> (u32, u32) {
     (start, end)
 }
 
+#[path = "request/target.rs"]
+mod target;
 #[cfg(test)]
 #[path = "request/tests.rs"]
 mod tests;
