@@ -253,3 +253,20 @@ fn partial_heads_wait_until_the_size_limit() {
     // Nothing is parsed from a partial head that is already wrong.
     assert!(parse(b"GET /\x01", LIMITS, &mut out, b"").is_err());
 }
+
+#[test]
+fn a_host_may_be_added_to_a_head_at_the_field_limit() {
+    // The limits bound what the app sends: an HTTP/1.0 head with as many fields as allowed and
+    // no Host passes, and goes upstream with the service's name as one more (found by the
+    // request_head fuzz target, whose property allows for it).
+    let fields: String = (0..LIMITS.max_headers)
+        .map(|i| format!("X-{i}: {i}\r\n"))
+        .collect();
+    let (_, head) = run(&format!("GET / HTTP/1.0\r\n{fields}\r\n")).unwrap();
+    assert_eq!(
+        head.matches("\r\n").count() - 2,
+        LIMITS.max_headers + 1,
+        "{head}"
+    );
+    assert!(head.ends_with("host: svc\r\n\r\n"), "{head}");
+}
