@@ -419,12 +419,14 @@ impl App {
             accepting.clone(),
             registrations.view(),
         ));
-        let admin_task = tokio::spawn(admin.serve(admin_listener, admin_stop));
+        let client = config.client.clone();
+        let admin_task =
+            tokio::spawn(async move { admin.serve(admin_listener, admin_stop, &client).await });
 
         let proxy = Arc::new(Proxy::new(
             cache.clone(),
             metrics.forward.clone(),
-            config.upstream.buffer_size,
+            forward::Settings::from_config(&config.client, &config.upstream),
         ));
         let (accept_trigger, accept_stop) = shutdown::channel();
         let (drain_trigger, drain) = shutdown::channel();

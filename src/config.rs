@@ -7,6 +7,7 @@
 //! locating the offending key in the text (private module `locate`). Runtime code receives only
 //! these typed values and never parses a string again.
 
+mod client;
 mod discovery;
 mod env;
 mod etcd;
@@ -22,6 +23,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use client::{ClientConfig, Http2Config, Size, MAX_HEADERS_LIMIT};
 pub use discovery::{BackoffConfig, DiscoveryConfig, DnsConfig, GuardConfig, OnDemandRule};
 pub use etcd::{EtcdLayout, EtcdOptions, EtcdRegistryConfig, EtcdResolverConfig, EtcdTlsConfig};
 pub use register::{
@@ -47,6 +49,8 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     /// Logging.
     pub log: LogConfig,
+    /// App connections on the forwarding listeners: timeouts and head limits.
+    pub client: ClientConfig,
     /// Defaults for talking to upstream instances; each service may override them.
     pub upstream: UpstreamConfig,
     /// Discovery cache defaults; each service may override the intervals.
@@ -71,6 +75,7 @@ impl Default for Config {
             admin: AdminConfig::default(),
             runtime: RuntimeConfig::default(),
             log: LogConfig::default(),
+            client: ClientConfig::default(),
             upstream: UpstreamConfig::default(),
             discovery: DiscoveryConfig::default(),
             registry: RegistryConfig::default(),

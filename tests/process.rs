@@ -1,7 +1,7 @@
 //! The waypost binary as users run it: CLI and config errors (exit code 2 with file:line),
-//! streaming without buffering (RSS bound), graceful shutdown on SIGTERM (registrations removed
-//! before the listeners stop), the file registry shared by several processes, and
-//! `promtool check metrics` on the live `/metrics`.
+//! streaming without buffering (RSS bound), idle connections that hold no buffer, graceful
+//! shutdown on SIGTERM (registrations removed before the listeners stop), the file registry
+//! shared by several processes, and `promtool check metrics` on the live `/metrics`.
 
 mod support;
 
@@ -11,6 +11,7 @@ use std::time::Duration;
 use support::binary::terminate_deregistering_first;
 use support::external::*;
 use support::*;
+use tokio::io::AsyncWriteExt;
 
 fn check(yaml: &str) -> (i32, String) {
     let dir = tempfile::tempdir().unwrap();
@@ -176,6 +177,39 @@ async fn streams_50_mb_both_ways_without_buffering() {
     let peak = proc.status_kib("VmHWM");
     let growth_mib = peak.saturating_sub(baseline) as f64 / 1024.0;
     assert!(growth_mib <= 8.0, "RSS grew {growth_mib:.1} MiB (baseline {baseline} KiB, peak {peak} KiB) while streaming 2×50 MB");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_hold_no_buffers() {
+    let up = Upstream::start("idle").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (proc, _url, port, _admin) = start_binary(&up, dir.path(), "10s").await;
+    let request = b"GET / HTTP/1.1\r\nHost: echo\r\n\r\n";
+    // Warm up the allocator and the thread's buffer stock before the baseline.
+    for _ in 0..50 {
+        let mut app = support::raw::RawApp::to(([127, 0, 0, 1], port).into()).await;
+        app.s.write_all(request).await.unwrap();
+        let _ = app.response(false).await;
+    }
+    let baseline = proc.status_kib("VmRSS");
+    // 1,000 connections, each served one request and then left open and idle (kept alive).
+    const N: u64 = 1000;
+    let mut open = Vec::new();
+    for _ in 0..N {
+        let mut app = support::raw::RawApp::to(([127, 0, 0, 1], port).into()).await;
+        app.s.write_all(request).await.unwrap();
+        assert!(app.response(false).await.line.starts_with("HTTP/1.1 200"));
+        open.push(app);
+    }
+    let idle = proc.status_kib("VmRSS");
+    let per_conn = idle.saturating_sub(baseline) * 1024 / N;
+    // A connection that held its read buffer (8 KiB) and head buffers when idle would cost
+    // over 9 KiB; without them it is its task, its future and the socket's registration.
+    assert!(
+        per_conn < 6 * 1024,
+        "{per_conn} bytes per idle connection (RSS {baseline} → {idle} KiB for {N})"
+    );
+    drop(open);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

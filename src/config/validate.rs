@@ -17,6 +17,7 @@ impl Config {
                 "must be between 0 and 0.9".into(),
             ));
         }
+        self.client.validate()?;
         if self.upstream.buffer_size < super::MIN_BUFFER_SIZE {
             return Err((
                 "upstream.buffer_size".into(),

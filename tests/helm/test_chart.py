@@ -586,11 +586,13 @@ def test_bad_values_file_is_rejected_with_clear_messages(chart):
         ({"config": {"services": {"a": {"resolver": {"file": {}, "dns": {"port": 80}}}}}}, "at '/config/services/a/resolver': maxProperties: got 2, want 1"),
         ({"config": {"services": {"a": {"listen": "127.0.0.1:1"}}}}, "at '/config/services/a': missing property 'resolver'"),
         ({"config": {"log": {"format": "pretty"}}}, "at '/config/log/format': value must be one of 'text', 'json'"),
+        ({"config": {"client": {"max_head_size": "64kb"}}}, "at '/config/client/max_head_size': '64kb' does not match pattern"),
+        ({"config": {"client": {"max_headers": 0}}}, "at '/config/client/max_headers': minimum: got 0, want 1"),
         ({"config": {"registrar": {}}}, "at '/config': additional properties 'registrar' not allowed"),
         ({"waypost": {"readinessProbe": {"httpGet": {"path": "/"}}}}, "at '/waypost/readinessProbe': additional properties 'httpGet' not allowed"),
         ({"app": {"ports": [{"name": "http", "containerPort": 70000}]}}, "at '/app/ports/0/containerPort': maximum: got 70,000, want 65,535"),
     ],
-    ids=["typo", "duration", "service-name", "two-resolvers", "no-resolver", "log-format", "unknown-config-key", "probe-handler", "port"],
+    ids=["typo", "duration", "service-name", "two-resolvers", "no-resolver", "log-format", "head-size", "max-headers", "unknown-config-key", "probe-handler", "port"],
 )
 def test_schema_rejects(chart, values, expected):
     message = render_error(chart, values)
