@@ -5,7 +5,9 @@
 pub mod dnsmasq;
 pub mod dnstest;
 pub mod external;
+pub mod haproxy;
 pub mod raw;
+pub mod recorder;
 
 use std::future::Future;
 use std::net::SocketAddr;
