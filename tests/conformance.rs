@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use model::{Answer, Case, Via, Want};
-use support::external::{free_port, free_ports, spawn_waypost, Proc};
+use support::external::{free_ports, free_ports_on, spawn_waypost, Proc};
 use support::haproxy::Haproxy;
 use support::recorder::strict::{self, Framing, Step};
 use support::recorder::Recorder;
@@ -121,7 +121,8 @@ async fn start_waypost(
     cases: &[Case],
     recs: &[Recorder],
 ) -> (Proc, Vec<SocketAddr>) {
-    let mut ports = free_ports(cases.len() + 2).into_iter();
+    let dedicated = cases.iter().filter(|c| c.via == Via::Service).count();
+    let mut ports = free_ports(2 + dedicated).into_iter();
     let (port, admin) = (ports.next().unwrap(), ports.next().unwrap());
     let mut yaml = format!(
         "listen: 127.0.0.1:{port}\nadmin: {{listen: 127.0.0.1:{admin}}}\n\
@@ -206,17 +207,20 @@ async fn every_case_through_haproxy_as_documented() {
     let dir = tempfile::tempdir().unwrap();
     let ups: Vec<SocketAddr> = recs.iter().map(|r| r.addr).collect();
     let haproxy = Haproxy::start(&ups, dir.path());
-    let addrs: Vec<SocketAddr> = haproxy
-        .ports
-        .iter()
-        .map(|p| SocketAddr::from(([127, 0, 0, 1], *p)))
-        .collect();
-    let failed = run_table("haproxy", &cases, &addrs, &recs, Case::haproxy_wants).await;
+    let failed = run_table(
+        "haproxy",
+        &cases,
+        &haproxy.addrs,
+        &recs,
+        Case::haproxy_wants,
+    )
+    .await;
     assert!(
         failed.is_empty(),
         "HAProxy does not do what the table says for {} case(s): {failed:?} \
-         (update the case's haproxy outcome and docs/http1-conformance.md)",
-        failed.len()
+         (update the case's haproxy outcome and docs/http1-conformance.md); its log:\n{}",
+        failed.len(),
+        haproxy.log()
     );
 }
 
@@ -242,15 +246,17 @@ async fn pooled_connections_never_desync_across_apps() {
     // answer, while the pooled connection already carries someone else's request.
     let rec = Recorder::with_delay(Duration::from_millis(150)).await;
     let dir = tempfile::tempdir().unwrap();
-    let (port, admin) = (free_port(), free_port());
+    // Ports on an address of this test's own: the table tests pick theirs on 127.0.0.1 at the
+    // same time.
+    let ports = free_ports_on("127.0.0.3", 2);
+    let addr = SocketAddr::from(([127, 0, 0, 3], ports[0]));
+    let admin = SocketAddr::from(([127, 0, 0, 3], ports[1]));
     let yaml = format!(
-        "listen: 127.0.0.1:{port}\nadmin: {{listen: 127.0.0.1:{admin}}}\nupstream: {{timeout: 5s}}\n\
-         services:\n{}",
+        "listen: {addr}\nadmin: {{listen: {admin}}}\nupstream: {{timeout: 5s}}\nservices:\n{}",
         static_service("echo", &[(rec.addr, 1)])
     );
     let _proc = spawn_waypost("waypost", &yaml, dir.path());
-    wait_ready_at(([127, 0, 0, 1], admin).into()).await;
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_ready_at(admin).await;
     let mut problems = Vec::new();
     for (round, (name, attack)) in ATTACKS.iter().enumerate() {
         // The attacker: its own answer, whatever it is, ends its part.

@@ -125,11 +125,17 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// `n` distinct free loopback ports: each stays bound until all are found, so none repeats
+/// `n` distinct free ports on 127.0.0.1: each stays bound until all are found, so none repeats
 /// (separate [`free_port`] calls may get the same port back).
 pub fn free_ports(n: usize) -> Vec<u16> {
+    free_ports_on("127.0.0.1", n)
+}
+
+/// [`free_ports`] on another loopback address (any 127.x.y.z): tests running at once that
+/// pick ports on different addresses can never be handed the same one.
+pub fn free_ports_on(ip: &str, n: usize) -> Vec<u16> {
     let held: Vec<std::net::TcpListener> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .map(|_| std::net::TcpListener::bind((ip, 0)).unwrap())
         .collect();
     held.iter()
         .map(|l| l.local_addr().unwrap().port())

@@ -1,15 +1,21 @@
 //! HAProxy (Debian `haproxy`, 2.6) as a child process, for differential tests: the same raw
-//! requests through HAProxy and through waypost. One frontend per backend, each on its own
-//! free loopback port, so the requests of one case can only ever reach that case's upstream —
+//! requests through HAProxy and through waypost. One frontend per backend, each on a loopback
+//! port of its own, so the requests of one case can only ever reach that case's upstream —
 //! HAProxy's server-connection reuse cannot mix cases, exactly as waypost's pool cannot when
 //! each case has its own service.
+//!
+//! The test binds the frontends' sockets itself and HAProxy inherits them (`bind fd@N`): with
+//! a hundred or more ports, picking free ones for HAProxy to bind later races every other test
+//! binding ports meanwhile, and one lost port stops HAProxy.
 
-use std::net::SocketAddr;
-use std::path::Path;
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use super::external::{free_ports, require, wait_until, Proc};
+use super::external::{require, wait_until, Proc};
 
 /// The command that installs HAProxy (named when it is missing).
 pub const INSTALL: &str = "sudo apt-get install -y haproxy (or scripts/install-deps.sh)";
@@ -17,21 +23,25 @@ pub const INSTALL: &str = "sudo apt-get install -y haproxy (or scripts/install-d
 /// A running HAProxy. Killed when dropped.
 pub struct Haproxy {
     /// Frontend `i` listens here and forwards to backend `i`.
-    pub ports: Vec<u16>,
+    pub addrs: Vec<SocketAddr>,
     proc: Proc,
+    log: PathBuf,
+    /// The frontends' sockets, HAProxy's by inheritance; kept so their fds stay valid.
+    _sockets: Vec<TcpListener>,
 }
 
 /// HAProxy's config: `mode http`, HAProxy's defaults for everything about parsing and
-/// keep-alive, finite timeouts, and one `frontend`/`backend` pair per `(port, upstream)`.
-pub fn render(pairs: &[(u16, SocketAddr)]) -> String {
+/// keep-alive, finite timeouts, and one `frontend`/`backend` pair per `(listening fd,
+/// upstream)`.
+pub fn render(pairs: &[(RawFd, SocketAddr)]) -> String {
     let mut cfg = String::from(
         "global\n    nbthread 1\n    maxconn 4096\n\n\
          defaults\n    mode http\n    timeout connect 2s\n    timeout client 10s\n\
          \x20   timeout server 10s\n    timeout http-request 5s\n    timeout http-keep-alive 5s\n",
     );
-    for (i, (port, up)) in pairs.iter().enumerate() {
+    for (i, (fd, up)) in pairs.iter().enumerate() {
         cfg.push_str(&format!(
-            "\nfrontend f{i}\n    bind 127.0.0.1:{port}\n    default_backend b{i}\n\
+            "\nfrontend f{i}\n    bind fd@{fd}\n    default_backend b{i}\n\
              backend b{i}\n    server up {up}\n"
         ));
     }
@@ -40,17 +50,21 @@ pub fn render(pairs: &[(u16, SocketAddr)]) -> String {
 
 impl Haproxy {
     /// Starts HAProxy in front of `upstreams` (one frontend each) with its config and log in
-    /// `dir`, and waits until it accepts connections.
+    /// `dir`, and waits until it serves.
     pub fn start(upstreams: &[SocketAddr], dir: &Path) -> Haproxy {
         let bin = require("haproxy", INSTALL);
-        let ports = free_ports(upstreams.len());
-        let pairs: Vec<(u16, SocketAddr)> = ports.iter().copied().zip(upstreams.to_vec()).collect();
+        // Beside the recorders, away from the ports other tests pick on 127.0.0.1.
+        let sockets: Vec<TcpListener> = upstreams
+            .iter()
+            .map(|_| TcpListener::bind((super::recorder::IP, 0)).expect("bind a frontend socket"))
+            .collect();
+        let addrs: Vec<SocketAddr> = sockets.iter().map(|s| s.local_addr().unwrap()).collect();
+        let fds: Vec<RawFd> = sockets.iter().map(AsRawFd::as_raw_fd).collect();
+        let pairs: Vec<(RawFd, SocketAddr)> = fds.iter().copied().zip(upstreams.to_vec()).collect();
         let cfg = dir.join("haproxy.cfg");
         std::fs::write(&cfg, render(&pairs)).unwrap();
-        let check = Command::new(&bin)
-            .arg("-c")
-            .arg("-f")
-            .arg(&cfg)
+        // The check opens the inherited sockets too.
+        let check = inherit(Command::new(&bin).arg("-c").arg("-f").arg(&cfg), &fds)
             .output()
             .unwrap();
         assert!(
@@ -59,14 +73,16 @@ impl Haproxy {
             cfg.display(),
             String::from_utf8_lossy(&check.stderr)
         );
+        let mut cmd = Command::new(&bin);
         let mut proc = Proc::spawn(
             "haproxy",
-            Command::new(&bin).arg("-db").arg("-f").arg(&cfg),
+            inherit(cmd.arg("-db").arg("-f").arg(&cfg), &fds),
             dir,
         );
         let log = dir.join("haproxy.log");
-        // HAProxy binds every frontend before it serves any: the last one answering means all do.
-        let last = *ports.last().expect("at least one upstream");
+        // The sockets accept (into their backlog) from the start: wait for HAProxy itself, by
+        // an answer to a request it must refuse (400) without asking any upstream.
+        let probe = *addrs.last().expect("an upstream");
         wait_until(
             Duration::from_secs(10),
             || {
@@ -75,15 +91,54 @@ impl Haproxy {
                     "haproxy exited: {}",
                     std::fs::read_to_string(&log).unwrap_or_default()
                 );
-                std::net::TcpStream::connect(("127.0.0.1", last)).is_ok()
+                answers(probe)
             },
-            || "haproxy is not listening".into(),
+            || "haproxy does not answer".into(),
         );
-        Haproxy { ports, proc }
+        Haproxy {
+            addrs,
+            proc,
+            log,
+            _sockets: sockets,
+        }
     }
 
     /// HAProxy's process id.
     pub fn pid(&self) -> u32 {
         self.proc.pid()
     }
+
+    /// What HAProxy wrote to stdout and stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// `cmd`, set to leave `fds` open in the child (they are close-on-exec here).
+fn inherit<'a>(cmd: &'a mut Command, fds: &[RawFd]) -> &'a mut Command {
+    let fds = fds.to_vec();
+    // SAFETY: runs in the child between fork and exec, and only calls fcntl (async-signal
+    // safe) on descriptors this process owns, so they survive the exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            for &fd in &fds {
+                let flags = libc::fcntl(fd, libc::F_GETFD);
+                if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Whether a proxy at `addr` answers an invalid request (with anything).
+fn answers(addr: SocketAddr) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+    let mut buf = [0u8; 16];
+    s.write_all(b"BAD\r\n\r\n").is_ok() && matches!(s.read(&mut buf), Ok(n) if n > 0)
 }

@@ -1,4 +1,4 @@
-//! The recording upstream of the conformance suite: raw TCP on `127.0.0.1:0` that keeps every
+//! The recording upstream of the conformance suite: raw TCP on a loopback port that keeps every
 //! byte each connection brought, parses each request with the strict parser in [`strict`], and
 //! answers it with a canned `200` naming the request (its target in the body and in
 //! `x-recorder-target`), optionally after a delay, so whoever reads the answer can tell which
@@ -25,6 +25,10 @@ use strict::{Body, Framing, Head, Step};
 
 /// How long one write to a proxy may take.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Where recorders listen: a loopback address of their own, so the ports they take can never be
+/// ones a test picked on 127.0.0.1 for a proxy it is about to start (Linux routes all of
+/// 127.0.0.0/8 to loopback).
+pub const IP: &str = "127.0.0.2";
 
 /// One request as the recorder received and decoded it.
 #[derive(Debug, Clone)]
@@ -87,7 +91,7 @@ impl Recorder {
 
     /// A recorder that waits `delay` before answering each request (a slow upstream).
     pub async fn with_delay(delay: Duration) -> Recorder {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = TcpListener::bind((IP, 0)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(State::default()));
         let accepted = Arc::new(AtomicUsize::new(0));
