@@ -13,6 +13,8 @@
 
 mod support;
 
+#[path = "conformance/app.rs"]
+mod app;
 #[path = "conformance/doc.rs"]
 mod doc;
 #[path = "conformance/framing.rs"]
@@ -261,14 +263,14 @@ async fn pooled_connections_never_desync_across_apps() {
     for (round, (name, attack)) in ATTACKS.iter().enumerate() {
         // The attacker: its own answer, whatever it is, ends its part.
         let seen =
-            run::exchange(addr, &[model::bytes(attack)], &[], 1, false, Duration::ZERO).await;
+            app::exchange(addr, &[model::bytes(attack)], &[], 1, false, Duration::ZERO).await;
         let first = seen.responses.first().map(|r| r.status);
         // Victims right after, one at a time and then several at once, each on a connection
         // of its own, all through the pool towards the one instance.
         let one = |k: usize| async move {
             let target = format!("/victim-{round}-{k}");
             let req = format!("GET {target} HTTP/1.1\r\nHost: echo\r\n\r\n");
-            let seen = run::exchange(
+            let seen = app::exchange(
                 addr,
                 &[model::bytes(req)],
                 &[false],

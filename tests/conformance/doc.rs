@@ -2,8 +2,8 @@
 //! from HAProxy, rendered from the same data the tests run, so the document cannot drift from
 //! what is tested. A test compares it with the file; `WAYPOST_UPDATE_DOC=1` rewrites it.
 
+use super::app::shorten;
 use super::model::{Answer, Case, Want};
-use super::run::shorten;
 use crate::support::recorder::strict::Framing;
 
 /// Marks the start of the generated part in the document.
