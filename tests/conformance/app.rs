@@ -40,10 +40,7 @@ pub struct Resp {
 impl Resp {
     /// The first value of `name`, if any.
     pub fn field(&self, name: &str) -> Option<&str> {
-        self.fields
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        strict::values(&self.fields, name).first().copied()
     }
 
     /// Status, `x-waypost-error` and the start of the body, for reports.

@@ -40,14 +40,19 @@ pub struct Head {
     pub len: usize,
 }
 
+/// Every value of field `name` (any letter case) in `fields`, in order.
+pub fn values<'a>(fields: &'a [(String, String)], name: &str) -> Vec<&'a str> {
+    fields
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+        .collect()
+}
+
 impl Head {
     /// Every value of field `name` (any letter case), in order.
     pub fn all(&self, name: &str) -> Vec<&str> {
-        self.fields
-            .iter()
-            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-            .collect()
+        values(&self.fields, name)
     }
 
     /// The list elements of every `name` field (RFC 9110 §5.6.1), trimmed, empty ones skipped.
