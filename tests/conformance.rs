@@ -38,7 +38,7 @@ use support::external::{free_ports, free_ports_on, spawn_waypost, Proc};
 use support::haproxy::Haproxy;
 use support::recorder::strict::{self, Framing, Step};
 use support::recorder::Recorder;
-use support::{static_service, wait_ready_at};
+use support::{static_service, wait_child_ready};
 
 /// Cases run at once.
 const PARALLEL: usize = 24;
@@ -144,8 +144,8 @@ async fn start_waypost(
         addrs.push(SocketAddr::from(([127, 0, 0, 1], at)));
         yaml.push_str(&svc);
     }
-    let proc = spawn_waypost("waypost", &yaml, dir);
-    wait_ready_at(([127, 0, 0, 1], admin).into()).await;
+    let mut proc = spawn_waypost("waypost", &yaml, dir);
+    wait_child_ready(&mut proc, ([127, 0, 0, 1], admin).into(), dir).await;
     (proc, addrs)
 }
 
@@ -257,8 +257,8 @@ async fn pooled_connections_never_desync_across_apps() {
         "listen: {addr}\nadmin: {{listen: {admin}}}\nupstream: {{timeout: 5s}}\nservices:\n{}",
         static_service("echo", &[(rec.addr, 1)])
     );
-    let _proc = spawn_waypost("waypost", &yaml, dir.path());
-    wait_ready_at(admin).await;
+    let mut proc = spawn_waypost("waypost", &yaml, dir.path());
+    wait_child_ready(&mut proc, admin, dir.path()).await;
     let mut problems = Vec::new();
     for (round, (name, attack)) in ATTACKS.iter().enumerate() {
         // The attacker: its own answer, whatever it is, ends its part.

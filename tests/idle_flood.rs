@@ -16,9 +16,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use support::external::{free_port, spawn_waypost, Proc};
+use support::external::{free_ports_on, spawn_waypost, Proc};
 use support::recorder::Recorder;
-use support::{eventually, get, static_service};
+use support::{eventually, get, static_service, wait_child_ready};
 
 /// Silent connections in the flood.
 const FLOOD: usize = 10_000;
@@ -62,31 +62,26 @@ fn raise_nofile(need: u64) {
     );
 }
 
-/// waypost with the short timeouts, service `echo` on `rec`; its process and outbound address.
-async fn start(rec: &Recorder, dir: &std::path::Path) -> (Proc, SocketAddr, SocketAddr) {
-    let (port, admin) = (free_port(), free_port());
+/// waypost with the short timeouts, service `echo` on `rec`, listening on `ip` (each test its
+/// own loopback address, so tests running at once never pick the same port); its process,
+/// outbound and admin addresses.
+async fn start(
+    rec: &Recorder,
+    ip: [u8; 4],
+    dir: &std::path::Path,
+) -> (Proc, SocketAddr, SocketAddr) {
+    let at = |p: u16| SocketAddr::from((ip, p));
+    let ports = free_ports_on(&at(0).ip().to_string(), 2);
+    let (listen, admin) = (at(ports[0]), at(ports[1]));
     let yaml = format!(
-        "listen: 127.0.0.1:{port}\nadmin: {{listen: 127.0.0.1:{admin}}}\n\
+        "listen: {listen}\nadmin: {{listen: {admin}}}\n\
          client: {{header_timeout: {HEADER_TIMEOUT}, idle_timeout: {IDLE_TIMEOUT}, \
          body_timeout: {BODY_TIMEOUT}}}\nservices:\n{}",
         static_service("echo", &[(rec.addr, 1)])
     );
     let mut proc = spawn_waypost("waypost", &yaml, dir);
-    let ready = format!("http://127.0.0.1:{admin}/ready");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(status) = proc.child.try_wait().unwrap() {
-            let log = std::fs::read_to_string(dir.join("waypost.log")).unwrap_or_default();
-            panic!("waypost exited ({status}) instead of serving:\n{log}");
-        }
-        if get(&ready, &[]).await.is_ok_and(|r| r.status == 200) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "waypost not ready within 10 s");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let at = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
-    (proc, at(port), at(admin))
+    wait_child_ready(&mut proc, admin, dir).await;
+    (proc, listen, admin)
 }
 
 /// Reads from `s` until the peer closes (or `CLOSE_LIMIT`): the bytes received, and how long
@@ -141,16 +136,21 @@ fn is_error(resp: &[u8], status: u16, kind: &str) -> bool {
         && text.contains(&format!("\r\nx-waypost-error: {kind}\r\n"))
 }
 
-/// Connections waiting in the accept queue of the loopback listener on `port` (the `rx_queue`
+/// Connections waiting in the accept queue of the listener on `addr` (the `rx_queue`
 /// of its LISTEN entry in `/proc/net/tcp`); 0 when there is no such listener. The kernel lists
 /// listening sockets first, so the read stops at the first other state instead of walking the
 /// flood's 20,000 entries.
-fn accept_queue(port: u16) -> usize {
+fn accept_queue(addr: SocketAddr) -> usize {
     use std::io::BufRead;
     let Ok(file) = std::fs::File::open("/proc/net/tcp") else {
         return 0;
     };
-    let local = format!("0100007F:{port:04X}");
+    let std::net::IpAddr::V4(ip) = addr.ip() else {
+        return 0;
+    };
+    // The kernel prints the address as a native-endian (here little-endian) u32.
+    let [a, b, c, d] = ip.octets();
+    let local = format!("{d:02X}{c:02X}{b:02X}{a:02X}:{:04X}", addr.port());
     for line in std::io::BufReader::new(file)
         .lines()
         .skip(1)
@@ -179,7 +179,7 @@ async fn ten_thousand_silent_connections_close_at_the_header_timeout() {
     raise_nofile(FLOOD as u64 + 1024);
     let rec = Recorder::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let (proc, addr, admin) = start(&rec, dir.path()).await;
+    let (proc, addr, admin) = start(&rec, [127, 0, 0, 1], dir.path()).await;
     // One request first, so what waypost sets up lazily (the pool, the first table) is in the
     // baseline.
     let url = format!("http://{addr}/warm");
@@ -206,7 +206,7 @@ async fn ten_thousand_silent_connections_close_at_the_header_timeout() {
         // Let waypost take them off the accept queue before the next batch: a full queue drops
         // SYNs, and the client's retry a second later would stretch the flood past the timeout.
         let drained = Instant::now() + Duration::from_secs(5);
-        while accept_queue(addr.port()) > BATCH / 4 && Instant::now() < drained {
+        while accept_queue(addr) > BATCH / 4 && Instant::now() < drained {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
@@ -332,7 +332,7 @@ async fn ten_thousand_silent_connections_close_at_the_header_timeout() {
 async fn a_stalled_body_gets_408_and_its_upstream_connection_is_dropped() {
     let rec = Recorder::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let (_proc, addr, _admin) = start(&rec, dir.path()).await;
+    let (_proc, addr, _admin) = start(&rec, [127, 0, 0, 4], dir.path()).await;
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(b"POST /stall HTTP/1.1\r\nHost: echo\r\nContent-Length: 10\r\n\r\nhello")
         .await
