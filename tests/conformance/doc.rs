@@ -3,7 +3,7 @@
 //! what is tested. A test compares it with the file; `WAYPOST_UPDATE_DOC=1` rewrites it.
 
 use super::app::shorten;
-use super::model::{Answer, Case, Want};
+use super::model::{Answer, Case, Interim, Want};
 use crate::support::recorder::strict::Framing;
 
 /// Marks the start of the generated part in the document.
@@ -53,6 +53,11 @@ pub fn summary(w: &Want) -> String {
                     if !u.trailers.is_empty() {
                         let names: Vec<&str> = u.trailers.iter().map(|(k, _)| k.as_str()).collect();
                         extra.push_str(&format!(" trailers {}", names.join(" ")));
+                    }
+                    match u.interim {
+                        Interim::Continue => extra.push_str(" after a relayed 100"),
+                        Interim::Any => extra.push_str(" (a 100 may come first)"),
+                        Interim::None => {}
                     }
                     if u.hop_by_hop {
                         extra.push_str(" with hop-by-hop fields");
