@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the builds and tests need when it is missing, on Debian: etcd, ZooKeeper,
 # dnsmasq, promtool, protoc and protobuf's well-known .proto files (etcd-client's build script),
-# curl (used by `make run`), openssl (test certificates), and Python 3 with venv (the chart tests'
-# virtualenv). Idempotent: does nothing when everything is there.
+# HAProxy (the HTTP/1 conformance suite's differential), curl (used by `make run`), openssl (test
+# certificates), and Python 3 with venv (the chart tests' virtualenv). Idempotent: does nothing
+# when everything is there.
 set -euo pipefail
 need=()
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]; }
@@ -15,6 +16,7 @@ have promtool || need+=(prometheus)
 have protoc   || need+=(protobuf-compiler)
 # etcd-client's build script compiles etcd's protos, which import protobuf's well-known types.
 [ -f /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
+have haproxy  || need+=(haproxy)
 have curl     || need+=(curl)
 # The etcd TLS tests make their certificates with it.
 have openssl  || need+=(openssl)
@@ -33,6 +35,6 @@ export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 # Debian starts services it installs; the tests start their own on free ports.
-for svc in etcd zookeeper prometheus prometheus-node-exporter; do
+for svc in etcd zookeeper prometheus prometheus-node-exporter haproxy; do
   $SUDO systemctl stop "$svc" >/dev/null 2>&1 || $SUDO service "$svc" stop >/dev/null 2>&1 || true
 done
