@@ -4,18 +4,29 @@
 # build, configs/static.yaml's layout) or, for comparison, HAProxy (bench/load/haproxy.cfg's
 # settings) or the bare relay of examples/relay.rs (the floor) — in front of three example upstreams, and sends a fixed number of keep-alive requests
 # (ab -n N -c 8 -k), on ports 28080/28090/29001-3; prints total instructions ÷ N and the top
-# functions; the profile stays in target/callgrind/<target>/. Kernel time is not counted: all three make the same system calls per request.
-#   usage: bench/callgrind.sh [N] [waypost|haproxy|relay]   (needs valgrind and apache2-utils' ab)
+# functions; the profile stays in target/callgrind/<target>[-post]/. Kernel time is not counted: all three make the same system calls per request.
+# REQUEST `get` (the default) is a bodiless GET answered with 13 bytes; `post` a POST of a 4 KiB
+# body to the upstream's /sink, answered with the same 13 bytes (the body arrives with its head:
+# waypost's fast path sends both upstream in one write).
+#   usage: bench/callgrind.sh [N] [waypost|haproxy|relay] [get|post]   (needs valgrind and apache2-utils' ab)
+#   WAYPOST=path/to/waypost bench/callgrind.sh …   profiles another waypost build (a saved one, to compare)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N="${1:-10000}"
 TARGET="${2:-waypost}"
+REQUEST="${3:-get}"
 for tool in valgrind ab; do
   command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install -y valgrind apache2-utils" >&2; exit 1; }
 done
 cargo build -q --release --bin waypost --example upstream --example relay
-out=target/callgrind/$TARGET
+out=target/callgrind/$TARGET$([ "$REQUEST" = get ] || echo "-$REQUEST")
 rm -rf "$out" && mkdir -p "$out"
+case "$REQUEST" in
+  get) load=(http://127.0.0.1:28080/) ;;
+  post) head -c 4096 /dev/zero | tr '\0' x >"$out/body"
+        load=(-p "$out/body" -T application/octet-stream http://127.0.0.1:28080/sink) ;;
+  *) echo "unknown request $REQUEST (get or post)" >&2; exit 2 ;;
+esac
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
@@ -39,7 +50,7 @@ from run import UPSTREAMS, haproxy_config
 open(sys.argv[1], "w").write(haproxy_config("127.0.0.1:28080", [(p + 10000, w) for p, w in UPSTREAMS]))
 PY
 case "$TARGET" in
-  waypost) proxy=(target/release/waypost run --config configs/static.yaml) ;;
+  waypost) proxy=("${WAYPOST:-target/release/waypost}" run --config configs/static.yaml) ;;
   haproxy) command -v haproxy >/dev/null || { echo "missing haproxy: apt-get install -y haproxy" >&2; exit 1; }
            proxy=(haproxy -db -f "$out/haproxy.cfg") ;;
   # The floor: a bare TCP relay (examples/relay.rs) with the same weights.
@@ -55,11 +66,11 @@ for _ in $(seq 100); do
   sleep 0.2
 done
 # Warm the pool and the allocator, zero the counters, then count N requests (and the exit).
-ab -q -n 500 -c 8 -k -H 'Host: echo' http://127.0.0.1:28080/ >/dev/null
+ab -q -n 500 -c 8 -k -H 'Host: echo' "${load[@]}" >/dev/null
 callgrind_control -z "$vg" >/dev/null
-ab -q -n "$N" -c 8 -k -H 'Host: echo' http://127.0.0.1:28080/ | grep -E "Complete requests|Failed requests"
+ab -q -n "$N" -c 8 -k -H 'Host: echo' "${load[@]}" | grep -E "Complete requests|Failed requests|Non-2xx"
 kill -TERM "$vg"; wait "$vg" 2>/dev/null || true
 total=$(callgrind_annotate "$out"/cg.out 2>/dev/null | awk '/PROGRAM TOTALS/{gsub(",","",$1); print $1; exit}')
-echo "$TARGET: instructions per request: $(( total / N ))  (total $total over $N requests)"
+echo "$TARGET ($REQUEST): instructions per request: $(( total / N ))  (total $total over $N requests)"
 echo "profile: $out/cg.out"
 callgrind_annotate --threshold=80 "$out"/cg.out 2>/dev/null | grep -E '^ *[0-9,]+ \(' | sed 's/ \[.*//' | head -30

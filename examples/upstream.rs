@@ -4,7 +4,9 @@
 //!
 //! - `GET /` answers `Hello world!\n` (13 bytes), `GET /64k` 64 KiB, `GET /whoami` the instance
 //!   name; every response carries `x-instance: <name>`.
-//! - `GET /slow?ms=N` waits N ms first; any other request echoes its body back, streamed.
+//! - `GET /slow?ms=N` waits N ms first; `POST /sink` reads the whole body and answers
+//!   `Hello world!\n` (the benchmarks' 4 KiB POST); any other request echoes its body back,
+//!   streamed.
 //! - `GET /healthz` answers 200 `ok`, or 503 `failing` after `POST /healthz/fail` (until
 //!   `POST /healthz/ok`): a health endpoint to point waypost's `register[].check` at.
 //! - With `--registry-dir`, the instance registers itself in the embedded file registry through
@@ -30,7 +32,7 @@ use waypost::registry::file::FileRegistrar;
 
 #[derive(Parser)]
 #[command(
-    about = "Example upstream for waypost: answers /, /64k, /whoami, /slow; echoes anything else."
+    about = "Example upstream for waypost: answers /, /64k, /whoami, /slow, POST /sink; echoes anything else."
 )]
 struct Args {
     /// Address to listen on.
@@ -84,6 +86,11 @@ async fn handle(req: Request<Incoming>, name: Arc<str>) -> Result<Response<Body>
         (&http::Method::GET, "/") => full(Bytes::from_static(HELLO)),
         (&http::Method::GET, "/64k") => full(Bytes::from_static(&BIG)),
         (&http::Method::GET, "/whoami") => full(Bytes::from(format!("{name}\n"))),
+        (&http::Method::POST, "/sink") => {
+            // Read to the end (an error is the client's: answer anyway), then the short answer.
+            let _ = req.into_body().collect().await;
+            full(Bytes::from_static(HELLO))
+        }
         (&http::Method::GET, "/slow") => {
             let ms = req
                 .uri()

@@ -19,11 +19,12 @@ use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use serde::Serialize;
 use tokio::net::TcpListener;
 
 use crate::cache::Cache;
+use crate::config::ClientConfig;
 use crate::forward::ServiceHandle;
 use crate::metrics::Metrics;
 use crate::register::RegistrationsView;
@@ -204,10 +205,31 @@ impl Admin {
     }
 
     /// Serves the admin endpoints on `listener` until `stop` fires.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, mut stop: Shutdown) {
-        let builder = Arc::new(hyper_util::server::conn::auto::Builder::new(
-            TokioExecutor::new(),
-        ));
+    ///
+    /// The admin listener is often reachable from the whole cluster (probes and scrapes use the
+    /// pod's IP), so it has the forwarding listeners' protections: a connection that sends
+    /// nothing, or no complete head, within `client.header_timeout` is closed (also between
+    /// keep-alive requests), and HTTP/2 has the `client.http2` limits. HTTP/1 and h2c are told
+    /// apart by the first bytes, under that same timeout (hyper-util's automatic detection waits
+    /// for them without one).
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        mut stop: Shutdown,
+        client: &ClientConfig,
+    ) {
+        let mut h1 = hyper::server::conn::http1::Builder::new();
+        h1.timer(TokioTimer::new())
+            .header_read_timeout(client.header_timeout.0);
+        let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        let limits = &client.http2;
+        h2.timer(TokioTimer::new())
+            .max_concurrent_streams(limits.max_concurrent_streams)
+            .max_header_list_size(client.http2_max_header_list_size() as u32)
+            .max_pending_accept_reset_streams(limits.max_pending_accept_reset_streams)
+            .max_local_error_reset_streams(limits.max_local_error_reset_streams);
+        let (h1, h2) = (Arc::new(h1), Arc::new(h2));
+        let header_timeout = client.header_timeout.0;
         loop {
             let stream = tokio::select! {
                 biased;
@@ -221,13 +243,18 @@ impl Admin {
                     }
                 },
             };
-            let (admin, builder) = (self.clone(), builder.clone());
+            let (admin, h1, h2) = (self.clone(), h1.clone(), h2.clone());
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| {
                     let resp = admin.handle(&req);
                     async move { Ok::<_, std::convert::Infallible>(resp) }
                 });
-                let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                let until = tokio::time::Instant::now() + header_timeout;
+                let _ = match crate::forward::sniff_h2c(&stream, until).await {
+                    None => return,
+                    Some(true) => h2.serve_connection(TokioIo::new(stream), svc).await,
+                    Some(false) => h1.serve_connection(TokioIo::new(stream), svc).await,
+                };
             });
         }
     }

@@ -2,7 +2,7 @@
 //! shuts them down in order. Start-up failures carry context (`anyhow`); nothing here handles
 //! a request.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,18 +15,20 @@ use tokio::sync::mpsc;
 
 use crate::admin::Admin;
 use crate::cache::{Cache, Declared, Lookup, Policy, Rule};
-use crate::config::{CheckConfig, Config, RegisterEntry, RegistryKind, ResolverConfig};
+use crate::config::{CheckConfig, Config, EtcdLayout, RegisterEntry, RegistryKind, ResolverConfig};
 use crate::discover::Resolver;
 use crate::forward::{self, Listener, Pool, Proxy, ServiceHandle};
-use crate::metrics::ConsulMetrics;
-use crate::metrics::EtcdMetrics;
 use crate::metrics::Metrics;
+use crate::metrics::{ConsulMetrics, EtcdMetrics};
 use crate::register::{Check, Entry, Registrar, Registration, Registrations};
-use crate::registry::consul::{ConsulClient, ConsulRegistrar, ConsulResolver, ProbeCopy};
+use crate::registry::consul::{self, ConsulClient, ConsulRegistrar, ConsulResolver, ProbeCopy};
 use crate::registry::dns::{DnsClient, DnsResolver};
-use crate::registry::etcd::{Codec, EtcdClient, EtcdResolver};
+use crate::registry::etcd::{Codec, EtcdClient, EtcdRegistrar, EtcdResolver};
 use crate::registry::file::{FileRegistrar, FileResolver};
 use crate::registry::static_::StaticResolver;
+use crate::registry::zookeeper::{
+    self as zk, ZookeeperRegistrar, ZookeeperResolver, ZookeeperSession,
+};
 use crate::shutdown;
 
 /// The addresses the app actually bound (ports resolved when the config says `:0`).
@@ -60,22 +62,93 @@ pub struct App {
     observed: Option<Vec<(String, SocketAddr)>>,
 }
 
-/// Builds the registrars `register:` entries name, one per registry (and options), shared by
-/// the entries that name the same one. Each backend has one arm in [`RegistrarFactory::build`].
-struct RegistrarFactory<'a> {
+/// The registries' clients, each built on first use and then shared by every resolver and
+/// registrar that talks to that registry: one DNS client, one etcd client (one connection per
+/// member for the whole process), one ZooKeeper session, one Consul agent client. A new
+/// registry's client belongs here too.
+struct Clients<'a> {
     config: &'a Config,
-    file: Option<Arc<FileRegistrar>>,
-    consul: ConsulSlot,
+    dns: Option<Arc<DnsClient>>,
+    etcd: Option<Arc<EtcdClient>>,
+    etcd_metrics: EtcdMetrics,
+    /// The process's ZooKeeper session (it connects on first use).
+    zookeeper: Arc<ZookeeperSession>,
+    consul: Option<Arc<ConsulClient>>,
+    consul_metrics: ConsulMetrics,
 }
 
-impl<'a> RegistrarFactory<'a> {
-    /// A factory for `config`'s entries; `consul` is the agent client the resolvers may have
-    /// built already.
-    fn new(config: &'a Config, consul: ConsulSlot) -> Self {
+impl<'a> Clients<'a> {
+    fn new(config: &'a Config, metrics: &Metrics, zookeeper: Arc<ZookeeperSession>) -> Self {
         Self {
             config,
+            dns: None,
+            etcd: None,
+            etcd_metrics: metrics.etcd.clone(),
+            zookeeper,
+            consul: None,
+            consul_metrics: metrics.consul.clone(),
+        }
+    }
+
+    /// The DNS client (`dns`).
+    fn dns(&mut self) -> anyhow::Result<Arc<DnsClient>> {
+        if let Some(c) = &self.dns {
+            return Ok(c.clone());
+        }
+        let client = DnsClient::from_config(&self.config.dns).context("cannot set up DNS")?;
+        self.dns = Some(client.clone());
+        Ok(client)
+    }
+
+    /// The etcd client (`registry.etcd`), connecting to nothing yet.
+    fn etcd(&mut self) -> anyhow::Result<Arc<EtcdClient>> {
+        if let Some(c) = &self.etcd {
+            return Ok(c.clone());
+        }
+        let client = Arc::new(
+            EtcdClient::from_config(&self.config.registry.etcd, self.etcd_metrics.clone())
+                .map_err(anyhow::Error::msg)
+                .context("cannot set up the etcd client")?,
+        );
+        self.etcd = Some(client.clone());
+        Ok(client)
+    }
+
+    /// The Consul agent client (`registry.consul`), connecting to nothing yet.
+    fn consul(&mut self) -> anyhow::Result<Arc<ConsulClient>> {
+        if let Some(c) = &self.consul {
+            return Ok(c.clone());
+        }
+        let client = Arc::new(
+            ConsulClient::from_config(&self.config.registry.consul, self.consul_metrics.clone())
+                .map_err(anyhow::Error::msg)
+                .context("cannot set up the Consul agent client")?,
+        );
+        self.consul = Some(client.clone());
+        Ok(client)
+    }
+}
+
+/// Builds the registrars `register:` entries name, one per registry (and options), shared by
+/// the entries that name the same one. Each backend has one arm in [`RegistrarFactory::build`].
+struct RegistrarFactory<'a, 'c> {
+    config: &'a Config,
+    clients: &'c mut Clients<'a>,
+    file: Option<Arc<FileRegistrar>>,
+    /// One etcd registrar per layout and prefix, shared by the entries writing there.
+    etcd: HashMap<(EtcdLayout, String), Arc<EtcdRegistrar>>,
+    /// The registrar on the process's ZooKeeper session (built on first use).
+    zookeeper: Option<Arc<ZookeeperRegistrar>>,
+}
+
+impl<'a, 'c> RegistrarFactory<'a, 'c> {
+    fn new(config: &'a Config, clients: &'c mut Clients<'a>) -> Self {
+        Self {
+            config,
+            clients,
             file: None,
-            consul,
+            etcd: HashMap::new(),
+            zookeeper: None,
         }
     }
 
@@ -89,9 +162,28 @@ impl<'a> RegistrarFactory<'a> {
                     .get_or_insert_with(|| Arc::new(FileRegistrar::new(&registry.file.dir)));
                 Ok((file.clone(), registry.file.ttl.0))
             }
-            // The etcd backend's arm: its registrar for the entry's layout and prefix
-            // (`entry.etcd`, defaults from `registry.etcd`), and `registry.etcd.lease_ttl`.
-            RegistryKind::Etcd => anyhow::bail!("the etcd registry is not available in this build"),
+            RegistryKind::Etcd => {
+                let ttl = registry.etcd.lease_ttl.0;
+                let place = registry.etcd.entry_layout_and_prefix(entry.etcd.as_ref());
+                if let Some(etcd) = self.etcd.get(&place) {
+                    return Ok((etcd.clone(), ttl));
+                }
+                let codec = Codec::new(place.0, place.1.clone());
+                let etcd = Arc::new(EtcdRegistrar::new(self.clients.etcd()?, codec, ttl));
+                self.etcd.insert(place, etcd.clone());
+                Ok((etcd, ttl))
+            }
+            // One registrar on the process's session; its nodes live as long as the session.
+            RegistryKind::Zookeeper => {
+                let session = self.clients.zookeeper.clone();
+                let registrar = self.zookeeper.get_or_insert_with(|| {
+                    let codec = zk::Codec::new(&registry.zookeeper.root);
+                    Arc::new(ZookeeperRegistrar::new(session, codec))
+                });
+                Ok((registrar.clone(), registry.zookeeper.session_timeout.0))
+            }
+            // One registrar per entry (its check kind and probe are the entry's), all on the
+            // process's agent client.
             RegistryKind::Consul => {
                 let cfg = &registry.consul;
                 let probe = match &entry.check {
@@ -99,7 +191,7 @@ impl<'a> RegistrarFactory<'a> {
                     Some(CheckConfig::None) | None => None,
                 };
                 let registrar = ConsulRegistrar::new(
-                    self.consul.get(cfg)?,
+                    self.clients.consul()?,
                     probe.and_then(|p| p.consul).unwrap_or_default(),
                     probe.and_then(ProbeCopy::of),
                     cfg.deregister_critical_after.0,
@@ -147,12 +239,26 @@ impl<'a> RegistrarFactory<'a> {
                         (ResolverConfig::File(f), RegistryKind::File) => {
                             f.name.as_ref().unwrap_or(name) == &e.service
                         }
-                        // The etcd backend's arm: an etcd resolver with the entry's layout and prefix.
+                        (ResolverConfig::Etcd(r), RegistryKind::Etcd) => {
+                            // It reads the key the entry writes, in a layout that decodes
+                            // its value (Hertz and Kitex values are the same).
+                            let etcd = &config.registry.etcd;
+                            let (layout, prefix) =
+                                etcd.layout_and_prefix(r.layout, r.prefix.as_deref());
+                            let (written, at) = etcd.entry_layout_and_prefix(e.etcd.as_ref());
+                            let read = r.name.as_deref().unwrap_or(name.as_str());
+                            layout.service_prefix(&prefix, read)
+                                == written.service_prefix(&at, e.service.as_str())
+                                && (layout == EtcdLayout::Grpc) == (written == EtcdLayout::Grpc)
+                        }
+                        (ResolverConfig::Zookeeper(z), RegistryKind::Zookeeper) => {
+                            z.name.as_deref().unwrap_or(name.as_str()) == e.service.as_str()
+                        }
                         (ResolverConfig::Consul(c), RegistryKind::Consul) => {
                             c.service.as_deref().unwrap_or(name.as_str()) == e.service.as_str()
-                                && c.tag.as_ref().is_none_or(|t| {
-                                    crate::registry::consul::codec::tags(&e.tags).contains(t)
-                                })
+                                && c.tag
+                                    .as_ref()
+                                    .is_none_or(|t| consul::codec::tags(&e.tags).contains(t))
                         }
                         _ => false,
                     }
@@ -163,69 +269,16 @@ impl<'a> RegistrarFactory<'a> {
     }
 }
 
-/// The process's one Consul agent client (`registry.consul`), shared by every Consul resolver
-/// and registrar; built on first use by whichever factory needs it first.
-struct ConsulSlot {
-    client: Option<Arc<ConsulClient>>,
-    metrics: ConsulMetrics,
-}
-
-impl ConsulSlot {
-    fn get(
-        &mut self,
-        cfg: &crate::config::ConsulRegistryConfig,
-    ) -> anyhow::Result<Arc<ConsulClient>> {
-        if let Some(c) = &self.client {
-            return Ok(c.clone());
-        }
-        let client = Arc::new(
-            ConsulClient::from_config(cfg, self.metrics.clone())
-                .map_err(anyhow::Error::msg)
-                .context("cannot set up the Consul agent client")?,
-        );
-        self.client = Some(client.clone());
-        Ok(client)
-    }
-}
-
-/// Builds resolvers from config, sharing one DNS client and one etcd client (each created on
-/// first use) between them.
-struct ResolverFactory<'a> {
+/// Builds resolvers from config, on the shared [`Clients`].
+struct ResolverFactory<'a, 'c> {
     config: &'a Config,
-    dns: Option<Arc<DnsClient>>,
-    etcd: Option<Arc<EtcdClient>>,
-    etcd_metrics: EtcdMetrics,
-    consul: ConsulSlot,
+    clients: &'c mut Clients<'a>,
 }
 
-impl<'a> ResolverFactory<'a> {
+impl<'a, 'c> ResolverFactory<'a, 'c> {
     /// A factory for `config`.
-    fn new(config: &'a Config, etcd_metrics: EtcdMetrics, consul_metrics: ConsulMetrics) -> Self {
-        Self {
-            config,
-            dns: None,
-            etcd: None,
-            etcd_metrics,
-            consul: ConsulSlot {
-                client: None,
-                metrics: consul_metrics,
-            },
-        }
-    }
-
-    /// The process's etcd client (`registry.etcd`), shared by every etcd resolver and
-    /// registrar; built on first use, connecting to nothing yet.
-    fn etcd(&mut self) -> anyhow::Result<Arc<EtcdClient>> {
-        if let Some(c) = &self.etcd {
-            return Ok(c.clone());
-        }
-        let client = Arc::new(
-            EtcdClient::from_config(&self.config.registry.etcd, self.etcd_metrics.clone())
-                .map_err(anyhow::Error::msg)
-                .context("cannot set up the etcd client")?,
-        );
-        self.etcd = Some(client.clone());
-        Ok(client)
+    fn new(config: &'a Config, clients: &'c mut Clients<'a>) -> Self {
+        Self { config, clients }
     }
 
     /// The resolver `resolver` describes. A file resolver without `name` reads the registry
@@ -237,34 +290,28 @@ impl<'a> ResolverFactory<'a> {
                 FileResolver::new(&self.config.registry.file.dir)
                     .named(f.name.as_ref().map(|n| n.as_str())),
             ),
-            ResolverConfig::Dns(d) => {
-                let client = match &self.dns {
-                    Some(c) => c.clone(),
-                    None => {
-                        let c = DnsClient::from_config(&self.config.dns)
-                            .context("cannot set up DNS")?;
-                        self.dns = Some(c.clone());
-                        c
-                    }
-                };
-                Arc::new(DnsResolver::from_config(client, d))
-            }
+            ResolverConfig::Dns(d) => Arc::new(DnsResolver::from_config(self.clients.dns()?, d)),
             ResolverConfig::Etcd(e) => {
                 let cfg = &self.config.registry.etcd;
                 let (layout, prefix) = cfg.layout_and_prefix(e.layout, e.prefix.as_deref());
                 Arc::new(EtcdResolver::new(
-                    self.etcd()?,
+                    self.clients.etcd()?,
                     Codec::new(layout, prefix),
                     e.name.clone(),
-                    self.etcd_metrics.clone(),
+                    self.clients.etcd_metrics.clone(),
                 ))
             }
+            ResolverConfig::Zookeeper(z) => Arc::new(ZookeeperResolver::new(
+                self.clients.zookeeper.clone(),
+                zk::Codec::new(&self.config.registry.zookeeper.root),
+                z.name.clone(),
+            )),
             ResolverConfig::Consul(c) => Arc::new(ConsulResolver::new(
-                self.consul.get(&self.config.registry.consul)?,
+                self.clients.consul()?,
                 c.service.clone(),
                 c.tag.clone(),
                 c.passing_only,
-                self.consul.metrics.clone(),
+                self.clients.consul_metrics.clone(),
             )),
         })
     }
@@ -305,8 +352,16 @@ impl App {
         let mut pools = vec![default_pool.clone()];
         let mut declared = Vec::new();
         let mut per_service = BTreeMap::new();
-        let mut factory =
-            ResolverFactory::new(&config, metrics.etcd.clone(), metrics.consul.clone());
+        let (refresh_trigger, refresh_stop) = shutdown::channel();
+        // One ZooKeeper session for resolvers and registrars, supervised until the refreshers
+        // stop (after deregistration); it connects on first use.
+        let zookeeper = ZookeeperSession::new(
+            &config.registry.zookeeper,
+            metrics.zookeeper.clone(),
+            refresh_stop.clone(),
+        );
+        let mut clients = Clients::new(&config, &metrics, zookeeper);
+        let mut factory = ResolverFactory::new(&config, &mut clients);
         let rules = factory.rules()?;
         for (name, svc) in &config.services {
             declared.push(Declared {
@@ -325,7 +380,6 @@ impl App {
             let timeout = svc.upstream.timeout.unwrap_or(config.upstream.timeout).0;
             per_service.insert(name.to_string(), (timeout, pool));
         }
-        let (refresh_trigger, refresh_stop) = shutdown::channel();
         let family = metrics.forward.clone();
         let default_timeout = config.upstream.timeout.0;
         let make = Box::new(move |name: &str| {
@@ -354,7 +408,7 @@ impl App {
             }
         }
         let admin_listener = bind(config.admin.listen.0, "admin.listen").await?;
-        let mut registrars = RegistrarFactory::new(&config, factory.consul);
+        let mut registrars = RegistrarFactory::new(&config, &mut clients);
         let registrations = Registrations::new(registrars.entries(&metrics)?);
         let observed = registrars.observed();
         let addrs = Addrs {
@@ -409,12 +463,14 @@ impl App {
             accepting.clone(),
             registrations.view(),
         ));
-        let admin_task = tokio::spawn(admin.serve(admin_listener, admin_stop));
+        let client = config.client.clone();
+        let admin_task =
+            tokio::spawn(async move { admin.serve(admin_listener, admin_stop, &client).await });
 
         let proxy = Arc::new(Proxy::new(
             cache.clone(),
             metrics.forward.clone(),
-            config.upstream.buffer_size,
+            forward::Settings::from_config(&config.client, &config.upstream),
         ));
         let (accept_trigger, accept_stop) = shutdown::channel();
         let (drain_trigger, drain) = shutdown::channel();

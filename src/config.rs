@@ -7,6 +7,7 @@
 //! locating the offending key in the text (private module `locate`). Runtime code receives only
 //! these typed values and never parses a string again.
 
+mod client;
 mod consul;
 mod discovery;
 mod env;
@@ -15,6 +16,7 @@ mod locate;
 mod register;
 mod types;
 mod validate;
+mod zookeeper;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -22,6 +24,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use client::{ClientConfig, Http2Config, Size, MAX_HEADERS_LIMIT};
 pub use consul::{
     check_service_name, ConsulCheckKind, ConsulRegistryConfig, ConsulResolverConfig, ConsulScheme,
     ConsulTlsConfig,
@@ -32,6 +35,7 @@ pub use register::{
     default_register_weight, CheckConfig, HttpUrl, ProbeConfig, RegisterEntry, RegistryKind,
 };
 pub use types::{Addr, Dur, ServiceName};
+pub use zookeeper::{ZookeeperRegistryConfig, ZookeeperResolverConfig};
 
 /// Where the outbound listener binds when the config does not say (linkerd's outbound port).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:4140";
@@ -50,6 +54,8 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     /// Logging.
     pub log: LogConfig,
+    /// App connections on the forwarding listeners: timeouts and head limits.
+    pub client: ClientConfig,
     /// Defaults for talking to upstream instances; each service may override them.
     pub upstream: UpstreamConfig,
     /// Discovery cache defaults; each service may override the intervals.
@@ -74,6 +80,7 @@ impl Default for Config {
             admin: AdminConfig::default(),
             runtime: RuntimeConfig::default(),
             log: LogConfig::default(),
+            client: ClientConfig::default(),
             upstream: UpstreamConfig::default(),
             discovery: DiscoveryConfig::default(),
             registry: RegistryConfig::default(),
@@ -205,6 +212,9 @@ pub struct RegistryConfig {
     /// The local Consul agent, shared by Consul resolvers and registrars.
     #[serde(default)]
     pub consul: ConsulRegistryConfig,
+    /// The ZooKeeper ensemble, shared by ZooKeeper resolvers and registrars (one session).
+    #[serde(default)]
+    pub zookeeper: ZookeeperRegistryConfig,
 }
 
 /// `registry.file:` — the embedded, serverless registry on local disk.
@@ -277,6 +287,8 @@ pub enum ResolverConfig {
     Etcd(EtcdResolverConfig),
     /// Instances in Consul's health endpoint, through the local agent (`registry.consul`).
     Consul(ConsulResolverConfig),
+    /// Instances registered in ZooKeeper (`registry.zookeeper`), as Hertz and Kitex lay them out.
+    Zookeeper(ZookeeperResolverConfig),
 }
 
 /// `resolver: {dns: …}` — either `port` (A/AAAA lookup of `name`) or `srv` (SRV lookup).

@@ -1,46 +1,54 @@
-//! Stage 5 — forwarding: the listeners apps call on localhost, and the request path
-//! route → look up → pick → send → respond.
+//! Stage 5 — forwarding: the listeners apps call on localhost, and the walk every request takes,
+//! each step in its own module, entered once:
+//!
+//! 1. **parse → frame** — `server` reads a head under the connection's timeouts, and the one
+//!    HTTP/1 framing module ([`h1`]) parses it, checks it against the HTTP/1 policy (README),
+//!    decides its framing once and encodes the head the upstream will get from that decision;
+//! 2. **route** — [`route`] names the service (Host, absolute-form authority, or the listener);
+//! 3. **pick** — the service's weighted table (`balance`) picks an instance;
+//! 4. **send** — [`client`] sends the request over a pooled connection, its body streaming
+//!    from the app while the response comes back;
+//! 5. **respond** — `server` writes the response to the app, framed from the response's own
+//!    framing decision.
 //!
 //! A request is only ever sent to an address picked from a service's current table, which only
-//! discovery fills: waypost is never an open proxy. Failures become [`ForwardError`]s, turned into
-//! responses in one place ([`rescue`]). Each connection starts on waypost's own HTTP/1.1 loop for
-//! bodiless requests ([`downstream`]), which hands it to hyper-util's auto builder (HTTP/1.1 with
-//! keep-alive, or h2c with prior knowledge) at the first request it does not serve; both paths
-//! share [`Proxy`]'s routing, picking, errors and metrics, and drain gracefully on shutdown.
+//! discovery fills: waypost is never an open proxy. Every failure becomes a [`ForwardError`],
+//! answered in one place ([`rescue`]). HTTP/2 (h2c) requests take the same walk through
+//! hyper's h2 server ([`Proxy::handle_h2`]).
 
-mod downstream;
+pub mod client;
 pub mod h1;
-pub mod headers;
-pub mod pool;
 pub mod rescue;
 pub mod route;
+mod server;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{Method, Request, Response};
+use http_body::Body as _;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
-use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-pub use pool::Pool;
+pub use client::Pool;
 pub use rescue::ForwardError;
 pub use route::Listener;
+pub use server::{serve, sniff_h2c, Settings};
 
 use crate::balance::Balancer;
 use crate::cache::{Cache, Lookup, Publish, State, Status, Target};
 use crate::discover::Resolution;
 use crate::metrics::{ForwardMetrics, ServiceMetrics};
-use crate::shutdown::Shutdown;
+use client::{First, Outgoing, SendError, SourceError};
+use h1::framing::Framing;
+use server::h2::H2Body;
+use server::http1::{Failure, Http1};
 
-/// The body of a response to the app: the upstream's, streamed, or one waypost wrote.
-pub type ResponseBody = Either<pool::UpstreamBody, Full<Bytes>>;
+/// The body of a response to an HTTP/2 app: the upstream's, streamed, or one waypost wrote.
+pub type ResponseBody = Either<client::Body<H2Body>, Full<Bytes>>;
 
 /// Everything forwarding keeps per service: its balancer and the handles a request needs.
 /// The cache creates one per target and publishes into it.
@@ -68,6 +76,42 @@ impl ServiceHandle {
             pool,
         }
     }
+
+    /// The error for a request sent to `addr` that got no response.
+    fn failed(&self, addr: SocketAddr, source: SendError) -> ForwardError {
+        let service = self.name.to_string();
+        match source {
+            SendError::Request(e) => e.into(),
+            source if source.is_connect() => {
+                self.metrics.connect_errors.inc();
+                ForwardError::UpstreamConnect {
+                    service,
+                    addr,
+                    source,
+                }
+            }
+            source => ForwardError::Upstream {
+                service,
+                addr,
+                source,
+            },
+        }
+    }
+
+    /// The error for a request sent to `addr` whose response head did not come in time.
+    fn timed_out(&self, addr: SocketAddr) -> ForwardError {
+        ForwardError::UpstreamTimeout {
+            service: self.name.to_string(),
+            addr,
+            timeout: self.timeout,
+        }
+    }
+
+    /// Counts a forwarded response with `status`, whose head came `took` after the request.
+    fn record(&self, status: u16, took: Duration) {
+        self.metrics.count(status);
+        self.metrics.duration.observe(took.as_secs_f64());
+    }
 }
 
 impl Publish for ServiceHandle {
@@ -80,53 +124,173 @@ impl Publish for ServiceHandle {
     }
 }
 
+/// The declared service the last request on a connection named, by the `Host` bytes that
+/// named it. A connection nearly always names the same service again, and a declared target
+/// never goes away (nor expires), so routing and the cache lookup are skipped when the bytes
+/// match. On-demand targets, which can expire, are looked up every time.
+#[derive(Default)]
+pub(crate) struct LastRoute {
+    host: Vec<u8>,
+    target: Option<Arc<Target<ServiceHandle>>>,
+}
+
 /// The shared state of every listener.
 pub struct Proxy {
     cache: Cache<ServiceHandle>,
     metrics: ForwardMetrics,
     /// Series for requests that name no known service (one bounded label value).
     unrouted: ServiceMetrics,
-    /// Largest read buffer per downstream HTTP/1 connection (`upstream.buffer_size`).
-    buffer_size: usize,
+    /// How app connections are served.
+    settings: Settings,
+    /// App connections open on every listener (for giving memory back after a flood).
+    open: server::OpenConnections,
 }
 
 impl Proxy {
-    /// A proxy over `cache`; `buffer_size` caps each downstream connection's read buffer.
-    pub fn new(cache: Cache<ServiceHandle>, metrics: ForwardMetrics, buffer_size: usize) -> Self {
+    /// A proxy over `cache`, serving app connections as `settings` say.
+    pub fn new(cache: Cache<ServiceHandle>, metrics: ForwardMetrics, settings: Settings) -> Self {
         Self {
-            buffer_size,
             unrouted: metrics.service("_unknown"),
             cache,
             metrics,
+            settings,
+            open: server::OpenConnections::default(),
         }
     }
 
-    /// Serves one request that arrived on `listener` (through hyper).
-    pub async fn handle(
+    /// The walk of one HTTP/1 request whose head `conn` just read and parsed (steps 1–2 done):
+    /// route → pick → send → respond. Returns whether the connection stays open.
+    async fn serve_h1(
+        &self,
+        conn: &mut Http1,
+        req: h1::request::Request,
+        listener: &Listener,
+    ) -> bool {
+        let started = Instant::now();
+        conn.consume(req.len);
+        let routed = {
+            let (head, last) = conn.head_and_route();
+            let host = req.host.map(|(s, e)| &head[s as usize..e as usize]);
+            last.route(self, host, listener)
+        };
+        let target = match routed {
+            Ok(t) => t,
+            Err(e) => {
+                let body_done = conn.skip_body(&req);
+                return self.reply(conn, None, e, &req, started, body_done).await;
+            }
+        };
+        let svc = target.publisher();
+        let addr = match self.pick(&target).await {
+            Ok(addr) => addr,
+            Err(e) => {
+                let body_done = conn.skip_body(&req);
+                return self
+                    .reply(conn, Some(svc), e, &req, started, body_done)
+                    .await;
+            }
+        };
+        h1::request::finish(conn.head_and_route().0, &req, target.name());
+        let deadline = started + svc.timeout;
+        let sent = conn
+            .exchange(&req, &svc.pool, addr, deadline, &self.settings)
+            .await;
+        let (err, body_done) = match sent {
+            Ok(done) => {
+                svc.record(done.status.as_u16(), done.head_at - started);
+                conn.idle_since = done.ended;
+                return !done.close;
+            }
+            Err(Failure::Send(e, body_done)) => (svc.failed(addr, e), body_done),
+            Err(Failure::Timeout(body_done)) => (svc.timed_out(addr), body_done),
+            Err(Failure::Upstream(e)) => (svc.failed(addr, SendError::Upstream(e)), false),
+            Err(Failure::Request(e @ (SourceError::Truncated | SourceError::Io(_)))) => {
+                tracing::debug!(service = %target.name(), error = %e, "app connection ended mid-request");
+                return false;
+            }
+            Err(Failure::Request(e)) => (e.into(), false),
+            Err(Failure::Closed) => return false,
+        };
+        self.reply(conn, Some(svc), err, &req, started, body_done)
+            .await
+    }
+
+    /// Writes waypost's answer to `req`; the connection stays open only after a routing or
+    /// upstream failure on a well-framed request whose body was read whole (`body_done`; one
+    /// answered before anything was sent skips its body when it is whole in the buffer) —
+    /// README, "HTTP/1 policy".
+    async fn reply(
+        &self,
+        conn: &mut Http1,
+        svc: Option<&ServiceHandle>,
+        err: ForwardError,
+        req: &h1::request::Request,
+        started: Instant,
+        body_done: bool,
+    ) -> bool {
+        let close = req.close || !body_done || err.closes_connection();
+        let resp = self.reject(svc, err, started);
+        conn.answer(resp, req.http10, close).await.is_ok() && !close
+    }
+
+    /// Answers a connection whose head could not be accepted (`err`), and closes it.
+    async fn refuse(&self, mut conn: Http1, err: ForwardError) {
+        let resp = self.reject(None, err, Instant::now());
+        if conn.answer(resp, false, true).await.is_ok() {
+            conn.close().await;
+        }
+    }
+
+    /// Serves one request that arrived over HTTP/2 (through hyper): the same walk.
+    pub async fn handle_h2(
         self: Arc<Self>,
         req: Request<Incoming>,
         listener: &Listener,
     ) -> Response<ResponseBody> {
         let started = Instant::now();
-        let (mut parts, body) = req.into_parts();
+        let (parts, body) = req.into_parts();
         let target = match self.lookup(route::service_name(&parts, listener)) {
             Ok(t) => t,
-            Err(e) => return self.reject(None, e, started).map(wrote),
+            Err(e) => return wrote(self.reject(None, e, started)),
         };
         let svc = target.publisher();
         let addr = match self.pick(&target).await {
             Ok(addr) => addr,
-            Err(e) => return self.reject(Some(svc), e, started).map(wrote),
+            Err(e) => return wrote(self.reject(Some(svc), e, started)),
         };
-        headers::ensure_host(&mut parts, target.name());
-        let req = Request::from_parts(parts, body);
-        let sent = tokio::time::timeout(svc.timeout, svc.pool.send(addr, req)).await;
-        match svc.outcome(addr, sent.ok()) {
-            Ok(resp) => {
-                svc.record(resp.status().as_u16(), started);
-                resp.map(Either::Left)
+        let mut head = Vec::with_capacity(256);
+        let framing =
+            match h1::request::encode_h2(&parts, body.is_end_stream(), target.name(), &mut head) {
+                Ok(framing) => framing,
+                Err(e) => return wrote(self.reject(Some(svc), e.into(), started)),
+            };
+        let out = Outgoing {
+            head: &head,
+            framing,
+            head_request: parts.method == Method::HEAD,
+            replayable: framing == Framing::Empty && h1::request::idempotent(&parts.method),
+            relay_continue: false,
+        };
+        let source = (framing != Framing::Empty).then_some(H2Body(body));
+        let sent = tokio::time::timeout(svc.timeout, svc.pool.send(addr, &out, source)).await;
+        let (ex, head) = match sent {
+            Ok(Ok((ex, First::Final(head)))) => (ex, head),
+            // Not asked for (`relay_continue` is off): never reported.
+            Ok(Ok((_, First::Continue))) => {
+                let e = SendError::Upstream(client::ProtoError::Truncated);
+                return wrote(self.reject(Some(svc), svc.failed(addr, e), started));
             }
-            Err(e) => self.reject(Some(svc), e, started).map(wrote),
+            Ok(Err(e)) => return wrote(self.reject(Some(svc), svc.failed(addr, e), started)),
+            Err(_) => return wrote(self.reject(Some(svc), svc.timed_out(addr), started)),
+        };
+        svc.record(head.status.as_u16(), started.elapsed());
+        let body = ex.into_body(&head);
+        match head.into_parts() {
+            Ok(parts) => Response::from_parts(parts, Either::Left(body)),
+            Err(e) => {
+                let e = SendError::Upstream(e.into());
+                wrote(self.reject(Some(svc), svc.failed(addr, e), started))
+            }
         }
     }
 
@@ -194,50 +358,39 @@ impl Proxy {
     }
 }
 
-impl ServiceHandle {
-    /// What became of a request sent to `addr`: `None` when the response head did not come
-    /// within the service's timeout.
-    fn outcome<T>(
-        &self,
-        addr: SocketAddr,
-        sent: Option<Result<T, pool::SendError>>,
-    ) -> Result<T, ForwardError> {
-        let service = || self.name.to_string();
-        match sent {
-            Some(Ok(resp)) => Ok(resp),
-            Some(Err(source)) if source.is_connect() => {
-                self.metrics.connect_errors.inc();
-                Err(ForwardError::UpstreamConnect {
-                    service: service(),
-                    addr,
-                    source,
-                })
-            }
-            Some(Err(source)) => Err(ForwardError::Upstream {
-                service: service(),
-                addr,
-                source,
-            }),
-            None => Err(ForwardError::UpstreamTimeout {
-                service: service(),
-                addr,
-                timeout: self.timeout,
-            }),
-        }
+impl LastRoute {
+    /// The `Host` bytes of the last request routed (already found valid), or nothing.
+    pub(crate) fn host(&self) -> &[u8] {
+        &self.host
     }
 
-    /// Counts a forwarded response with `status`, for a request that arrived at `started`.
-    fn record(&self, status: u16, started: Instant) {
-        self.metrics.count(status);
-        self.metrics
-            .duration
-            .observe(started.elapsed().as_secs_f64());
+    /// The target the `Host` value `host` (or the listener) names.
+    fn route(
+        &mut self,
+        proxy: &Proxy,
+        host: Option<&[u8]>,
+        listener: &Listener,
+    ) -> Result<Arc<Target<ServiceHandle>>, ForwardError> {
+        if let (Some(host), Some(target)) = (host, &self.target) {
+            if self.host == host {
+                return Ok(target.clone());
+            }
+        }
+        let target = proxy.lookup(route::named(host, listener));
+        if let (Some(host), Ok(t)) = (host, &target) {
+            if t.is_declared() {
+                self.host.clear();
+                self.host.extend_from_slice(host);
+                self.target = Some(t.clone());
+            }
+        }
+        target
     }
 }
 
-/// A body waypost wrote, as a [`ResponseBody`].
-fn wrote(body: Bytes) -> ResponseBody {
-    Either::Right(Full::new(body))
+/// A response waypost wrote, for hyper's h2 server.
+fn wrote(resp: Response<Bytes>) -> Response<ResponseBody> {
+    resp.map(|b| Either::Right(Full::new(b)))
 }
 
 /// Why a service with a snapshot has nothing to pick.
@@ -251,59 +404,17 @@ fn unavailable(name: &str, status: &Status) -> ForwardError {
     }
 }
 
-/// Accepts connections on `listener` until `stop` fires, serving each with `proxy`. Each
-/// connection task holds a clone of `drained`; once every task has finished, the receiving end
-/// sees the channel close. On `drain`, connections finish their in-flight requests and close.
-pub async fn serve(
-    listener: TcpListener,
-    kind: Listener,
-    proxy: Arc<Proxy>,
-    mut stop: Shutdown,
-    drain: Shutdown,
-    drained: mpsc::Sender<()>,
-) {
-    let label = match &kind {
-        Listener::Outbound => "outbound".to_string(),
-        Listener::Service(name) => format!("service:{name}"),
-    };
-    let open = proxy.metrics.connections(&label);
-    let kind = Arc::new(kind);
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .keep_alive(true)
-        .header_read_timeout(downstream::HEAD_TIMEOUT)
-        .max_buf_size(proxy.buffer_size);
-    builder.http2().timer(TokioTimer::new());
-    let builder = Arc::new(builder);
-    loop {
-        let (stream, _peer) = tokio::select! {
-            biased;
-            _ = stop.recv() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(listener = %label, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        let shared = downstream::Shared {
-            proxy: proxy.clone(),
-            kind: kind.clone(),
-            hyper: builder.clone(),
-        };
-        let (drain, done, open) = (drain.clone(), drained.clone(), open.clone());
-        tokio::spawn(async move {
-            open.inc();
-            downstream::serve(stream, shared, drain).await;
-            open.dec();
-            drop(done);
-        });
+impl From<SourceError> for ForwardError {
+    fn from(e: SourceError) -> Self {
+        match e {
+            SourceError::Timeout(_) => {
+                ForwardError::RequestTimeout("the request body did not arrive in time")
+            }
+            SourceError::Malformed(e) => ForwardError::BadBody(e.0),
+            SourceError::TooLong => ForwardError::BadBody("longer than its Content-Length"),
+            SourceError::Truncated | SourceError::Io(_) => {
+                ForwardError::BadBody("the app's connection ended in the middle of it")
+            }
+        }
     }
-    tracing::debug!(listener = %label, "stopped accepting");
 }

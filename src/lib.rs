@@ -10,7 +10,7 @@
 //! 1. [`config`] — the YAML schema, parsed and validated once.
 //! 2. [`register`] / [`discover`] — the registry seams: write side (`Registrar`) and read side
 //!    (`Resolver`); [`registry`] holds one module per backend (static, dns, the embedded file
-//!    registry, etcd, consul), each implementing one seam or both.
+//!    registry, etcd, ZooKeeper, Consul), each implementing one seam or both.
 //! 3. [`cache`] — per-target resolution cache: refresh with jitter, watches, backoff,
 //!    stale-on-error, guarded shrinking, idle expiry.
 //! 4. [`balance`] — immutable weighted tables published through `ArcSwap`; lock-free picks.

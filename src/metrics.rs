@@ -12,12 +12,12 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::cache::state::{Outcome, TargetState};
-
 pub mod register;
 pub use register::RegisterMetrics;
 pub mod etcd;
 pub use etcd::EtcdMetrics;
+pub mod zookeeper;
+pub use zookeeper::ZookeeperMetrics;
 pub mod consul;
 pub use consul::ConsulMetrics;
 
@@ -29,6 +29,60 @@ const LATENCY_BUCKETS: &[f64] = &[
 
 /// Status classes, the `class` label of request counters; index = status / 100 - 1.
 pub const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Every `kind` label of `waypost_forward_errors_total`: the `x-waypost-error` values the
+/// forward stage's errors map to (`forward::rescue` checks in a test that each of its kinds is
+/// listed here). Owned here, so metrics imports nothing from the stages.
+pub const ERROR_KINDS: [&str; 13] = [
+    "bad_request",
+    "method_not_allowed",
+    "request_timeout",
+    "expectation_failed",
+    "header_too_large",
+    "not_implemented",
+    "version_not_supported",
+    "unknown_service",
+    "no_instances",
+    "discovery_failed",
+    "upstream_connect",
+    "upstream_timeout",
+    "upstream_error",
+];
+
+/// What one refresh of a target did: the `result` label of `waypost_discovery_refresh_total`.
+/// The cache decides it (`cache::state` re-exports it); metrics owns it, so it imports nothing
+/// from the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// New instances were applied.
+    Changed,
+    /// Same instances as before: nothing to rebuild.
+    Unchanged,
+    /// A shrinking answer is waiting for confirmation; the current instances stay.
+    Held,
+    /// The resolve failed; the last good instances (if any) stay.
+    Error,
+}
+
+impl Outcome {
+    /// Every outcome, in declaration order (the order of the metric series).
+    pub const ALL: [Outcome; 4] = [
+        Outcome::Changed,
+        Outcome::Unchanged,
+        Outcome::Held,
+        Outcome::Error,
+    ];
+
+    /// Label value (`result` of `waypost_discovery_refresh_total`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Changed => "changed",
+            Outcome::Unchanged => "unchanged",
+            Outcome::Held => "held",
+            Outcome::Error => "error",
+        }
+    }
+}
 
 /// Every metric family of one process.
 #[derive(Clone)]
@@ -42,6 +96,8 @@ pub struct Metrics {
     pub register: RegisterMetrics,
     /// The etcd backend's families.
     pub etcd: EtcdMetrics,
+    /// The ZooKeeper backend's families.
+    pub zookeeper: ZookeeperMetrics,
     /// The Consul backend's families.
     pub consul: ConsulMetrics,
 }
@@ -107,12 +163,12 @@ pub struct TargetSeries {
 }
 
 impl TargetSeries {
-    /// Records one refresh.
-    pub fn record(&self, outcome: Outcome, state: &TargetState) {
+    /// Records one refresh: what it did, and the instances and staleness it left.
+    pub fn record(&self, outcome: Outcome, instances: usize, stale: bool) {
         // `results` is built from `Outcome::ALL`, which lists the variants in declaration order.
         self.results[outcome as usize].inc();
-        self.instances.set(state.current.instances.len() as i64);
-        self.stale.set(i64::from(state.status.stale));
+        self.instances.set(instances as i64);
+        self.stale.set(i64::from(stale));
     }
 }
 
@@ -257,6 +313,7 @@ impl Metrics {
             ),
         };
         let etcd = EtcdMetrics::new(&r);
+        let zookeeper = ZookeeperMetrics::new(&r);
         let consul = ConsulMetrics::new(&r);
         let build = register(
             &r,
@@ -281,6 +338,7 @@ impl Metrics {
             discovery,
             forward,
             etcd,
+            zookeeper,
             consul,
         }
     }
@@ -340,7 +398,7 @@ impl ForwardMetrics {
         }
         let _ = self.duration.remove_label_values(&[service]);
         let _ = self.connect_errors.remove_label_values(&[service]);
-        for k in crate::forward::rescue::KINDS {
+        for k in ERROR_KINDS {
             let _ = self.errors.remove_label_values(&[service, k]);
         }
     }

@@ -7,6 +7,7 @@
 //! - [`dns`] — A/AAAA and SRV records (resolver only).
 //! - [`file`] — the embedded file registry of one host (both).
 //! - [`etcd`] — etcd, in the Hertz, Kitex and grpc-go layouts (both).
+//! - [`zookeeper`] — ZooKeeper, as Hertz and Kitex lay it out (both).
 //! - [`consul`] — the local Consul agent, as Hertz, Kitex and go-kit use it (both).
 
 pub mod consul;
@@ -15,3 +16,4 @@ pub mod etcd;
 pub mod file;
 #[path = "registry/static.rs"]
 pub mod static_;
+pub mod zookeeper;

@@ -1,7 +1,8 @@
-//! The app side of forwarding at the byte level: waypost's own HTTP/1.1 loop for bodiless
-//! requests, and the hand-over to hyper for everything else on the same connection. Apps here
-//! are raw TCP clients writing exact bytes (pipelined, HTTP/1.0, absolute-form, no `Host`);
-//! upstreams are scripted raw servers ([`support::raw`]) that record what reached them.
+//! The app side of forwarding at the byte level: waypost's one HTTP/1 loop, which serves every
+//! HTTP/1.x request on a connection, bodies included. Apps here are raw TCP clients writing
+//! exact bytes (pipelined, HTTP/1.0, absolute-form, no `Host`); upstreams are scripted raw
+//! servers ([`support::raw`]) that record what reached them. The HTTP/1 policy's own cases
+//! (smuggling shapes, timeouts, limits, bodies) are in `tests/http1.rs`.
 
 mod support;
 
@@ -9,130 +10,6 @@ use std::time::Duration;
 
 use support::raw::*;
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
-/// One response as the app read it off the wire.
-#[derive(Debug)]
-struct Resp {
-    line: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-    trailers: Vec<(String, String)>,
-}
-
-impl Resp {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
-/// A raw app connection to waypost's outbound listener.
-struct App {
-    s: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl App {
-    async fn connect(proxy: &TestProxy) -> App {
-        App {
-            s: TcpStream::connect(proxy.addrs.outbound).await.unwrap(),
-            buf: Vec::new(),
-        }
-    }
-
-    async fn send(&mut self, bytes: &str) {
-        self.s.write_all(bytes.as_bytes()).await.unwrap();
-    }
-
-    /// Reads more bytes; false at end of stream.
-    async fn fill(&mut self) -> bool {
-        let mut chunk = [0u8; 16 * 1024];
-        let n = tokio::time::timeout(Duration::from_secs(5), self.s.read(&mut chunk))
-            .await
-            .expect("no bytes from waypost within 5 s")
-            .unwrap_or(0);
-        self.buf.extend_from_slice(&chunk[..n]);
-        n > 0
-    }
-
-    /// Up to and including the next CRLF.
-    async fn line(&mut self) -> String {
-        loop {
-            if let Some(at) = self.buf.windows(2).position(|w| w == b"\r\n") {
-                let line: Vec<u8> = self.buf.drain(..at + 2).collect();
-                return String::from_utf8_lossy(&line[..at]).into_owned();
-            }
-            assert!(self.fill().await, "connection closed mid-line");
-        }
-    }
-
-    async fn exactly(&mut self, n: usize) -> Vec<u8> {
-        while self.buf.len() < n {
-            assert!(self.fill().await, "connection closed mid-body");
-        }
-        self.buf.drain(..n).collect()
-    }
-
-    async fn fields(&mut self) -> Vec<(String, String)> {
-        let mut out = Vec::new();
-        loop {
-            let line = self.line().await;
-            if line.is_empty() {
-                return out;
-            }
-            let (k, v) = line.split_once(':').expect("a field line");
-            out.push((k.to_string(), v.trim().to_string()));
-        }
-    }
-
-    /// The next response; `head_request`: it answers a HEAD (no body whatever it says).
-    async fn response(&mut self, head_request: bool) -> Resp {
-        let line = self.line().await;
-        let headers = self.fields().await;
-        let mut resp = Resp {
-            line,
-            headers,
-            body: Vec::new(),
-            trailers: Vec::new(),
-        };
-        if head_request {
-            return resp;
-        }
-        if resp.header("transfer-encoding") == Some("chunked") {
-            loop {
-                let size = self.line().await;
-                let n = usize::from_str_radix(size.split(';').next().unwrap(), 16).unwrap();
-                if n == 0 {
-                    resp.trailers = self.fields().await;
-                    return resp;
-                }
-                resp.body.extend(self.exactly(n).await);
-                assert_eq!(self.exactly(2).await, b"\r\n");
-            }
-        }
-        if let Some(n) = resp.header("content-length") {
-            let n = n.parse().unwrap();
-            resp.body = self.exactly(n).await;
-            return resp;
-        }
-        while self.fill().await {}
-        resp.body = std::mem::take(&mut self.buf);
-        resp
-    }
-
-    /// Whether waypost closed the connection (nothing more to read, then end of stream).
-    async fn closed(&mut self) -> bool {
-        self.buf.is_empty() && !self.fill().await
-    }
-}
 
 /// An upstream whose body names the request it answers (`GET /a HTTP/1.1`).
 async fn echo_line() -> RawUpstream {
@@ -140,11 +17,11 @@ async fn echo_line() -> RawUpstream {
 }
 
 #[tokio::test]
-async fn pipelined_requests_hop_by_hop_fields_and_the_hand_over_to_hyper() {
+async fn pipelined_requests_with_and_without_bodies_and_hop_by_hop_fields() {
     within(TEST_LIMIT, async {
         let up = echo_line().await;
         let proxy = proxy_for(&up).await;
-        let mut app = App::connect(&proxy).await;
+        let mut app = RawApp::connect(&proxy).await;
         // Two requests in one write: answered in order on the same connection.
         app.send(
             "GET /a HTTP/1.1\r\nHost: echo\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\
@@ -153,7 +30,7 @@ async fn pipelined_requests_hop_by_hop_fields_and_the_hand_over_to_hyper() {
         .await;
         assert_eq!(app.response(false).await.text(), "GET /a HTTP/1.1");
         assert_eq!(app.response(false).await.text(), "GET /b?q=1 HTTP/1.1");
-        // A request with a body goes to hyper, and so does the rest of the connection.
+        // A request with a body, and the next one, on the same loop and connection.
         app.send("POST /c HTTP/1.1\r\nHost: echo\r\nContent-Length: 5\r\n\r\nhello")
             .await;
         assert_eq!(app.response(false).await.text(), "POST /c HTTP/1.1");
@@ -189,7 +66,7 @@ async fn http_1_0_apps_keep_the_connection_only_when_they_ask() {
     within(TEST_LIMIT, async {
         let up = echo_line().await;
         let proxy = proxy_for(&up).await;
-        let mut app = App::connect(&proxy).await;
+        let mut app = RawApp::connect(&proxy).await;
         for path in ["/x", "/y"] {
             app.send(&format!(
                 "GET {path} HTTP/1.0\r\nHost: echo\r\nConnection: keep-alive\r\n\r\n"
@@ -216,7 +93,7 @@ async fn chunked_bodies_are_chunked_again_or_close_delimited_for_http_1_0() {
             5\r\nhello\r\n6\r\n world\r\n0\r\nx-sum: 42\r\n\r\n";
         let up = RawUpstream::start(move |_| Reply::keep(pieces(chunked, 7))).await;
         let proxy = proxy_for(&up).await;
-        let mut app = App::connect(&proxy).await;
+        let mut app = RawApp::connect(&proxy).await;
         // Trailers reach apps that accept them (`TE: trailers`), as hyper's server does it.
         app.send("GET / HTTP/1.1\r\nHost: echo\r\nTE: trailers\r\n\r\n")
             .await;
@@ -251,7 +128,7 @@ async fn close_delimited_bodies_close_the_app_connection_too() {
         })
         .await;
         let proxy = proxy_for(&up).await;
-        let mut app = App::connect(&proxy).await;
+        let mut app = RawApp::connect(&proxy).await;
         app.send("GET / HTTP/1.1\r\nHost: echo\r\n\r\n").await;
         let resp = app.response(false).await;
         assert_eq!(resp.header("connection"), Some("close"), "{resp:?}");
@@ -277,11 +154,10 @@ async fn bodiless_204_and_304_send_no_body_bytes_to_the_app() {
         })
         .await;
         let proxy = proxy_for(&up).await;
-        let mut app = App::connect(&proxy).await;
-        // First on waypost's own loop (bodiless requests), then — after a request with a body
-        // hands the connection to hyper — on hyper's.
-        for phase in ["own loop", "hyper"] {
-            if phase == "hyper" {
+        let mut app = RawApp::connect(&proxy).await;
+        // On a fresh connection, then after a request with a body on the same connection.
+        for phase in ["first", "after a body"] {
+            if phase == "after a body" {
                 app.send("POST /in HTTP/1.1\r\nHost: echo\r\nContent-Length: 2\r\n\r\nhi")
                     .await;
                 assert_eq!(app.response(false).await.text(), "POST /in HTTP/1.1");
@@ -321,9 +197,9 @@ async fn absolute_form_head_requests_and_errors_keep_the_connection() {
         })
         .await;
         let proxy = proxy_for(&up).await;
-        let mut app = App::connect(&proxy).await;
-        // Absolute form without Host: origin form upstream, Host from the authority.
-        app.send("GET http://echo:8080/p?q=1 HTTP/1.1\r\n\r\n")
+        let mut app = RawApp::connect(&proxy).await;
+        // Absolute form: origin form upstream, Host replaced by the authority.
+        app.send("GET http://echo:8080/p?q=1 HTTP/1.1\r\nHost: other\r\n\r\n")
             .await;
         assert_eq!(app.response(false).await.text(), "GET /p?q=1 HTTP/1.1");
         // HEAD: the length is the upstream's, and no body follows.
@@ -341,6 +217,14 @@ async fn absolute_form_head_requests_and_errors_keep_the_connection() {
         let seen = up.requests();
         assert_eq!(seen[0].header("host"), Some("echo:8080"));
         assert_eq!(seen.len(), 3, "the 404 never reached the upstream");
+        // Absolute form without Host in HTTP/1.1 breaks RFC 9112 §3.2: 400, and the
+        // connection closes.
+        app.send("GET http://echo/ HTTP/1.1\r\n\r\n").await;
+        let resp = app.response(false).await;
+        assert!(resp.line.starts_with("HTTP/1.1 400"), "{resp:?}");
+        assert_eq!(resp.header("x-waypost-error"), Some("bad_request"));
+        assert!(app.closed().await, "a 400 closes the connection");
+        assert_eq!(up.requests().len(), 3, "nothing of the 400 went upstream");
     })
     .await;
 }
@@ -350,13 +234,13 @@ async fn heads_split_across_reads_and_heads_with_many_fields() {
     within(TEST_LIMIT, async {
         let up = echo_line().await;
         let proxy = proxy_for(&up).await;
-        let mut app = App::connect(&proxy).await;
+        let mut app = RawApp::connect(&proxy).await;
         // A head that arrives in pieces is waited for.
         app.send("GET /split HTTP/1.1\r\nHo").await;
         tokio::time::sleep(Duration::from_millis(50)).await;
         app.send("st: echo\r\n\r\n").await;
         assert_eq!(app.response(false).await.text(), "GET /split HTTP/1.1");
-        // More fields than the own loop takes: hyper serves it (it allows 100).
+        // Many fields (up to client.max_headers, 100 by default).
         let many: String = (0..80).map(|i| format!("x-f{i}: {i}\r\n")).collect();
         app.send(&format!("GET /many HTTP/1.1\r\nHost: echo\r\n{many}\r\n"))
             .await;
@@ -371,7 +255,7 @@ async fn idle_connections_close_when_waypost_drains() {
     within(TEST_LIMIT, async {
         let up = echo_line().await;
         let proxy = proxy_for(&up).await;
-        let mut app = App::connect(&proxy).await;
+        let mut app = RawApp::connect(&proxy).await;
         app.send("GET / HTTP/1.1\r\nHost: echo\r\n\r\n").await;
         assert_eq!(app.response(false).await.text(), "GET / HTTP/1.1");
         // Idle on the own loop: the drain closes it, and waypost stops without waiting for it.
@@ -383,42 +267,34 @@ async fn idle_connections_close_when_waypost_drains() {
 }
 
 #[tokio::test]
-async fn heads_the_loop_does_not_take_go_to_hyper() {
+async fn expect_upgrade_and_malformed_heads_are_the_one_loops_too() {
     within(TEST_LIMIT, async {
         let up = echo_line().await;
         let proxy = proxy_for(&up).await;
-        // hyper's server lowercases field names; the own loop forwards them as the app wrote
-        // them. So the case of `X-Case` upstream tells which of the two served each request.
-        let served_by_hyper = |i: usize| {
-            let raw = String::from_utf8_lossy(&up.requests()[i].raw).into_owned();
-            assert!(raw.contains("x-case: 1") || raw.contains("X-Case: 1"), "{raw}");
-            raw.contains("x-case: 1")
-        };
+        // Field names travel as the app wrote them: the loop never rebuilds a head from a map.
         let cases = [
-            ("GET /own HTTP/1.1\r\nHost: echo\r\nX-Case: 1\r\n\r\n", false),
-            ("GET /expect HTTP/1.1\r\nHost: echo\r\nExpect: 100-continue\r\nX-Case: 1\r\n\r\n", true),
-            (
-                "GET /upgrade HTTP/1.1\r\nHost: echo\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\
-                 X-Case: 1\r\n\r\n",
-                true,
-            ),
+            "GET /expect HTTP/1.1\r\nHost: echo\r\nExpect: 100-continue\r\nX-Case: 1\r\n\r\n",
+            "GET /upgrade HTTP/1.1\r\nHost: echo\r\nConnection: upgrade\r\nUpgrade: websocket\r\nX-Case: 1\r\n\r\n",
         ];
-        for (i, (request, hyper)) in cases.iter().enumerate() {
-            let mut app = App::connect(&proxy).await;
+        for (i, request) in cases.iter().enumerate() {
+            let mut app = RawApp::connect(&proxy).await;
             app.send(request).await;
-            let mut resp = app.response(false).await;
-            while resp.line.starts_with("HTTP/1.1 1") {
-                resp = app.response(false).await;
-            }
+            let resp = app.response(false).await;
             let path = request.split(' ').nth(1).unwrap();
             assert_eq!(resp.text(), format!("GET {path} HTTP/1.1"), "{request:?}");
-            assert_eq!(served_by_hyper(i), *hyper, "{request:?}");
+            let raw = String::from_utf8_lossy(&up.requests()[i].raw).into_owned();
+            assert!(raw.contains("X-Case: 1"), "{raw}");
+            // Upgrade is not forwarded until tunnelling lands: a plain request goes on.
+            let seen = &up.requests()[i];
+            assert_eq!((seen.header("upgrade"), seen.header("connection")), (None, None), "{raw}");
         }
-        // A head httparse rejects (a field line without a colon): hyper's own 400.
-        let mut app = App::connect(&proxy).await;
+        // A head httparse rejects (a field line without a colon): waypost's own 400.
+        let mut app = RawApp::connect(&proxy).await;
         app.send("GET / HTTP/1.1\r\nHost echo\r\n\r\n").await;
         let resp = app.response(false).await;
         assert!(resp.line.starts_with("HTTP/1.1 400"), "{resp:?}");
+        assert_eq!(resp.header("x-waypost-error"), Some("bad_request"), "{resp:?}");
+        assert!(app.closed().await);
         assert_eq!(up.requests().len(), cases.len(), "the malformed request went nowhere");
     })
     .await;

@@ -16,38 +16,11 @@ use support::etcd::{cloudwego_value, Etcd};
 use support::external::{free_port, spawn_waypost};
 use support::*;
 use waypost::config::EtcdLayout;
-use waypost::register::{Registrar, Registration};
+use waypost::register::Registrar;
 use waypost::registry::etcd::{Codec, EtcdRegistrar};
 
 /// Every test finishes within this, or fails.
 const DEADLINE: Duration = Duration::from_secs(60);
-
-fn registration(service: &str, addr: &str, weight: u32, tags: &[(&str, &str)]) -> Registration {
-    Registration {
-        service: service.into(),
-        address: addr.parse().unwrap(),
-        weight,
-        tags: Arc::new(
-            tags.iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        ),
-        ttl: Duration::from_secs(10),
-    }
-}
-
-/// GETs `/` for `host` through the outbound listener `url`; the answering instance's name.
-async fn routed_to(url: &str, host: &str) -> String {
-    let got = get(&format!("{url}/"), &[("host", host)]).await.unwrap();
-    assert_eq!(
-        got.status,
-        200,
-        "{host}: {} {}",
-        got.header("x-waypost-error"),
-        got.text()
-    );
-    got.header("x-instance").to_string()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_written_as_hertz_kitex_and_grpc_write_them_are_routed_to_by_the_binary() {

@@ -50,22 +50,6 @@ fn register(etcd: &Etcd, up: &Upstream) -> (shutdown::Trigger, tokio::task::Join
     (trigger, task)
 }
 
-/// The names of the instances answering `host` over `n` requests, sorted; a request waypost
-/// answers itself (no instance yet, say) shows as its `x-waypost-error` marker.
-async fn answering(proxy: &TestProxy, host: &str, n: usize) -> Vec<String> {
-    let mut names = std::collections::BTreeSet::new();
-    for _ in 0..n {
-        let got = get(&format!("{}/", proxy.url()), &[("host", host)])
-            .await
-            .unwrap();
-        names.insert(match got.status {
-            200 => got.header("x-instance").to_string(),
-            _ => format!("error: {}", got.header("x-waypost-error")),
-        });
-    }
-    names.into_iter().collect()
-}
-
 /// Waits until `key` exists with a lease etcd still holds, and that stays so for three TTLs:
 /// a registrar that gave up would let it expire.
 async fn registration_holds(etcd: &Etcd, key: &str) {

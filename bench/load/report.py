@@ -23,6 +23,7 @@ CASE_LABELS = {
     "c1-13B": "1 connection, 13 B",
     "c1-64KiB": "1 connection, 64 KiB",
     "c64-13B-unpinned": "64 connections, 13 B, unpinned",
+    "c64-4KiB-POST": "64 connections, 4 KiB POST, 13 B answer",
 }
 
 
@@ -404,7 +405,7 @@ def markdown(meta: dict, cases: list[dict], targets: list[str], summary: dict, b
     for case in cases:
         per = summary[case["name"]]
         out += [f"### {CASE_LABELS.get(case['name'], case['name'])} (`{case['name']}`: wrk -c{case['conns']} "
-                f"GET {case['path']}{'' if case['pinned'] else ', nothing pinned'})", "",
+                f"{case.get('method', 'GET')} {case['path']}{'' if case['pinned'] else ', nothing pinned'})", "",
                 "| target | req/s | vs HAProxy | vs direct | p50 µs | p99 µs | added p50 µs | added p99 µs "
                 "| CPU µs/req | CPU vs HAProxy | peak RSS MiB |",
                 "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]

@@ -66,12 +66,13 @@ LOAD_CPU = "1"  # wrk and the upstreams
 
 @dataclass(frozen=True)
 class Case:
-    """One load shape."""
+    """One load shape: GET, or POST of a 4 KiB body (post.lua) to the upstream's /sink."""
 
     name: str
     conns: int
     path: str
     pinned: bool
+    method: str = "GET"
 
     @property
     def body(self) -> int:
@@ -84,6 +85,9 @@ CASES = [
     Case("c1-13B", 1, "/", True),
     Case("c1-64KiB", 1, "/64k", True),
     Case("c64-13B-unpinned", 64, "/", False),
+    # A 4 KiB request body on the fast path (head and body in one read, sent on with the head);
+    # the upstream reads it and answers 13 bytes.
+    Case("c64-4KiB-POST", 64, "/sink", True, "POST"),
 ]
 
 
@@ -207,7 +211,10 @@ def check_weights(shares: dict[str, float]) -> None:
 def wrk_argv(port: int, case: Case, seconds: int, script: bool, cpu: str = LOAD_CPU) -> list[str]:
     threads = 1  # one load thread: it shares CPU 1 with the upstreams when pinned
     argv = ["wrk", f"-t{threads}", f"-c{case.conns}", f"-d{seconds}s", "--latency", "-H", f"Host: {HOST}"]
-    if script:
+    if case.method == "POST":
+        # post.lua sets the method and body, and reports like report.lua.
+        argv += ["-s", str(HERE / "post.lua")]
+    elif script:
         argv += ["-s", str(HERE / "report.lua")]
     argv.append(f"http://127.0.0.1:{port}{case.path}")
     if case.pinned:
@@ -350,7 +357,7 @@ class Side:
     env: dict | None = None
 
 
-H2H_CASES = ("c64-13B", "c64-64KiB")
+H2H_CASES = ("c64-13B", "c64-64KiB", "c64-4KiB-POST")
 # The second waypost of `--ab`: configs/static.yaml on ports of its own.
 AB_PORT, AB_ADMIN_PORT = 18084, 18094
 # The floor relay of the head-to-head runs.
@@ -463,8 +470,8 @@ def versions(bins: dict[str, str]) -> dict:
     v = {
         "waypost": f"{sha}{' + uncommitted changes' if dirty else ''} (release build)",
         "rustc": first_line(["rustc", "--version"]),
-        "haproxy": first_line([bins["haproxy"], "-v"]),
-        "nginx": first_line([bins["nginx"], "-v"]),
+        "haproxy": first_line([bins["haproxy"], "-v"]) if bins.get("haproxy") else "not installed",
+        "nginx": first_line([bins["nginx"], "-v"]) if bins.get("nginx") else "not installed",
         "wrk": first_line(["wrk", "-v"]),
         "envoy": (first_line([bins["envoy"], "--version"]).split("version:")[-1].strip() + f" ({ENVOY_PACKAGE})"
                   if "envoy" in bins else "not installed"),

@@ -97,7 +97,7 @@ impl<P: Publish> Refresher<P> {
                 tracing::warn!(service = %name, held = ?state.status.held, current = state.current.instances.len(),
                     "answer would remove most instances; holding it until confirmed");
             }
-            series.record(outcome, &state);
+            series.record(outcome, state.current.instances.len(), state.status.stale);
             self.target.publisher.publish(&state.current, &state.status);
             self.target.resolved.send_replace(true);
 

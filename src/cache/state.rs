@@ -67,38 +67,9 @@ fn unix_secs<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok
     }
 }
 
-/// What an answer did, for metrics (`result` label) and the caller's next step.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// New instances were applied.
-    Changed,
-    /// Same instances as before: nothing to rebuild.
-    Unchanged,
-    /// A shrinking answer is waiting for confirmation; the current instances stay.
-    Held,
-    /// The resolve failed; the last good instances (if any) stay.
-    Error,
-}
-
-impl Outcome {
-    /// Every outcome, in declaration order (the order of the metric series).
-    pub const ALL: [Outcome; 4] = [
-        Outcome::Changed,
-        Outcome::Unchanged,
-        Outcome::Held,
-        Outcome::Error,
-    ];
-
-    /// Label value (`result` of `waypost_discovery_refresh_total`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Changed => "changed",
-            Outcome::Unchanged => "unchanged",
-            Outcome::Held => "held",
-            Outcome::Error => "error",
-        }
-    }
-}
+/// What an answer did, for metrics (`result` label) and the caller's next step. The label
+/// enum belongs to `metrics`, which imports nothing from the stages.
+pub use crate::metrics::Outcome;
 
 /// A target's instances and status, updated by answers.
 #[derive(Debug, Clone)]

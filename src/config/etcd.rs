@@ -42,6 +42,20 @@ impl EtcdLayout {
         }
     }
 
+    /// The key prefix holding every instance of `service` under `prefix`, with its trailing `/`
+    /// (so `echo` never reads `echo2`, kitex-contrib/registry-etcd#12). Hertz and Kitex join
+    /// `prefix`, `/` and the service whatever the prefix (empty: `/<svc>/`, as Kitex's
+    /// deprecated constructors write); a gRPC target with no prefix is the service name itself.
+    /// Here, beside the config, so that validation can tell two registrations that would write
+    /// the same key, with the same rule the codec writes by.
+    pub fn service_prefix(self, prefix: &str, service: &str) -> String {
+        if self == EtcdLayout::Grpc && prefix.is_empty() {
+            format!("{service}/")
+        } else {
+            format!("{prefix}/{service}/")
+        }
+    }
+
     /// The config spelling (`hertz`, `kitex`, `grpc`), also a bounded metric label.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -146,6 +160,14 @@ impl EtcdRegistryConfig {
             _ => layout.default_prefix(),
         };
         (layout, prefix.to_string())
+    }
+
+    /// The layout and prefix of a registration with the per-entry `options` (`register[].etcd`).
+    pub fn entry_layout_and_prefix(&self, options: Option<&EtcdOptions>) -> (EtcdLayout, String) {
+        self.layout_and_prefix(
+            options.and_then(|o| o.layout),
+            options.and_then(|o| o.prefix.as_deref()),
+        )
     }
 
     /// Checks the block; `base` is its key path (`registry.etcd`).

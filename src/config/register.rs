@@ -13,7 +13,7 @@ use std::net::{IpAddr, SocketAddr};
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
-use super::{Addr, Config, Dur, ServiceName};
+use super::{Addr, Config, Dur, EtcdOptions, ServiceName};
 
 /// `register[]` — one instance of the local app to announce.
 #[derive(Debug, Clone, Deserialize)]
@@ -31,12 +31,47 @@ pub struct RegisterEntry {
     pub tags: BTreeMap<String, String>,
     /// The registry to write to.
     pub registry: RegistryKind,
-    /// Per-entry options of the etcd registrar (layout, prefix). Placeholder: the etcd backend
-    /// replaces this untyped mapping with its typed block from `config/etcd.rs`.
-    pub etcd: Option<serde_yaml::Mapping>,
+    /// Where a `registry: etcd` entry goes in etcd (layout, prefix); defaults from
+    /// `registry.etcd`. Only for etcd entries.
+    pub etcd: Option<EtcdOptions>,
     /// The health gate: required, `none` to waive it. (`Option` so that a missing key gets the
     /// explanatory error of [`validate`] rather than serde's bare "missing field".)
     pub check: Option<CheckConfig>,
+}
+
+impl RegisterEntry {
+    /// Where the entry lives in its registry: the file registry's `<service>/<address>`, the
+    /// etcd key (its layout and prefix defaulted from `registry.etcd`), or the ZooKeeper node.
+    fn place(&self, config: &Config) -> String {
+        match self.registry {
+            RegistryKind::File => format!("{}/{}", self.service, self.address),
+            RegistryKind::Etcd => {
+                let (layout, prefix) = config
+                    .registry
+                    .etcd
+                    .entry_layout_and_prefix(self.etcd.as_ref());
+                format!(
+                    "{}{}",
+                    layout.service_prefix(&prefix, self.service.as_str()),
+                    self.address
+                )
+            }
+            RegistryKind::Zookeeper => format!(
+                "{}/{}/{}",
+                config.registry.zookeeper.root.trim_end_matches('/'),
+                self.service,
+                self.address
+            ),
+            // The agent keys services by ID, `<service>:<host>:<port>` (no IPv6 brackets) as
+            // Hertz and Kitex form it.
+            RegistryKind::Consul => format!(
+                "{}:{}:{}",
+                self.service,
+                self.address.0.ip(),
+                self.address.0.port()
+            ),
+        }
+    }
 }
 
 /// Weight of a registration that does not state one: 10, what Hertz and Kitex default to, so
@@ -51,8 +86,10 @@ pub fn default_register_weight() -> u32 {
 pub enum RegistryKind {
     /// The embedded file registry (`registry.file`).
     File,
-    /// etcd (`registry.etcd`). Parsed already; [`validate`] refuses it until the backend lands.
+    /// etcd (`registry.etcd`), in the entry's layout under its prefix (`register[].etcd`).
     Etcd,
+    /// ZooKeeper (`registry.zookeeper`): an ephemeral node per entry, as Hertz and Kitex write.
+    Zookeeper,
     /// The local Consul agent (`registry.consul`).
     Consul,
 }
@@ -63,6 +100,7 @@ impl RegistryKind {
         match self {
             Self::File => "file",
             Self::Etcd => "etcd",
+            Self::Zookeeper => "zookeeper",
             Self::Consul => "consul",
         }
     }
@@ -238,31 +276,41 @@ pub(super) fn validate(config: &Config) -> Result<(), (String, String)> {
         if entry.tags.keys().any(|k| k.is_empty()) {
             return Err((format!("{base}.tags"), "tag names must not be empty".into()));
         }
-        // The etcd backend replaces these two rules when it lands (its registrar and block).
-        if entry.registry == RegistryKind::Etcd {
-            return Err((
-                format!("{base}.registry"),
-                "the etcd registry is not available in this build yet: use `file`".into(),
-            ));
+        match (&entry.etcd, entry.registry) {
+            (Some(options), RegistryKind::Etcd) => options.validate(&format!("{base}.etcd"))?,
+            (Some(_), _) => {
+                return Err((
+                    format!("{base}.etcd"),
+                    "etcd options apply only to `registry: etcd`".into(),
+                ))
+            }
+            (None, _) => {}
         }
-        if entry.etcd.is_some() {
-            return Err((
-                format!("{base}.etcd"),
-                "etcd options apply only to `registry: etcd`".into(),
-            ));
+        if entry.registry == RegistryKind::Zookeeper {
+            config
+                .registry
+                .zookeeper
+                .check_service(entry.service.as_str(), &format!("{base}.service"))?;
         }
         validate_check(entry.check.as_ref(), &base)?;
         super::consul::validate_entry(entry, &base)?;
-        let same = config.register[..i].iter().position(|e| {
-            e.registry == entry.registry && e.service == entry.service && e.address == entry.address
-        });
+        // Two entries in one place of one registry would overwrite each other's entry and take
+        // it for lost at every renewal.
+        let place = entry.place(config);
+        let same = config.register[..i]
+            .iter()
+            .position(|e| e.registry == entry.registry && e.place(config) == place);
         if let Some(j) = same {
+            let what = match entry.registry {
+                RegistryKind::Etcd => format!("the etcd key {place}"),
+                RegistryKind::File => format!("{addr} as {}", entry.service),
+                RegistryKind::Zookeeper => format!("the ZooKeeper node {place}"),
+                RegistryKind::Consul => format!("the Consul service ID {place}"),
+            };
             return Err((
                 format!("{base}.address"),
                 format!(
-                    "{} is already registered as {} in the {} registry by register.{j}",
-                    addr,
-                    entry.service,
+                    "{what} is already registered in the {} registry by register.{j}",
                     entry.registry.as_str()
                 ),
             ));
@@ -318,179 +366,4 @@ fn validate_check(check: Option<&CheckConfig>, base: &str) -> Result<(), (String
 }
 
 #[cfg(test)]
-mod tests {
-    use super::super::tests::{parse, rejects};
-    use super::*;
-
-    const ENTRY: &str =
-        "register:\n  - service: shop\n    address: ${POD_IP}:8080\n    registry: file\n";
-
-    #[test]
-    fn parses_entries_with_defaults() {
-        let c = parse(&format!(
-            "{ENTRY}    tags: {{zone: a}}\n    check:\n      http: http://127.0.0.1:8080/healthz?full=1\n  - service: shop-grpc\n    address: 10.0.0.7:9090\n    weight: 3\n    registry: file\n    check: none\n  - service: shop-tcp\n    address: \"[fd00::7]:9091\"\n    registry: file\n    check: {{tcp: 127.0.0.1:9091, interval: 500ms, timeout: 100ms, rise: 1, fall: 1}}\n"
-        ))
-        .unwrap();
-        assert_eq!(c.register.len(), 3);
-        let shop = &c.register[0];
-        assert_eq!(shop.address.to_string(), "10.0.0.7:8080");
-        assert_eq!(shop.weight, 10, "the CloudWeGo default weight");
-        assert_eq!(shop.tags["zone"], "a");
-        let Some(CheckConfig::Probe(p)) = &shop.check else {
-            panic!("a probe: {:?}", shop.check)
-        };
-        let url = p.http.as_ref().unwrap();
-        assert_eq!(url.addr.to_string(), "127.0.0.1:8080");
-        assert_eq!(
-            (url.host.as_str(), url.path.as_str()),
-            ("127.0.0.1:8080", "/healthz?full=1")
-        );
-        assert_eq!(
-            (p.interval, p.timeout, p.rise, p.fall),
-            (Dur::from_secs(2), Dur::from_secs(1), 2, 3)
-        );
-        assert_eq!(c.register[1].check, Some(CheckConfig::None));
-        assert_eq!(c.register[1].weight, 3);
-        let Some(CheckConfig::Probe(t)) = &c.register[2].check else {
-            panic!("tcp")
-        };
-        assert_eq!(t.tcp.unwrap().to_string(), "127.0.0.1:9091");
-        assert_eq!((t.rise, t.fall), (1, 1));
-        assert_eq!(c.shutdown.deregister_wait, Dur::from_secs(5));
-        assert_eq!(c.registry.file.ttl, Dur::from_secs(10));
-    }
-
-    #[test]
-    fn health_check_urls() {
-        let u = HttpUrl::parse("http://[::1]/").unwrap();
-        assert_eq!(
-            (u.addr.to_string(), u.host.as_str()),
-            ("[::1]:80".into(), "[::1]")
-        );
-        assert_eq!(HttpUrl::parse("http://127.0.0.1:81").unwrap().path, "/");
-        for bad in [
-            "https://127.0.0.1/",
-            "http://localhost:8080/",
-            "127.0.0.1:8080",
-            "http://127.0.0.1:0/",
-            "http://u:p@127.0.0.1/",
-            "",
-        ] {
-            assert!(HttpUrl::parse(bad).is_err(), "{bad:?} must be rejected");
-        }
-    }
-
-    #[test]
-    fn rejects_addresses_peers_cannot_reach() {
-        let entry = |addr: &str| {
-            format!("register:\n  - service: shop\n    address: {addr}\n    registry: file\n    check: none\n")
-        };
-        rejects(
-            &entry("0.0.0.0:8080"),
-            3,
-            "register.0.address: 0.0.0.0 is not an address peers can connect to",
-        );
-        rejects(
-            &entry("\"[::]:8080\""),
-            3,
-            "register.0.address: :: is not an address",
-        );
-        rejects(&entry("10.0.0.7:0"), 3, "register.0.address: port 0");
-        rejects(&entry("shop.local:80"), 3, "invalid address");
-    }
-
-    #[test]
-    fn rejects_bad_entries() {
-        rejects(
-            &format!("{ENTRY}    check: none\n    weight: 0\n"),
-            6,
-            "register.0.weight: must be at least 1",
-        );
-        rejects(
-            &format!("{ENTRY}    check: none\n    tags: {{\"\": x}}\n"),
-            6,
-            "register.0.tags: tag names must not be empty",
-        );
-        rejects("register:\n  - service: Shop\n    address: 10.0.0.7:1\n    registry: file\n    check: none\n", 2, "invalid service name");
-        rejects(
-            &format!("{ENTRY}    check: none\n    port: 1\n"),
-            6,
-            "unknown field `port`",
-        );
-        rejects("register:\n  - service: shop\n    address: 10.0.0.7:1\n    registry: nacos\n    check: none\n", 4, "unknown variant `nacos`");
-        rejects(
-            "register:\n  - service: shop\n    address: 10.0.0.7:1\n    check: none\n",
-            2,
-            "missing field `registry`",
-        );
-        rejects("register:\n  - service: shop\n    address: 10.0.0.7:1\n    registry: etcd\n    check: none\n", 4, "register.0.registry: the etcd registry is not available");
-        rejects(
-            &format!("{ENTRY}    check: none\n    etcd: {{layout: kitex}}\n"),
-            6,
-            "register.0.etcd: etcd options apply only to `registry: etcd`",
-        );
-        rejects(&format!("{ENTRY}    check: none\n  - service: shop\n    address: 10.0.0.7:8080\n    registry: file\n    check: none\n"), 7, "register.1.address: 10.0.0.7:8080 is already registered as shop in the file registry by register.0");
-        rejects(
-            "registry:\n  file:\n    ttl: 500ms\n",
-            3,
-            "registry.file.ttl: must be at least 1s",
-        );
-    }
-
-    #[test]
-    fn rejects_missing_or_bad_checks() {
-        rejects(ENTRY, 2, "register.0: `check` is required");
-        rejects(
-            &format!("{ENTRY}    check: nope\n"),
-            5,
-            "\"nope\" is not a check",
-        );
-        rejects(
-            &format!("{ENTRY}    check: {{}}\n"),
-            5,
-            "register.0.check: needs `http: <URL>` or `tcp: <IP:port>`",
-        );
-        rejects(
-            &format!("{ENTRY}    check:\n      interval: 1s\n"),
-            5,
-            "needs `http: <URL>`",
-        );
-        rejects(
-            &format!("{ENTRY}    check:\n      http: http://127.0.0.1/\n      tcp: 127.0.0.1:1\n"),
-            7,
-            "register.0.check.tcp: give `http` or `tcp`, not both",
-        );
-        rejects(
-            &format!("{ENTRY}    check:\n      http: http://db.local/\n"),
-            6,
-            "the host must be an IP address",
-        );
-        rejects(
-            &format!("{ENTRY}    check:\n      tcp: 127.0.0.1:0\n"),
-            6,
-            "register.0.check.tcp: port 0",
-        );
-        rejects(
-            &format!("{ENTRY}    check:\n      tcp: 127.0.0.1:1\n      intervall: 1s\n"),
-            7,
-            "unknown field `intervall`",
-        );
-        rejects(
-            &format!("{ENTRY}    check:\n      tcp: 127.0.0.1:1\n      interval: 0s\n"),
-            7,
-            "register.0.check.interval: must be greater than 0",
-        );
-        rejects(&format!("{ENTRY}    check:\n      tcp: 127.0.0.1:1\n      timeout: 0s\n      interval: 1s\n"), 7, "register.0.check.timeout: must be greater than 0");
-        rejects(&format!("{ENTRY}    check:\n      tcp: 127.0.0.1:1\n      interval: 1s\n      timeout: 1s\n"), 8, "register.0.check.timeout: must be less than the interval");
-        rejects(
-            &format!("{ENTRY}    check:\n      tcp: 127.0.0.1:1\n      rise: 0\n"),
-            7,
-            "register.0.check.rise: must be at least 1",
-        );
-        rejects(
-            &format!("{ENTRY}    check:\n      tcp: 127.0.0.1:1\n      fall: 0\n"),
-            7,
-            "register.0.check.fall: must be at least 1",
-        );
-    }
-}
+mod tests;

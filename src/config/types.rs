@@ -179,8 +179,10 @@ impl<'de> Deserialize<'de> for ServiceName {
 /// Parses a YAML string (or bare number, as text) with `parse` *inside* the visitor, so an
 /// error carries the scalar's own key path and position rather than its parent's.
 pub(super) struct ParseVisitor<T> {
-    pub(super) parse: fn(&str) -> Result<T, String>,
-    pub(super) expecting: &'static str,
+    /// Turns the text into the value, or says what was expected.
+    pub parse: fn(&str) -> Result<T, String>,
+    /// What serde reports was expected.
+    pub expecting: &'static str,
 }
 
 impl<T> Visitor<'_> for ParseVisitor<T> {

@@ -17,6 +17,7 @@ impl Config {
                 "must be between 0 and 0.9".into(),
             ));
         }
+        self.client.validate()?;
         if self.upstream.buffer_size < super::MIN_BUFFER_SIZE {
             return Err((
                 "upstream.buffer_size".into(),
@@ -62,6 +63,7 @@ impl Config {
         }
         self.registry.etcd.validate("registry.etcd")?;
         self.registry.consul.validate("registry.consul")?;
+        self.registry.zookeeper.validate("registry.zookeeper")?;
         for (i, rule) in d.on_demand.iter().enumerate() {
             let base = format!("discovery.on_demand.{i}");
             let suffix_ok = rule.suffix.len() > 1
@@ -104,7 +106,13 @@ impl Config {
                     ))
                 }
                 ResolverConfig::Consul(c) => c.validate(&format!("{base}.resolver.consul"))?,
-                ResolverConfig::File(_) => {}
+                ResolverConfig::Zookeeper(z) if z.name.is_some() => {
+                    return Err((
+                        format!("{base}.resolver.zookeeper.name"),
+                        "an on-demand rule resolves the requested name; remove `name`".into(),
+                    ))
+                }
+                ResolverConfig::File(_) | ResolverConfig::Zookeeper(_) => {}
             }
         }
         for (name, svc) in &self.services {
@@ -117,6 +125,12 @@ impl Config {
             }
             if let ResolverConfig::Consul(cfg) = &svc.resolver {
                 cfg.validate(&format!("{base}.resolver.consul"))?;
+            }
+            if let ResolverConfig::Zookeeper(cfg) = &svc.resolver {
+                let key = format!("{base}.resolver.zookeeper");
+                cfg.validate(&key)?;
+                let name = cfg.name.as_deref().unwrap_or(name.as_str());
+                self.registry.zookeeper.check_service(name, &key)?;
             }
             if let Some(addr) = &svc.listen {
                 listeners.push((format!("{base}.listen"), addr.0));

@@ -2,8 +2,9 @@
 //!
 //! - **Host header** on the outbound listener: `Host: echo` or `Host: echo:80` (the port is
 //!   ignored: the instances carry their own).
-//! - **Absolute-form URI** (apps with `HTTP_PROXY` set send `GET http://echo/path`), and HTTP/2's
-//!   `:authority`, which hyper also exposes as the URI's authority.
+//! - **Absolute-form URI** (apps with `HTTP_PROXY` set send `GET http://echo/path`): its
+//!   authority replaced the `Host` field when the head was parsed, so it routes the same way;
+//!   HTTP/2's `:authority`, which hyper exposes as the URI's authority.
 //! - **A dedicated listener** per service (`services.<name>.listen`): everything arriving there is
 //!   for that service.
 //!
@@ -25,7 +26,8 @@ pub enum Listener {
     Service(std::sync::Arc<str>),
 }
 
-/// The service named by the request `parts` arriving on `listener`.
+/// The service named by an HTTP/2 request `parts` arriving on `listener`: its `:authority`
+/// (exposed as the URI's authority; `http` only), else its `Host` field.
 pub fn service_name<'a>(
     parts: &'a Parts,
     listener: &'a Listener,
@@ -33,52 +35,35 @@ pub fn service_name<'a>(
     if parts.method == http::Method::CONNECT {
         return Err(ForwardError::MethodNotAllowed(http::Method::CONNECT));
     }
-    let authority = parts
-        .uri
-        .authority()
-        .map(|auth| (parts.uri.scheme_str(), auth.host()));
-    let host = parts.headers.get(http::header::HOST).map(|v| v.as_bytes());
-    named(authority, host, listener)
+    if let Some(scheme) = parts.uri.scheme_str() {
+        if !scheme.eq_ignore_ascii_case("http") {
+            return Err(ForwardError::BadRequest(
+                "only http:// requests can be forwarded",
+            ));
+        }
+    }
+    let host = match parts.uri.authority() {
+        Some(authority) => Some(authority.as_str().as_bytes()),
+        None => parts.headers.get(http::header::HOST).map(|v| v.as_bytes()),
+    };
+    named(host, listener)
 }
 
-/// The service named by an absolute-form target's (scheme, host), else by the `Host` header's
-/// bytes, unless `listener` is a service's own (CONNECT is ruled out by the caller).
+/// The service named by a `Host` value (`host[:port]`, or an absolute-form authority, which
+/// replaced it), unless `listener` is a service's own.
 pub fn named<'a>(
-    authority: Option<(Option<&str>, &'a str)>,
     host: Option<&'a [u8]>,
     listener: &'a Listener,
 ) -> Result<Cow<'a, str>, ForwardError> {
     if let Listener::Service(name) = listener {
         return Ok(Cow::Borrowed(name));
     }
-    let host = match authority {
-        Some((scheme, host)) => {
-            match scheme {
-                Some("http") | None => {}
-                Some(_) => {
-                    return Err(ForwardError::BadRequest(
-                        "only http:// absolute-form URIs can be forwarded",
-                    ))
-                }
-            }
-            host
-        }
-        None => {
-            let value = host.ok_or(ForwardError::BadRequest(
-                "no Host header: name the service in Host, use an absolute-form URI, or a per-service listener",
-            ))?;
-            // What `HeaderValue::to_str` accepts: visible ASCII, spaces and tabs (so UTF-8).
-            if !value
-                .iter()
-                .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
-            {
-                return Err(ForwardError::BadRequest("Host header is not valid text"));
-            }
-            let text = std::str::from_utf8(value)
-                .map_err(|_| ForwardError::BadRequest("Host header is not valid text"))?;
-            strip_port(text).ok_or(ForwardError::BadRequest("malformed Host header"))?
-        }
-    };
+    let value = host.ok_or(ForwardError::BadRequest(
+        "no Host: name the service in Host, use an absolute-form URI, or a per-service listener",
+    ))?;
+    let text = std::str::from_utf8(value)
+        .map_err(|_| ForwardError::BadRequest("Host is not valid text"))?;
+    let host = strip_port(text).ok_or(ForwardError::BadRequest("malformed Host"))?;
     if host.is_empty() {
         return Err(ForwardError::BadRequest("empty host"));
     }
@@ -124,36 +109,43 @@ mod tests {
     fn names_the_service_three_ways() {
         let out = Listener::Outbound;
         let users = Listener::Service("users".into());
-        for (uri, host, listener, want) in [
-            ("/x", Some("echo"), &out, "echo"),
-            ("/x", Some("echo:80"), &out, "echo"),
-            ("/x", Some("ECHO"), &out, "echo"),
-            // Absolute form wins over Host.
-            ("http://echo/x", Some("other"), &out, "echo"),
-            ("http://echo:8080/x", None, &out, "echo"),
-            // A per-service listener ignores both.
-            ("/x", Some("anything"), &users, "users"),
+        for (host, listener, want) in [
+            (Some("echo"), &out, "echo"),
+            (Some("echo:80"), &out, "echo"),
+            (Some("ECHO"), &out, "echo"),
+            (Some("[::1]:80"), &out, "[::1]"),
+            // A per-service listener ignores the host, and needs none.
+            (Some("anything"), &users, "users"),
+            (None, &users, "users"),
+        ] {
+            let got = named(host.map(str::as_bytes), listener).unwrap();
+            assert_eq!(got, want, "{host:?}");
+        }
+        // HTTP/2: the authority wins over Host.
+        for (uri, host, want) in [
+            ("http://echo/x", Some("other"), "echo"),
+            ("http://echo:8080/x", None, "echo"),
+            ("/x", Some("ECHO"), "echo"),
         ] {
             let head = parts(uri, host);
-            assert_eq!(
-                service_name(&head, listener).unwrap(),
-                want,
-                "{uri} {host:?}"
-            );
+            assert_eq!(service_name(&head, &out).unwrap(), want, "{uri} {host:?}");
         }
     }
 
     #[test]
     fn rejects_what_cannot_be_routed() {
         let out = Listener::Outbound;
-        for (uri, host) in [
-            ("/x", None),
-            ("/x", Some("echo:")),
-            ("/x", Some("a:b:c")),
-            ("https://echo/x", None),
-        ] {
-            let e = service_name(&parts(uri, host), &out).unwrap_err();
-            assert_eq!(e.kind(), "bad_request", "{uri} {host:?}");
+        for host in [None, Some("echo:"), Some("a:b:c"), Some(""), Some(":80")] {
+            let e = named(host.map(str::as_bytes), &out).unwrap_err();
+            assert_eq!(e.kind(), "bad_request", "{host:?}");
         }
+        let e = service_name(&parts("https://echo/x", None), &out).unwrap_err();
+        assert_eq!(e.kind(), "bad_request");
+        let mut connect = parts("/", Some("echo"));
+        connect.method = http::Method::CONNECT;
+        assert_eq!(
+            service_name(&connect, &out).unwrap_err().kind(),
+            "method_not_allowed"
+        );
     }
 }

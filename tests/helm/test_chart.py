@@ -588,11 +588,13 @@ def test_bad_values_file_is_rejected_with_clear_messages(chart):
         ({"config": {"services": {"a": {"resolver": {"file": {}, "dns": {"port": 80}}}}}}, "at '/config/services/a/resolver': maxProperties: got 2, want 1"),
         ({"config": {"services": {"a": {"listen": "127.0.0.1:1"}}}}, "at '/config/services/a': missing property 'resolver'"),
         ({"config": {"log": {"format": "pretty"}}}, "at '/config/log/format': value must be one of 'text', 'json'"),
+        ({"config": {"client": {"max_head_size": "64kb"}}}, "at '/config/client/max_head_size': '64kb' does not match pattern"),
+        ({"config": {"client": {"max_headers": 0}}}, "at '/config/client/max_headers': minimum: got 0, want 1"),
         ({"config": {"registrar": {}}}, "at '/config': additional properties 'registrar' not allowed"),
         ({"waypost": {"readinessProbe": {"httpGet": {"path": "/"}}}}, "at '/waypost/readinessProbe': additional properties 'httpGet' not allowed"),
         ({"app": {"ports": [{"name": "http", "containerPort": 70000}]}}, "at '/app/ports/0/containerPort': maximum: got 70,000, want 65,535"),
     ],
-    ids=["typo", "duration", "service-name", "two-resolvers", "no-resolver", "log-format", "unknown-config-key", "probe-handler", "port"],
+    ids=["typo", "duration", "service-name", "two-resolvers", "no-resolver", "log-format", "head-size", "max-headers", "unknown-config-key", "probe-handler", "port"],
 )
 def test_schema_rejects(chart, values, expected):
     message = render_error(chart, values)
@@ -676,6 +678,10 @@ REGISTER_REFUSED = {
     "rise-0": ({"check": {"tcp": "127.0.0.1:1", "rise": 0}}, "at '/config/register/0/check'"),
     "https": ({"check": {"http": "https://127.0.0.1/"}}, "at '/config/register/0/check'"),
     "registry": ({"registry": "nacos"}, "at '/config/register/0/registry'"),
+    "etcd-on-file": ({"etcd": {"layout": "kitex"}}, "at '/config/register/0'"),
+    "etcd-layout": ({"registry": "etcd", "etcd": {"layout": "nacos"}}, "at '/config/register/0/etcd/layout'"),
+    "etcd-prefix-slash": ({"registry": "etcd", "etcd": {"prefix": "shop/"}}, "at '/config/register/0/etcd/prefix'"),
+    "etcd-unknown": ({"registry": "etcd", "etcd": {"lease_ttl": "5s"}}, "at '/config/register/0/etcd'"),
 }
 
 
@@ -696,6 +702,16 @@ def test_schema_rejects_register_entries_waypost_refuses_too(chart, case, waypos
                          ids=["none", "http", "tcp"])
 def test_schema_accepts_register_checks(chart, check):
     chart.render(register_values({"check": check}), name=RELEASE, namespace=NAMESPACE)
+
+
+@pytest.mark.parametrize("change", [{"registry": "etcd"}, {"registry": "etcd", "etcd": {}},
+                                    {"registry": "etcd", "etcd": {"layout": "grpc", "prefix": ""}}],
+                         ids=["etcd", "etcd-empty-block", "etcd-grpc-empty-prefix"])
+def test_schema_accepts_etcd_register_entries(chart, change, waypost_bin, tmp_path):
+    values = register_values(change)
+    chart.render(values, name=RELEASE, namespace=NAMESPACE)
+    result = waypost_check(waypost_bin, yaml.safe_dump(values["config"]), {"POD_IP": "10.1.2.3"}, tmp_path)
+    assert result.returncode == 0, result.stderr
 
 
 def test_notes_point_at_the_registrations():
@@ -762,6 +778,41 @@ def test_schema_accepts_registry_settings(chart, config, waypost_bin, tmp_path):
     assert result.returncode == 0, result.stderr
 
 
+#: ZooKeeper settings waypost refuses, each with where the schema refuses it and the key waypost names.
+ZOOKEEPER_REFUSED = {
+    "no-servers": ({"registry": {"zookeeper": {"servers": []}}}, "/config/registry/zookeeper/servers", "registry.zookeeper.servers"),
+    "server-without-port": ({"registry": {"zookeeper": {"servers": ["zk-0.zk"]}}}, "/config/registry/zookeeper/servers/0", "registry.zookeeper.servers.0"),
+    "server-with-chroot": ({"registry": {"zookeeper": {"servers": ["zk:2181/app"]}}}, "/config/registry/zookeeper/servers/0", "registry.zookeeper.servers.0"),
+    "root-relative": ({"registry": {"zookeeper": {"root": "services"}}}, "/config/registry/zookeeper/root", "registry.zookeeper.root"),
+    "root-trailing-slash": ({"registry": {"zookeeper": {"root": "/services/"}}}, "/config/registry/zookeeper/root", "registry.zookeeper.root"),
+    "root-system": ({"registry": {"zookeeper": {"root": "/zookeeper"}}}, "/config/registry/zookeeper/root", "registry.zookeeper.root"),
+    "user-with-colon": ({"registry": {"zookeeper": {"username": "a:b", "password": "x"}}}, "/config/registry/zookeeper/username", "registry.zookeeper.username"),
+    "user-without-password": ({"registry": {"zookeeper": {"username": "a"}}}, "/config/registry/zookeeper", "registry.zookeeper.username"),
+    "name-slash": ({"services": {"users": {"resolver": {"zookeeper": {"name": "shop/users"}}}}}, "/config/services/users/resolver/zookeeper/name", "services.users.resolver.zookeeper.name"),
+    "name-dots": ({"services": {"users": {"resolver": {"zookeeper": {"name": ".."}}}}}, "/config/services/users/resolver/zookeeper/name", "services.users.resolver.zookeeper.name"),
+    "on-demand-name": ({"discovery": {"on_demand": [{"suffix": ".zk.local", "resolver": {"zookeeper": {"name": "x"}}}]}}, "/config/discovery/on_demand/0/resolver/zookeeper", "discovery.on_demand.0.resolver.zookeeper"),
+}
+
+
+@pytest.mark.parametrize("case", ZOOKEEPER_REFUSED)
+def test_schema_rejects_zookeeper_settings_waypost_refuses_too(chart, case, waypost_bin, tmp_path):
+    config, where, key = ZOOKEEPER_REFUSED[case]
+    refused_by_schema_and_waypost(chart, {"config": config}, f"at '{where}'", key, waypost_bin, tmp_path)
+
+
+@pytest.mark.parametrize("config", [
+    {"registry": {"zookeeper": {"servers": ["10.0.0.1:2181", "[fd00::1]:2181"], "session_timeout": "30s", "root": "/"}}},
+    {"services": {"users": {"resolver": {"zookeeper": {}}}}},
+    {"services": {"users": {"resolver": {"zookeeper": {"name": "Users.Service"}}}}},
+    {"discovery": {"on_demand": [{"suffix": ".zk.local", "resolver": {"zookeeper": {}}}]}},
+    {"register": [{"service": "shop", "address": "10.0.0.7:8080", "registry": "zookeeper", "check": "none"}]},
+], ids=["registry", "resolver-defaults", "resolver-named", "on-demand", "register"])
+def test_schema_accepts_zookeeper_settings(chart, config, waypost_bin, tmp_path):
+    chart.render({"config": config}, name=RELEASE, namespace=NAMESPACE)
+    result = waypost_check(waypost_bin, yaml.safe_dump(config), {}, tmp_path)
+    assert result.returncode == 0, result.stderr
+
+
 #: Paths under `config` that tests/helm/values/every-key.yaml does not set, with the reason. Keys
 #: that exclude each other within one object (a service's `static`/`file`/`dns` resolver, `dns`
 #: `name`+`port` vs `srv`, an on-demand rule's `dns` vs `file`) are not excluded: every-key.yaml
@@ -798,11 +849,13 @@ def schema_leaf_paths(schema: dict, node: dict, path: tuple[str, ...] = ()) -> l
 
 
 def presence_only(sub) -> bool:
-    """Whether a combinator's subschema(s) only require or forbid properties, declaring none."""
+    """Whether a combinator's subschema(s) only require or forbid properties, or constrain a
+    scalar's value (a root outside `/zookeeper`), declaring none."""
     if isinstance(sub, list):
         return all(presence_only(s) for s in sub)
-    return isinstance(sub, dict) and set(sub) <= {"required", "not", "anyOf", "oneOf", "allOf"} and all(
-        presence_only(v) for k, v in sub.items() if k != "required")
+    values = {"required", "pattern", "enum", "const"}
+    return isinstance(sub, dict) and set(sub) <= values | {"not", "anyOf", "oneOf", "allOf"} and all(
+        presence_only(v) for k, v in sub.items() if k not in values)
 
 
 def dotted(path: tuple[str, ...]) -> str:

@@ -22,7 +22,7 @@ use waypost::config::{Dur, EtcdRegistryConfig};
 use waypost::metrics::EtcdMetrics;
 use waypost::registry::etcd::EtcdClient;
 
-use super::external::{require, Proc};
+use super::external::{low_port, require, Proc};
 
 pub mod secure;
 pub use secure::Secure;
@@ -52,16 +52,6 @@ pub struct Etcd {
     certs: Option<tempfile::TempDir>,
     /// Whether authentication is on (etcdctl then logs in as `root`).
     auth: bool,
-}
-
-/// A free TCP port below 32768 on 127.0.0.1 (bound, then released).
-fn low_port() -> u16 {
-    loop {
-        let port = fastrand::u16(20_000..32_000);
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
 }
 
 impl Etcd {
@@ -405,6 +395,33 @@ impl Etcd {
                 .unwrap();
         let ttl = v["ttl"].as_i64()?;
         (ttl > 0).then(|| v["granted-ttl"].as_i64()).flatten()
+    }
+
+    /// The keys of every put under `prefix` since etcd started: its history, replayed by a watch
+    /// from revision 1 up to a sentinel key put now.
+    pub async fn puts_since_start(&self, prefix: &str) -> Vec<String> {
+        let client = self.client();
+        let sentinel = format!("{prefix}~sentinel");
+        let mut watch = client.watch_prefix(prefix, 1).await.unwrap();
+        client.put(&sentinel, b"", 0).await.unwrap();
+        let mut keys = Vec::new();
+        loop {
+            let resp = watch
+                .message()
+                .await
+                .unwrap()
+                .expect("the watch stays open");
+            for ev in resp.events() {
+                if ev.event_type() != etcd_client::EventType::Put {
+                    continue;
+                }
+                let key = ev.kv().unwrap().key_str().unwrap().to_string();
+                if key == sentinel {
+                    return keys;
+                }
+                keys.push(key);
+            }
+        }
     }
 
     /// Compacts the store up to the current revision.

@@ -6,14 +6,22 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-/// The waypost binary cargo built for this test run.
+/// The waypost binary cargo built for this test run, or the one `WAYPOST_BIN` names: so the
+/// same tests can be pointed at another build (main's, a branch's) to compare them.
 pub fn waypost_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_waypost"))
+    match std::env::var_os("WAYPOST_BIN") {
+        Some(bin) => {
+            let bin = PathBuf::from(bin);
+            assert!(bin.is_file(), "WAYPOST_BIN={} is not a file", bin.display());
+            bin
+        }
+        None => PathBuf::from(env!("CARGO_BIN_EXE_waypost")),
+    }
 }
 
 /// The example upstream (`examples/upstream.rs`), which `cargo test` builds alongside.
 pub fn upstream_bin() -> PathBuf {
-    let bin = waypost_bin();
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_waypost"));
     let dir = bin.parent().expect("binary has a directory");
     let path = dir.join("examples").join("upstream");
     assert!(
@@ -115,6 +123,35 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// A free TCP port below 32768 on 127.0.0.1 (bound, then released), for servers the tests start:
+/// the range above is Linux's for outgoing connections, and a server can fail to bind a port an
+/// earlier client connection still holds.
+pub fn low_port() -> u16 {
+    loop {
+        let port = fastrand::u16(20_000..32_000);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// `n` distinct free ports on 127.0.0.1: each stays bound until all are found, so none repeats
+/// (separate [`free_port`] calls may get the same port back).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    free_ports_on("127.0.0.1", n)
+}
+
+/// [`free_ports`] on another loopback address (any 127.x.y.z): tests running at once that
+/// pick ports on different addresses can never be handed the same one.
+pub fn free_ports_on(ip: &str, n: usize) -> Vec<u16> {
+    let held: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind((ip, 0)).unwrap())
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
 }
 
 /// Starts the waypost binary with the config text `yaml` written under `dir`.

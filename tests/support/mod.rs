@@ -2,13 +2,17 @@
 //! real binary as a child process), a small HTTP client, and `eventually` for settling.
 #![allow(dead_code)]
 
+pub mod binary;
 pub mod consul;
 pub mod dnsmasq;
 pub mod dnstest;
 pub mod etcd;
 pub mod external;
+pub mod haproxy;
 pub mod health;
 pub mod raw;
+pub mod recorder;
+pub mod zookeeper;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -356,6 +360,30 @@ pub async fn wait_ready_at(admin: SocketAddr) {
             .is_ok_and(|r| r.status == 200)
     })
     .await;
+}
+
+/// Waits (up to 10 s) until the waypost child `proc`, whose admin listener is `admin`, answers
+/// `/ready` with 200; if it exits first, fails with its log (`<dir>/<name>.log`, as
+/// [`external::spawn_waypost`] writes it) instead of timing out.
+pub async fn wait_child_ready(proc: &mut external::Proc, admin: SocketAddr, dir: &std::path::Path) {
+    let ready = format!("http://{admin}/ready");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = proc.child.try_wait().unwrap() {
+            let log = dir.join(format!("{}.log", proc.name));
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            panic!("{} exited ({status}) instead of serving:\n{log}", proc.name);
+        }
+        if get(&ready, &[]).await.is_ok_and(|r| r.status == 200) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} not ready within 10 s",
+            proc.name
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// The `/debug/services` entry of `name`; `None` only when the document lists no such service.

@@ -463,3 +463,9 @@ async fn read_body(c: &mut Conn, req: &mut RawRequest) -> Option<()> {
     }
     Some(())
 }
+
+// The app side, a raw client writing exact bytes: a file of its own.
+#[path = "raw_app.rs"]
+mod app;
+#[allow(unused_imports)] // not every test crate uses the raw app
+pub use app::{RawApp, RawResponse};

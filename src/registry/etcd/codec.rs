@@ -83,16 +83,10 @@ impl Codec {
         &self.prefix
     }
 
-    /// The key prefix holding every instance of `service`, with its trailing `/` (so `echo` never
-    /// reads `echo2`, kitex-contrib/registry-etcd#12). Hertz and Kitex join `prefix`, `/` and the
-    /// service whatever the prefix (empty: `/<svc>/`, as Kitex's deprecated constructors write);
-    /// a gRPC target with no prefix is the service name itself.
+    /// The key prefix holding every instance of `service`, with its trailing `/`
+    /// ([`EtcdLayout::service_prefix`]: `echo` never reads `echo2`).
     pub fn service_prefix(&self, service: &str) -> String {
-        if self.layout == EtcdLayout::Grpc && self.prefix.is_empty() {
-            format!("{service}/")
-        } else {
-            format!("{}/{service}/", self.prefix)
-        }
+        self.layout.service_prefix(&self.prefix, service)
     }
 
     /// The key of `address` of `service`.
@@ -221,7 +215,7 @@ impl<'de> Deserialize<'de> for GrpcMetadata {
 
 /// A weight as the CloudWeGo resolvers read it: ≤ 0 or missing is the default; above u32 is
 /// capped.
-fn read_weight(w: Option<i64>) -> u32 {
+pub(crate) fn read_weight(w: Option<i64>) -> u32 {
     match w {
         Some(w) if w > 0 => u32::try_from(w).unwrap_or(u32::MAX),
         _ => DEFAULT_WEIGHT,
@@ -246,7 +240,7 @@ pub fn parse_address(text: &str) -> Result<SocketAddr, DecodeError> {
 }
 
 /// Writes `tags` as a JSON object with sorted keys, or `null` when empty (a Go nil map).
-fn tags_json(out: &mut String, tags: &Tags, go_std: bool) {
+pub(crate) fn tags_json(out: &mut String, tags: &Tags, go_std: bool) {
     if tags.is_empty() {
         out.push_str("null");
         return;

@@ -299,8 +299,9 @@ impl Watch {
 }
 
 /// Delay before the `failures`-th attempt to restore a watch: exponential from
-/// [`WATCH_BACKOFF_INITIAL`], capped at [`WATCH_BACKOFF_MAX`], ±20 % by `unit` ∈ [0, 1).
-fn backoff(failures: u32, unit: f64) -> Duration {
+/// [`WATCH_BACKOFF_INITIAL`], capped at [`WATCH_BACKOFF_MAX`], ±20 % by `unit` ∈ [0, 1). The
+/// ZooKeeper session and watches back off alike.
+pub(crate) fn backoff(failures: u32, unit: f64) -> Duration {
     let exp = failures.saturating_sub(1).min(16);
     let base = WATCH_BACKOFF_INITIAL
         .saturating_mul(1 << exp)
