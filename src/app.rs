@@ -521,7 +521,7 @@ impl App {
         for t in accept_tasks {
             let _ = t.await; // the task only ends by returning; a panic was already logged
         }
-        // 3. Drain: in-flight requests finish, idle keep-alive connections close, within the grace period.
+        // 5. Drain: in-flight requests finish, idle keep-alive connections close, within the grace period.
         drain_trigger.fire();
         let grace = config.shutdown.grace.0;
         if tokio::time::timeout(grace, drained_rx.recv())
@@ -531,7 +531,7 @@ impl App {
             tracing::warn!(grace = ?grace, "grace period over; closing connections that are still busy");
         }
         step();
-        // 5. Stop refreshing (and sweeping upstream pools), then the admin listener.
+        // 6. Stop refreshing (and sweeping upstream pools), then the admin listener.
         refresh_trigger.fire();
         admin_trigger.fire();
         let _ = admin_task.await;
