@@ -19,6 +19,7 @@
 pub mod client;
 pub mod h1;
 pub mod rescue;
+pub mod retry;
 pub mod route;
 mod server;
 
