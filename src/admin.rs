@@ -110,6 +110,13 @@ impl Admin {
     fn metrics_text(&self) -> Vec<u8> {
         let now = SystemTime::now();
         for t in self.cache.targets() {
+            // Counted by the requests themselves; the gauge is set when scraped.
+            self.metrics
+                .forward
+                .resilience
+                .in_flight
+                .with_label_values(&[t.name()])
+                .set(i64::from(t.publisher().in_flight()));
             if let Some(snap) = &*t.publisher().balancer.snapshot() {
                 if let Some(ok) = snap.status.last_success {
                     let age = now

@@ -17,7 +17,7 @@ use crate::admin::Admin;
 use crate::cache::{Cache, Declared, Lookup, Policy, Rule};
 use crate::config::{CheckConfig, Config, EtcdLayout, RegisterEntry, RegistryKind, ResolverConfig};
 use crate::discover::Resolver;
-use crate::forward::{self, Listener, Pool, Proxy, ServiceHandle};
+use crate::forward::{self, Listener, Pool, Proxy, ServiceHandle, ServicePolicy};
 use crate::metrics::EtcdMetrics;
 use crate::metrics::Metrics;
 use crate::register::{Check, Entry, Registrar, Registration, Registrations};
@@ -333,17 +333,14 @@ impl App {
                 }
                 None => default_pool.clone(),
             };
-            let timeout = svc.upstream.timeout.unwrap_or(config.upstream.timeout).0;
-            per_service.insert(name.to_string(), (timeout, pool));
+            let policy = ServicePolicy::from_config(&config, Some(svc), pool);
+            per_service.insert(name.to_string(), policy);
         }
         let family = metrics.forward.clone();
-        let default_timeout = config.upstream.timeout.0;
+        let on_demand = ServicePolicy::from_config(&config, None, default_pool.clone());
         let make = Box::new(move |name: &str| {
-            let (timeout, pool) = per_service
-                .get(name)
-                .cloned()
-                .unwrap_or_else(|| (default_timeout, default_pool.clone()));
-            ServiceHandle::new(name, &family, timeout, pool)
+            let policy = per_service.get(name).unwrap_or(&on_demand).clone();
+            ServiceHandle::new(name, &family, policy)
         });
         let (cache, declared) = Cache::new(
             policy,

@@ -162,7 +162,7 @@ impl Balancer {
     /// Picks an instance of `snap` for a request that started at `now`, never `avoid` (the
     /// instance a retry comes from). `None` when nothing else can be picked.
     #[inline]
-    pub fn pick(&self, snap: &Snapshot, now: Instant, avoid: Option<usize>) -> Option<Picked> {
+    pub fn pick(&self, snap: &Snapshot, now: Instant, avoid: Option<SocketAddr>) -> Option<Picked> {
         let ms = self.clock.ms(now);
         if snap.rebuild_at != 0 && ms >= snap.rebuild_at {
             self.ramp(snap, ms);
@@ -186,10 +186,10 @@ impl Balancer {
 
     /// An instance drawn by weight that may be picked: a few draws, then a scan.
     #[inline]
-    fn draw(&self, snap: &Snapshot, now: u64, avoid: Option<usize>) -> Option<usize> {
+    fn draw(&self, snap: &Snapshot, now: u64, avoid: Option<SocketAddr>) -> Option<usize> {
         for _ in 0..DRAWS {
             let i = snap.table.draw()?;
-            if Some(i) != avoid && self.settings.outlier.admits(&snap.states[i], now) {
+            if allowed(snap, i, avoid) && self.settings.outlier.admits(&snap.states[i], now) {
                 return Some(i);
             }
         }
@@ -199,12 +199,18 @@ impl Balancer {
     /// The next instance from `start` on that may be picked; if every one is ejected (only
     /// when `max_ejected_percent` is 100), any but `avoid`.
     #[cold]
-    fn scan(&self, snap: &Snapshot, now: u64, avoid: Option<usize>, start: usize) -> Option<usize> {
+    fn scan(
+        &self,
+        snap: &Snapshot,
+        now: u64,
+        avoid: Option<SocketAddr>,
+        start: usize,
+    ) -> Option<usize> {
         let n = snap.states.len();
         let candidates = || {
             (0..n)
                 .map(move |k| (start + k) % n)
-                .filter(|&i| snap.weights[i] > 0 && Some(i) != avoid)
+                .filter(|&i| snap.weights[i] > 0 && allowed(snap, i, avoid))
         };
         let found = candidates().find(|&i| self.settings.outlier.admits(&snap.states[i], now));
         found.or_else(|| candidates().next())
@@ -215,7 +221,7 @@ impl Balancer {
         snap: &Snapshot,
         cycle: &[u32],
         now: u64,
-        avoid: Option<usize>,
+        avoid: Option<SocketAddr>,
     ) -> Option<usize> {
         let len = cycle.len();
         if len == 0 {
@@ -223,13 +229,15 @@ impl Balancer {
         }
         let at = self.cursor.fetch_add(1, Ordering::Relaxed);
         let i = cycle[at % len] as usize;
-        if Some(i) != avoid && self.settings.outlier.admits(&snap.states[i], now) {
+        if allowed(snap, i, avoid) && self.settings.outlier.admits(&snap.states[i], now) {
             return Some(i);
         }
         // Skipped instances keep their turn in the cycle: the next one in order stands in.
         (1..len)
             .map(|k| cycle[(at + k) % len] as usize)
-            .find(|&i| Some(i) != avoid && self.settings.outlier.admits(&snap.states[i], now))
+            .find(|&i| {
+                allowed(snap, i, avoid) && self.settings.outlier.admits(&snap.states[i], now)
+            })
             .or_else(|| self.scan(snap, now, avoid, i))
     }
 
@@ -239,6 +247,12 @@ impl Balancer {
         let s = snap.states[picked.index].clone();
         state::enter(&s);
         s
+    }
+
+    /// The attempt on `state` ended without telling anything about the instance (the app's
+    /// side broke off).
+    pub fn abandon(&self, state: &InstanceState) {
+        state::leave(state);
     }
 
     /// Records how the attempt on `state` ended at `now`, `took` after it started: feeds the
@@ -339,10 +353,7 @@ impl Balancer {
                 }
             }
         }
-        let window = self
-            .settings
-            .slow_start
-            .map_or(0, |d| d.as_millis() as u64);
+        let window = self.settings.slow_start.map_or(0, |d| d.as_millis() as u64);
         let mut ramping = false;
         let weights: Arc<[u64]> = instances
             .iter()
@@ -390,6 +401,12 @@ impl Balancer {
         let (service, family) = self.settings.metrics.as_ref()?;
         Some(family.instance(service, &i.address.to_string()))
     }
+}
+
+/// Whether instance `i` is not the one to avoid.
+#[inline]
+fn allowed(snap: &Snapshot, i: usize, avoid: Option<SocketAddr>) -> bool {
+    avoid.is_none_or(|a| snap.table.instances()[i].address != a)
 }
 
 /// Instances ejected now.

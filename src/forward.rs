@@ -16,6 +16,7 @@
 //! answered in one place ([`rescue`]). HTTP/2 (h2c) requests take the same walk through
 //! hyper's h2 server ([`Proxy::handle_h2`]).
 
+mod attempt;
 pub mod client;
 pub mod h1;
 pub mod rescue;
@@ -24,6 +25,7 @@ pub mod route;
 mod server;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,17 +41,77 @@ pub use rescue::ForwardError;
 pub use route::Listener;
 pub use server::{serve, sniff_h2c, Settings};
 
-use crate::balance::Balancer;
+use crate::balance::{self, Balancer, InstanceState, Outcome, Outlier, Picked};
 use crate::cache::{Cache, Lookup, Publish, State, Status, Target};
+use crate::config::{BalancerKind, Config, OutlierConfig, RetryConfig, ServiceConfig};
 use crate::discover::Resolution;
-use crate::metrics::{ForwardMetrics, ServiceMetrics};
+use crate::metrics::{ForwardMetrics, ServiceMetrics, ServiceResilience};
+use attempt::{Attempts, Slot};
 use client::{First, Outgoing, SendError, SourceError};
 use h1::framing::Framing;
+use retry::{Attempted, Plan};
 use server::h2::H2Body;
 use server::http1::{Failure, Http1};
 
 /// The body of a response to an HTTP/2 app: the upstream's, streamed, or one waypost wrote.
 pub type ResponseBody = Either<client::Body<H2Body>, Full<Bytes>>;
+
+/// How one service is forwarded to, from the config: the global sections, or the service's
+/// own where it sets them.
+#[derive(Clone)]
+pub struct ServicePolicy {
+    /// Time allowed from request sent to response headers, per attempt.
+    pub timeout: Duration,
+    /// The total time a request may take, retries included.
+    pub deadline: Option<Duration>,
+    /// The upstream pool (the service's own when it overrides the connect timeout).
+    pub pool: Pool,
+    /// `retry:`.
+    pub retry: RetryConfig,
+    /// `outlier:`.
+    pub outlier: OutlierConfig,
+    /// `balancer:`.
+    pub balancer: BalancerKind,
+    /// `slow_start:`.
+    pub slow_start: Option<Duration>,
+    /// `limits.max_concurrent`.
+    pub max_concurrent: Option<u32>,
+    /// A declared service (its instances get their own series).
+    pub declared: bool,
+}
+
+impl ServicePolicy {
+    /// The policy of `service` (`None`: an on-demand target, which takes the globals).
+    pub fn from_config(config: &Config, service: Option<&ServiceConfig>, pool: Pool) -> Self {
+        let up = service.map(|s| &s.upstream);
+        Self {
+            timeout: up
+                .and_then(|u| u.timeout)
+                .unwrap_or(config.upstream.timeout)
+                .0,
+            deadline: up
+                .and_then(|u| u.deadline)
+                .or(config.upstream.deadline)
+                .map(|d| d.0),
+            pool,
+            retry: service
+                .and_then(|s| s.retry.clone())
+                .unwrap_or_else(|| config.retry.clone()),
+            outlier: service
+                .and_then(|s| s.outlier.clone())
+                .unwrap_or_else(|| config.outlier.clone()),
+            balancer: service.and_then(|s| s.balancer).unwrap_or(config.balancer),
+            slow_start: service
+                .and_then(|s| s.slow_start)
+                .or(config.slow_start)
+                .map(|d| d.0),
+            max_concurrent: service
+                .and_then(|s| s.limits.max_concurrent)
+                .or(config.limits.max_concurrent),
+            declared: service.is_some(),
+        }
+    }
+}
 
 /// Everything forwarding keeps per service: its balancer and the handles a request needs.
 /// The cache creates one per target and publishes into it.
@@ -57,25 +119,64 @@ pub struct ServiceHandle {
     /// The service's table, published by the cache.
     pub balancer: Balancer,
     metrics: ServiceMetrics,
+    resilience: ServiceResilience,
     family: ForwardMetrics,
     name: Arc<str>,
-    /// Time allowed from request sent to response headers.
+    /// Time allowed from request sent to response headers, per attempt.
     timeout: Duration,
+    /// The total time a request may take, retries included.
+    deadline: Option<Duration>,
     /// The upstream pool for this service (its own when it overrides the connect timeout).
     pool: Pool,
+    retry: retry::Policy,
+    budget: retry::Budget,
+    max_concurrent: Option<u32>,
+    /// Requests in flight (bounded by `max_concurrent`).
+    in_flight: AtomicU32,
 }
 
 impl ServiceHandle {
     /// A handle for `name` with nothing published yet.
-    pub fn new(name: &str, family: &ForwardMetrics, timeout: Duration, pool: Pool) -> Self {
+    pub fn new(name: &str, family: &ForwardMetrics, policy: ServicePolicy) -> Self {
+        let resilience = family.resilience.service(name);
+        let settings = balance::Settings {
+            kind: policy.balancer,
+            outlier: Outlier::from_config(&policy.outlier),
+            slow_start: policy.slow_start,
+            metrics: policy
+                .declared
+                .then(|| (name.to_string(), family.resilience.clone())),
+            series: Some(resilience.clone()),
+        };
         Self {
-            balancer: Balancer::new(),
+            balancer: Balancer::with_settings(settings),
             metrics: family.service(name),
+            resilience,
             family: family.clone(),
             name: name.into(),
-            timeout,
-            pool,
+            timeout: policy.timeout,
+            deadline: policy.deadline,
+            pool: policy.pool,
+            retry: retry::Policy::from_config(&policy.retry),
+            budget: retry::Budget::from_config(&policy.retry),
+            max_concurrent: policy.max_concurrent,
+            in_flight: AtomicU32::new(0),
         }
+    }
+
+    /// Requests in flight now.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Takes a slot for a request that started at `started` (and counts it for the retry
+    /// budget), or refuses it: `limits.max_concurrent` are in flight.
+    fn admit(&self, started: Instant) -> Result<Slot<'_>, ForwardError> {
+        if self.retry.retries() {
+            self.budget.request(started);
+        }
+        Slot::take(&self.in_flight, self.max_concurrent)
+            .ok_or_else(|| ForwardError::Overloaded(self.name.to_string()))
     }
 
     /// The error for a request sent to `addr` that got no response.
@@ -96,15 +197,6 @@ impl ServiceHandle {
                 addr,
                 source,
             },
-        }
-    }
-
-    /// The error for a request sent to `addr` whose response head did not come in time.
-    fn timed_out(&self, addr: SocketAddr) -> ForwardError {
-        ForwardError::UpstreamTimeout {
-            service: self.name.to_string(),
-            addr,
-            timeout: self.timeout,
         }
     }
 
@@ -182,8 +274,12 @@ impl Proxy {
             }
         };
         let svc = target.publisher();
-        let addr = match self.pick(&target).await {
-            Ok(addr) => addr,
+        let picked = match svc.admit(started) {
+            Ok(slot) => self.pick(&target, started).await.map(|p| (slot, p)),
+            Err(e) => Err(e),
+        };
+        let (_slot, (first, state)) = match picked {
+            Ok(p) => p,
             Err(e) => {
                 let body_done = conn.skip_body(&req);
                 return self
@@ -192,19 +288,29 @@ impl Proxy {
             }
         };
         h1::request::finish(conn.head_and_route().0, &req, target.name());
-        let deadline = started + svc.timeout;
+        let mut plan = Attempts::new(svc, first, state, started, req.is_idempotent());
         let sent = conn
-            .exchange(&req, &svc.pool, addr, deadline, &self.settings)
+            .exchange(&req, &svc.pool, &mut plan, &self.settings)
             .await;
         let (err, body_done) = match sent {
             Ok(done) => {
+                plan.finish(outcome(done.status.as_u16()), done.head_at);
                 svc.record(done.status.as_u16(), done.head_at - started);
                 conn.idle_since = done.ended;
                 return !done.close;
             }
-            Err(Failure::Send(e, body_done)) => (svc.failed(addr, e), body_done),
-            Err(Failure::Timeout(body_done)) => (svc.timed_out(addr), body_done),
-            Err(Failure::Upstream(e)) => (svc.failed(addr, SendError::Upstream(e)), false),
+            Err(Failure::Send(e, body_done)) => {
+                plan.finish(Outcome::Failure, Instant::now());
+                (svc.failed(plan.addr(), e), body_done)
+            }
+            Err(Failure::Timeout(body_done)) => {
+                plan.finish(Outcome::Failure, Instant::now());
+                (plan.timed_out(), body_done)
+            }
+            Err(Failure::Upstream(e)) => {
+                plan.finish(Outcome::Failure, Instant::now());
+                (svc.failed(plan.addr(), SendError::Upstream(e)), false)
+            }
             Err(Failure::Request(e @ (SourceError::Truncated | SourceError::Io(_)))) => {
                 tracing::debug!(service = %target.name(), error = %e, "app connection ended mid-request");
                 return false;
@@ -212,6 +318,7 @@ impl Proxy {
             Err(Failure::Request(e)) => (e.into(), false),
             Err(Failure::Closed) => return false,
         };
+        drop(plan);
         self.reply(conn, Some(svc), err, &req, started, body_done)
             .await
     }
@@ -255,8 +362,13 @@ impl Proxy {
             Err(e) => return wrote(self.reject(None, e, started)),
         };
         let svc = target.publisher();
-        let addr = match self.pick(&target).await {
-            Ok(addr) => addr,
+        let picked = match svc.admit(started) {
+            Ok(slot) => self.pick(&target, started).await.map(|p| (slot, p)),
+            Err(e) => Err(e),
+        };
+        // The slot is held until the response head: the body streams after this returns.
+        let (_slot, (first, state)) = match picked {
+            Ok(p) => p,
             Err(e) => return wrote(self.reject(Some(svc), e, started)),
         };
         let mut head = Vec::with_capacity(256);
@@ -265,32 +377,65 @@ impl Proxy {
                 Ok(framing) => framing,
                 Err(e) => return wrote(self.reject(Some(svc), e.into(), started)),
             };
+        let idempotent = h1::request::idempotent(&parts.method);
         let out = Outgoing {
             head: &head,
             framing,
             head_request: parts.method == Method::HEAD,
-            replayable: framing == Framing::Empty && h1::request::idempotent(&parts.method),
+            replayable: framing == Framing::Empty && idempotent,
             relay_continue: false,
         };
-        let source = (framing != Framing::Empty).then_some(H2Body(body));
-        let sent = tokio::time::timeout(svc.timeout, svc.pool.send(addr, &out, source)).await;
-        let (ex, head) = match sent {
-            Ok(Ok((ex, First::Final(head)))) => (ex, head),
-            // Not asked for (`relay_continue` is off): never reported.
-            Ok(Ok((_, First::Continue))) => {
-                let e = SendError::Upstream(client::ProtoError::Truncated);
-                return wrote(self.reject(Some(svc), svc.failed(addr, e), started));
-            }
-            Ok(Err(e)) => return wrote(self.reject(Some(svc), svc.failed(addr, e), started)),
-            Err(_) => return wrote(self.reject(Some(svc), svc.timed_out(addr), started)),
+        // An HTTP/2 request body streams straight from hyper and goes with the first attempt:
+        // only bodiless requests are retried.
+        let bodiless = framing == Framing::Empty;
+        let mut source = (!bodiless).then_some(H2Body(body));
+        let mut plan = Attempts::new(svc, first, state, started, idempotent);
+        let (ex, head) = loop {
+            let (addr, until) = plan.target();
+            let sent = tokio::time::timeout_at(until, svc.pool.send(addr, &out, source.take()));
+            let failed = match sent.await {
+                Ok(Ok((ex, First::Final(head)))) => {
+                    let status = head.status;
+                    if status.is_server_error()
+                        && bodiless
+                        && plan.again(Attempted::Status(status.as_u16()), true)
+                    {
+                        continue;
+                    }
+                    break (ex, head);
+                }
+                // Not asked for (`relay_continue` is off): never reported.
+                Ok(Ok((_, First::Continue))) => {
+                    svc.failed(addr, SendError::Upstream(client::ProtoError::Truncated))
+                }
+                Ok(Err(SendError::Request(e))) => {
+                    return wrote(self.reject(Some(svc), e.into(), started))
+                }
+                Ok(Err(e)) => {
+                    if bodiless && plan.again(Attempted::of(&e), true) {
+                        continue;
+                    }
+                    svc.failed(addr, e)
+                }
+                Err(_) => {
+                    if bodiless && plan.again(Attempted::Timeout, true) {
+                        continue;
+                    }
+                    plan.timed_out()
+                }
+            };
+            plan.finish(Outcome::Failure, Instant::now());
+            return wrote(self.reject(Some(svc), failed, started));
         };
-        svc.record(head.status.as_u16(), started.elapsed());
+        let now = Instant::now();
+        plan.finish(outcome(head.status.as_u16()), now);
+        svc.record(head.status.as_u16(), now - started);
         let body = ex.into_body(&head);
         match head.into_parts() {
             Ok(parts) => Response::from_parts(parts, Either::Left(body)),
             Err(e) => {
                 let e = SendError::Upstream(e.into());
-                wrote(self.reject(Some(svc), svc.failed(addr, e), started))
+                wrote(self.reject(Some(svc), svc.failed(plan.addr(), e), started))
             }
         }
     }
@@ -312,8 +457,13 @@ impl Proxy {
         Ok(target)
     }
 
-    /// An instance of `target` to send a request to.
-    async fn pick(&self, target: &Target<ServiceHandle>) -> Result<SocketAddr, ForwardError> {
+    /// An instance of `target` for the first attempt of a request that started at `started`,
+    /// counted in flight there.
+    async fn pick(
+        &self,
+        target: &Target<ServiceHandle>,
+        started: Instant,
+    ) -> Result<(Picked, Arc<InstanceState>), ForwardError> {
         let svc = target.publisher();
         // No snapshot yet: the first resolution is still in flight (the refresher publishes
         // before it marks a target resolved). Concurrent first requests all wait on that one,
@@ -324,11 +474,10 @@ impl Proxy {
         }
         let snapshot = svc.balancer.load();
         match &**snapshot {
-            Some(snap) => snap
-                .table
-                .pick()
-                .map(|i| i.address)
-                .ok_or_else(|| unavailable(target.name(), &snap.status)),
+            Some(snap) => match svc.balancer.pick(snap, started, None) {
+                Some(p) => Ok((p, svc.balancer.start(snap, p))),
+                None => Err(unavailable(target.name(), &snap.status)),
+            },
             None => Err(ForwardError::NoInstances(target.name().to_string())),
         }
     }
@@ -386,6 +535,15 @@ impl LastRoute {
             }
         }
         target
+    }
+}
+
+/// What a response head says about its instance: a 5xx counts against it.
+fn outcome(status: u16) -> Outcome {
+    if status >= 500 {
+        Outcome::Error5xx
+    } else {
+        Outcome::Success
     }
 }
 

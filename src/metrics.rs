@@ -33,7 +33,7 @@ pub const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 /// Every `kind` label of `waypost_forward_errors_total`: the `x-waypost-error` values the
 /// forward stage's errors map to (`forward::rescue` checks in a test that each of its kinds is
 /// listed here). Owned here, so metrics imports nothing from the stages.
-pub const ERROR_KINDS: [&str; 15] = [
+pub const ERROR_KINDS: [&str; 14] = [
     "bad_request",
     "method_not_allowed",
     "request_timeout",
@@ -47,7 +47,6 @@ pub const ERROR_KINDS: [&str; 15] = [
     "upstream_connect",
     "upstream_timeout",
     "upstream_error",
-    "deadline_exceeded",
     "overloaded",
 ];
 

@@ -186,7 +186,10 @@ mod tests {
         }
         assert_eq!(p.record(s, Outcome::Success, 1, &all), Change::None);
         assert_eq!(p.record(s, Outcome::Error5xx, 1, &all), Change::None);
-        assert_eq!(p.record(s, Outcome::Error5xx, 1, &all), Change::Ejected(10_001));
+        assert_eq!(
+            p.record(s, Outcome::Error5xx, 1, &all),
+            Change::Ejected(10_001)
+        );
         assert!(!p.admits(s, 10_000));
         assert!(p.admits(&all[1], 10_000));
     }
@@ -203,15 +206,24 @@ mod tests {
         assert!(p.admits(s, 10_000));
         assert!(!p.admits(s, 10_001), "one trial request at a time");
         // The trial fails: twice as long, then 40 s capped at 35 s.
-        assert_eq!(p.record(s, Outcome::Failure, 10_002, &all), Change::Ejected(30_002));
+        assert_eq!(
+            p.record(s, Outcome::Failure, 10_002, &all),
+            Change::Ejected(30_002)
+        );
         assert!(p.admits(s, 30_002));
-        assert_eq!(p.record(s, Outcome::Error5xx, 30_003, &all), Change::Ejected(65_003));
+        assert_eq!(
+            p.record(s, Outcome::Error5xx, 30_003, &all),
+            Change::Ejected(65_003)
+        );
         // An unanswered trial is given up after base_ejection.
         assert!(p.admits(s, 65_003));
         assert!(!p.admits(s, 70_000));
         assert!(p.admits(s, 75_003));
         // The trial succeeds: back, and its ejections are forgotten.
-        assert_eq!(p.record(s, Outcome::Success, 75_004, &all), Change::Returned);
+        assert_eq!(
+            p.record(s, Outcome::Success, 75_004, &all),
+            Change::Returned
+        );
         assert!(p.admits(s, 75_004));
         for _ in 0..3 {
             p.record(s, Outcome::Failure, 80_000, &all);
@@ -230,7 +242,10 @@ mod tests {
             Change::Ejected(_)
         ));
         // A second of three would be 67 % > 50 %: it stays in.
-        assert_eq!(p.record(&all[1], Outcome::Error5xx, 0, &all), Change::Capped);
+        assert_eq!(
+            p.record(&all[1], Outcome::Error5xx, 0, &all),
+            Change::Capped
+        );
         assert!(p.admits(&all[1], 1));
         let out = all.iter().filter(|s| s.ejected_until().is_some()).count();
         assert_eq!(out, 1);

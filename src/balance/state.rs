@@ -109,7 +109,8 @@ impl InstanceState {
         } else {
             old + DECAY * (sample - old)
         };
-        self.latency.store(new.max(1.0).to_bits(), Ordering::Relaxed);
+        self.latency
+            .store(new.max(1.0).to_bits(), Ordering::Relaxed);
     }
 
     /// Consecutive failures (connect, reset, timeout) and consecutive 5xx.

@@ -257,7 +257,8 @@ mod tests {
     use super::*;
     use crate::config::ServiceName;
 
-    const SVC: &str = "services:\n  echo:\n    resolver: {static: {instances: [{address: 127.0.0.1:9}]}}\n";
+    const SVC: &str =
+        "services:\n  echo:\n    resolver: {static: {instances: [{address: 127.0.0.1:9}]}}\n";
 
     #[test]
     fn defaults_are_safe_without_tuning() {
@@ -281,7 +282,10 @@ mod tests {
         assert_eq!(c.balancer, BalancerKind::P2c);
         let s = &c.services[&ServiceName::parse("echo").unwrap()];
         let r = s.retry.as_ref().unwrap();
-        assert_eq!(r.attempts, 2, "the service's section replaces the global one");
+        assert_eq!(
+            r.attempts, 2,
+            "the service's section replaces the global one"
+        );
         assert_eq!(
             r.on,
             [RetryOn::Connect, RetryOn::Timeout, RetryOn::Status(503)]
@@ -295,9 +299,17 @@ mod tests {
 
     #[test]
     fn rejects_bad_retry_settings() {
-        rejects("retry:\n  attempts: 0\n", 2, "retry.attempts: must be between 1");
+        rejects(
+            "retry:\n  attempts: 0\n",
+            2,
+            "retry.attempts: must be between 1",
+        );
         rejects("retry:\n  attempts: 11\n", 2, "must be between 1 and 10");
-        rejects("retry:\n  on: [connect, 404]\n", 2, "status 404 is not retried");
+        rejects(
+            "retry:\n  on: [connect, 404]\n",
+            2,
+            "status 404 is not retried",
+        );
         rejects("retry:\n  on: [sometimes]\n", 2, "unknown retry condition");
         rejects(
             "retry:\n  budget:\n    ratio: 1.5\n",
@@ -314,7 +326,11 @@ mod tests {
             3,
             "retry.budget.window",
         );
-        rejects("retry:\n  buffer: 32MiB\n", 2, "retry.buffer: must be at most");
+        rejects(
+            "retry:\n  buffer: 32MiB\n",
+            2,
+            "retry.buffer: must be at most",
+        );
         rejects("retry:\n  tries: 2\n", 2, "unknown field `tries`");
         let svc = format!("{SVC}    retry:\n      attempts: 0\n");
         rejects(&svc, 5, "services.echo.retry.attempts");

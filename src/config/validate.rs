@@ -29,10 +29,7 @@ impl Config {
         super::resilience::validate_outlier(&self.outlier, "outlier")?;
         positive("slow_start", self.slow_start)?;
         if self.limits.max_connections == 0 {
-            return Err((
-                "limits.max_connections".into(),
-                "must be at least 1".into(),
-            ));
+            return Err(("limits.max_connections".into(), "must be at least 1".into()));
         }
         super::resilience::validate_concurrent(
             self.limits.max_concurrent,

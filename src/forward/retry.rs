@@ -13,12 +13,28 @@
 //! retry storm: requests and retries are counted in a ring of per-second buckets, each one
 //! atomic word tagged with its second — lock-free, and a request costs one `fetch_add`.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::client::SendError;
 use crate::config::{RetryConfig, RetryOn};
+
+/// The attempts of one request, as the exchange sees them: where the current attempt goes,
+/// and whether a failed one goes again (to another instance). `forward.rs` implements it with
+/// the service's policy, budget and balancer.
+pub(crate) trait Plan {
+    /// The current attempt's instance, and when its response head is due.
+    fn target(&self) -> (SocketAddr, Instant);
+    /// The largest request body read whole to be replayable (0: bodies stream at once).
+    fn buffer(&self) -> usize;
+    /// The current attempt ended with `what`; `replayable`: the request's body (if any) is
+    /// whole in hand. `true`: the attempt was recorded and another instance is now current;
+    /// `false`: this attempt's result is the answer.
+    fn again(&mut self, what: Attempted, replayable: bool) -> bool;
+}
 
 /// Buckets in the ring: one per second of the longest window, and one being filled.
 const BUCKETS: usize = 64;
@@ -39,6 +55,15 @@ pub enum Attempted {
 }
 
 impl Attempted {
+    /// What a send that got no response means.
+    pub fn of(e: &SendError) -> Self {
+        match e {
+            SendError::Connect(_) | SendError::ConnectTimeout(_) => Attempted::Connect,
+            SendError::Upstream(p) if p.closed_early() => Attempted::Reset,
+            _ => Attempted::Other,
+        }
+    }
+
     /// The `reason` label of `waypost_forward_retries_total`.
     pub fn reason(self) -> &'static str {
         match self {
@@ -252,7 +277,11 @@ mod tests {
         assert_eq!(p.decide(Reset, req(true, false, 1)), NotRetryable);
         assert_eq!(p.decide(Status(503), req(true, true, 1)), Retry);
         assert_eq!(p.decide(Status(500), req(true, true, 1)), NotRetryable);
-        assert_eq!(p.decide(Timeout, req(true, true, 1)), NotRetryable, "not listed");
+        assert_eq!(
+            p.decide(Timeout, req(true, true, 1)),
+            NotRetryable,
+            "not listed"
+        );
         assert_eq!(p.decide(Other, req(true, true, 1)), NotRetryable);
         assert_eq!(p.decide(Status(502), req(true, true, 2)), Exhausted);
         let mut late = req(true, true, 1);

@@ -124,15 +124,21 @@ impl ResilienceMetrics {
     /// Series for `instance` of `service`.
     pub fn instance(&self, service: &str, instance: &str) -> InstanceSeries {
         InstanceSeries {
-            requests: self.instance_requests.with_label_values(&[service, instance]),
+            requests: self
+                .instance_requests
+                .with_label_values(&[service, instance]),
             errors: self.instance_errors.with_label_values(&[service, instance]),
         }
     }
 
     /// Removes `instance`'s series (it left its service's table).
     pub fn remove_instance(&self, service: &str, instance: &str) {
-        let _ = self.instance_requests.remove_label_values(&[service, instance]);
-        let _ = self.instance_errors.remove_label_values(&[service, instance]);
+        let _ = self
+            .instance_requests
+            .remove_label_values(&[service, instance]);
+        let _ = self
+            .instance_errors
+            .remove_label_values(&[service, instance]);
     }
 
     /// Removes every series of `service` (its on-demand target expired).
