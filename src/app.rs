@@ -420,11 +420,24 @@ impl App {
         let admin_task =
             tokio::spawn(async move { admin.serve(admin_listener, admin_stop, &client).await });
 
-        let proxy = Arc::new(Proxy::new(
-            cache.clone(),
-            metrics.forward.clone(),
-            forward::Settings::from_config(&config.client, &config.upstream),
-        ));
+        if let Some(fds) = forward::limits::raise_fd_limit() {
+            // Each forwarded connection may hold an upstream one too.
+            if (config.limits.max_connections as u64).saturating_mul(2) > fds {
+                tracing::warn!(
+                    max_connections = config.limits.max_connections,
+                    open_file_limit = fds,
+                    "limits.max_connections may run into the open-file limit"
+                );
+            }
+        }
+        let proxy = Arc::new(
+            Proxy::new(
+                cache.clone(),
+                metrics.forward.clone(),
+                forward::Settings::from_config(&config.client, &config.upstream),
+            )
+            .limit_connections(config.limits.max_connections),
+        );
         let (accept_trigger, accept_stop) = shutdown::channel();
         let (drain_trigger, drain) = shutdown::channel();
         let (drained_tx, mut drained_rx) = mpsc::channel::<()>(1);

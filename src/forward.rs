@@ -19,6 +19,7 @@
 mod attempt;
 pub mod client;
 pub mod h1;
+pub mod limits;
 pub mod rescue;
 pub mod retry;
 pub mod route;
@@ -237,6 +238,8 @@ pub struct Proxy {
     settings: Settings,
     /// App connections open on every listener (for giving memory back after a flood).
     open: server::OpenConnections,
+    /// `limits.max_connections`, over every forwarding listener.
+    slots: limits::ConnectionSlots,
 }
 
 impl Proxy {
@@ -248,7 +251,17 @@ impl Proxy {
             metrics,
             settings,
             open: server::OpenConnections::default(),
+            slots: limits::ConnectionSlots::new(
+                crate::config::LimitsConfig::default().max_connections,
+            ),
         }
+    }
+
+    /// At most `max` app connections open at once over every listener (accepting pauses at
+    /// the cap).
+    pub fn limit_connections(mut self, max: usize) -> Self {
+        self.slots = limits::ConnectionSlots::new(max);
+        self
     }
 
     /// The walk of one HTTP/1 request whose head `conn` just read and parsed (steps 1–2 done):
