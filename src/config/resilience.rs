@@ -154,7 +154,7 @@ impl Default for OutlierConfig {
 }
 
 /// `balancer:` — how an instance is picked.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BalancerKind {
     /// Weighted random (the alias table).
