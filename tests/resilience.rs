@@ -97,7 +97,7 @@ async fn a_black_hole_costs_one_attempt_timeout_then_traffic_moves_away() {
     within(Duration::from_secs(60), async {
         let (a, b) = (Faulty::start("a", Mode::Ok).await, Faulty::start("b", Mode::Ok).await);
         let hole = Faulty::start("hole", Mode::BlackHole).await;
-        let extra = "upstream: {timeout: 200ms, deadline: 2s}\nretry: {on: [connect, reset, timeout, 503]}\noutlier: {consecutive_failures: 3}\n";
+        let extra = "upstream: {timeout: 200ms, deadline: 2s}\nretry: {retry_on: [connect, reset, timeout, 503]}\noutlier: {consecutive_failures: 3}\n";
         let yaml = format!(
             "{extra}{}",
             service(&[(a.addr, 1), (b.addr, 1), (hole.addr, 1)], "")

@@ -24,10 +24,11 @@ pub const MAX_RETRY_BUFFER: usize = 16 * 1024 * 1024;
 pub struct RetryConfig {
     /// Attempts per request, the first included (default 2; 1 turns retries off).
     pub attempts: u32,
-    /// What is retried: `connect` (always, whatever the method), `reset` (the connection broke
-    /// before any response byte), `timeout` (no response head in time) and response statuses;
-    /// all but `connect` only for idempotent methods.
-    pub on: Vec<RetryOn>,
+    /// What is retried: `connect` (whatever the method), `reset` (the connection broke before
+    /// any response byte), `timeout` (no response head in time) and response statuses; all but
+    /// `connect` only for idempotent methods. Not `on`, which YAML 1.1 tools (Helm) read as
+    /// `true`; the name is Envoy's.
+    pub retry_on: Vec<RetryOn>,
     /// How many retries the service may spend.
     pub budget: BudgetConfig,
     /// A request body up to this size is read whole before it is sent, so it can be sent
@@ -39,7 +40,7 @@ impl Default for RetryConfig {
     fn default() -> Self {
         Self {
             attempts: 2,
-            on: vec![
+            retry_on: vec![
                 RetryOn::Connect,
                 RetryOn::Reset,
                 RetryOn::Status(502),
@@ -74,7 +75,7 @@ impl Default for BudgetConfig {
     }
 }
 
-/// One entry of `retry.on`.
+/// One entry of `retry.retry_on`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RetryOn {
     /// The TCP connect failed: nothing was sent.
@@ -275,7 +276,7 @@ mod tests {
     #[test]
     fn a_service_replaces_each_section_whole() {
         let text = format!(
-            "retry: {{attempts: 3}}\nbalancer: p2c\n{SVC}    retry:\n      on: [connect, timeout, 503]\n      buffer: 1KiB\n    balancer: round_robin\n    slow_start: 30s\n    limits: {{max_concurrent: 7}}\n    outlier: {{consecutive_5xx: 2}}\n"
+            "retry: {{attempts: 3}}\nbalancer: p2c\n{SVC}    retry:\n      retry_on: [connect, timeout, 503]\n      buffer: 1KiB\n    balancer: round_robin\n    slow_start: 30s\n    limits: {{max_concurrent: 7}}\n    outlier: {{consecutive_5xx: 2}}\n"
         );
         let c = parse(&text).unwrap();
         assert_eq!(c.retry.attempts, 3);
@@ -287,7 +288,7 @@ mod tests {
             "the service's section replaces the global one"
         );
         assert_eq!(
-            r.on,
+            r.retry_on,
             [RetryOn::Connect, RetryOn::Timeout, RetryOn::Status(503)]
         );
         assert_eq!(r.buffer, Size(1024));
@@ -306,11 +307,15 @@ mod tests {
         );
         rejects("retry:\n  attempts: 11\n", 2, "must be between 1 and 10");
         rejects(
-            "retry:\n  on: [connect, 404]\n",
+            "retry:\n  retry_on: [connect, 404]\n",
             2,
             "status 404 is not retried",
         );
-        rejects("retry:\n  on: [sometimes]\n", 2, "unknown retry condition");
+        rejects(
+            "retry:\n  retry_on: [sometimes]\n",
+            2,
+            "unknown retry condition",
+        );
         rejects(
             "retry:\n  budget:\n    ratio: 1.5\n",
             3,

@@ -116,7 +116,7 @@ impl Policy {
     pub fn from_config(c: &RetryConfig) -> Self {
         Self {
             attempts: c.attempts,
-            on: c.on.clone(),
+            on: c.retry_on.clone(),
             buffer: c.buffer.0,
         }
     }
