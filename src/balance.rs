@@ -113,6 +113,9 @@ pub struct Balancer {
     cursor: AtomicUsize,
     /// Elects the one pick that rebuilds a ramping table.
     rebuilding: AtomicU64,
+    /// Instances ejected now: while 0 (nearly always), picks read no instance state to check
+    /// for ejections (`random` and `round_robin` then cost what the bare table does).
+    out: AtomicUsize,
 }
 
 impl Default for Balancer {
@@ -135,6 +138,7 @@ impl Balancer {
             clock: Clock::new(),
             cursor: AtomicUsize::new(0),
             rebuilding: AtomicU64::new(0),
+            out: AtomicUsize::new(0),
         }
     }
 
@@ -187,9 +191,12 @@ impl Balancer {
     /// An instance drawn by weight that may be picked: a few draws, then a scan.
     #[inline]
     fn draw(&self, snap: &Snapshot, now: u64, avoid: Option<SocketAddr>) -> Option<usize> {
+        if avoid.is_none() && self.out.load(Ordering::Relaxed) == 0 {
+            return snap.table.draw();
+        }
         for _ in 0..DRAWS {
             let i = snap.table.draw()?;
-            if allowed(snap, i, avoid) && self.settings.outlier.admits(&snap.states[i], now) {
+            if allowed(snap, i, avoid) && self.admits(snap, i, now) {
                 return Some(i);
             }
         }
@@ -212,7 +219,7 @@ impl Balancer {
                 .map(move |k| (start + k) % n)
                 .filter(|&i| snap.weights[i] > 0 && allowed(snap, i, avoid))
         };
-        let found = candidates().find(|&i| self.settings.outlier.admits(&snap.states[i], now));
+        let found = candidates().find(|&i| self.admits(snap, i, now));
         found.or_else(|| candidates().next())
     }
 
@@ -229,16 +236,20 @@ impl Balancer {
         }
         let at = self.cursor.fetch_add(1, Ordering::Relaxed);
         let i = cycle[at % len] as usize;
-        if allowed(snap, i, avoid) && self.settings.outlier.admits(&snap.states[i], now) {
+        if allowed(snap, i, avoid) && self.admits(snap, i, now) {
             return Some(i);
         }
         // Skipped instances keep their turn in the cycle: the next one in order stands in.
         (1..len)
             .map(|k| cycle[(at + k) % len] as usize)
-            .find(|&i| {
-                allowed(snap, i, avoid) && self.settings.outlier.admits(&snap.states[i], now)
-            })
+            .find(|&i| allowed(snap, i, avoid) && self.admits(snap, i, now))
             .or_else(|| self.scan(snap, now, avoid, i))
+    }
+
+    /// Whether instance `i` may be picked at `now` (see [`Outlier::admits`]).
+    #[inline]
+    fn admits(&self, snap: &Snapshot, i: usize, now: u64) -> bool {
+        self.out.load(Ordering::Relaxed) == 0 || self.settings.outlier.admits(&snap.states[i], now)
     }
 
     /// Counts an attempt going to `picked` (in flight until [`Balancer::finish`]).
@@ -279,6 +290,9 @@ impl Balancer {
             None => &[],
         };
         let change = self.settings.outlier.record(state, outcome, ms, all);
+        if matches!(change, Change::Ejected(_) | Change::Returned) {
+            self.out.store(ejected(all) as usize, Ordering::Relaxed);
+        }
         if let Some(series) = &self.settings.series {
             match change {
                 Change::Ejected(_) => {
@@ -382,6 +396,7 @@ impl Balancer {
                 (Arc::new(Table::build_weighted(instances, &weights)), cycle)
             }
         };
+        self.out.store(ejected(&states) as usize, Ordering::Relaxed);
         if let Some(series) = &self.settings.series {
             series.ejected.set(ejected(&states));
         }

@@ -119,6 +119,7 @@ fn ejected_instances_are_skipped_and_retries_avoid_the_last_one() {
         snap.states[0]
             .ejected_until
             .store(u64::MAX, Ordering::Relaxed);
+        b.out.store(1, Ordering::Relaxed);
         let c = counts(&b, 3_000);
         assert_eq!(c[0], 0, "{kind:?}: {c:?}");
         for _ in 0..1000 {
