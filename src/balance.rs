@@ -275,7 +275,6 @@ impl Balancer {
         } else if let Some(s) = &state.series {
             s.errors.inc();
         }
-        let ms = self.clock.ms(now);
         let (failures, errors) = state.consecutive();
         if outcome == Outcome::Success
             && failures == 0
@@ -284,6 +283,7 @@ impl Balancer {
         {
             return; // nothing to reset: the common case stays cheap
         }
+        let ms = self.clock.ms(now);
         let snap = self.current.load();
         let all = match &**snap {
             Some(s) => &s.states[..],
