@@ -122,14 +122,7 @@ impl Table {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn instances(weights: &[u32]) -> Vec<Instance> {
-        weights
-            .iter()
-            .enumerate()
-            .map(|(i, &w)| Instance::new(format!("127.0.0.1:{}", 1000 + i).parse().unwrap(), w))
-            .collect()
-    }
+    use crate::balance::tests::instances;
 
     /// Exact distribution: sweep the random space evenly and count.
     fn shares(t: &Table, samples: u64) -> Vec<f64> {

@@ -10,7 +10,8 @@ use super::*;
 use crate::cache::state::TargetState;
 use crate::config::Dur;
 
-fn instances(weights: &[u32]) -> Vec<Instance> {
+/// Instances on 127.0.0.1:1000, :1001… with `weights`.
+pub(crate) fn instances(weights: &[u32]) -> Vec<Instance> {
     weights
         .iter()
         .enumerate()

@@ -72,11 +72,11 @@ pub fn raise_fd_limit() -> Option<u64> {
                         to = lim.rlim_max,
                         "raised the open-file limit"
                     );
-                    return Some(lim.rlim_max as u64);
+                    return Some(lim.rlim_max);
                 }
             }
         }
-        Some(lim.rlim_cur as u64)
+        Some(lim.rlim_cur)
     }
     #[cfg(not(unix))]
     None
@@ -113,6 +113,6 @@ mod tests {
         // SAFETY: as above.
         unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
         assert_eq!(lim.rlim_cur, lim.rlim_max);
-        assert_eq!(now, lim.rlim_cur as u64);
+        assert_eq!(now, lim.rlim_cur);
     }
 }
