@@ -401,3 +401,39 @@ async fn connections_beyond_the_cap_wait_and_are_served_once_one_closes() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_instance_ramps_up_over_slow_start() {
+    within(Duration::from_secs(60), async {
+        let dir = tempfile::tempdir().unwrap();
+        let (old, new) = (Faulty::start("old", Mode::Ok).await, Faulty::start("new", Mode::Ok).await);
+        let registrar = waypost::registry::file::FileRegistrar::new(dir.path());
+        let register = |addr: SocketAddr| {
+            registrar
+                .write_blocking(&registration("echo", &addr.to_string(), 1, &[]))
+                .unwrap()
+        };
+        register(old.addr);
+        let yaml = format!(
+            "registry: {{file: {{dir: {}}}}}\nslow_start: 3s\nservices:\n  echo:\n    resolver: {{file: {{}}}}\n",
+            dir.path().display()
+        );
+        let proxy = TestProxy::start(&yaml).await;
+        register(new.addr);
+        eventually(SETTLE, || async {
+            load(&proxy, 1, 50).await.iter().any(|(_, w)| w == "new")
+        })
+        .await;
+        // Buckets of 200 requests until the new instance has its full share (half).
+        let mut shares = Vec::new();
+        while shares.last().is_none_or(|&s: &f64| s < 0.4) {
+            let seen = load(&proxy, 2, 200).await;
+            assert!(failures(&seen).is_empty());
+            shares.push(seen.iter().filter(|(_, w)| w == "new").count() as f64 / 200.0);
+            assert!(shares.len() < 200, "never reached its share: {shares:?}");
+        }
+        assert!(shares.len() >= 3, "ramped in fewer than three buckets: {shares:?}");
+        assert!(shares[0] < 0.3, "started near its full share: {shares:?}");
+    })
+    .await;
+}
