@@ -82,3 +82,15 @@ fn pick_kind<const KIND: u8>(bencher: Bencher, n: usize) {
     let now = tokio::time::Instant::now();
     bencher.bench_local(|| black_box(&balancer).pick(black_box(snap), now, None));
 }
+
+/// The bare table of a balancer's snapshot (as `pick_kind`'s, without the balancer around it):
+/// tells the table's own memory from what the balancer adds.
+#[divan::bench(args = [10_000])]
+fn pick_snapshot_table(bencher: Bencher, n: usize) {
+    let balancer = Balancer::new();
+    let resolution = Arc::new(Resolution::new(instances(n)));
+    balancer.publish(&resolution, &TargetState::new("static", "echo").status);
+    let snapshot = balancer.snapshot();
+    let table = &snapshot.as_ref().as_ref().expect("published").table;
+    bencher.bench_local(|| black_box(table).pick().map(|i| i.address));
+}
