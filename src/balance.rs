@@ -176,7 +176,7 @@ impl Balancer {
             (BalancerKind::P2c, _) => {
                 let a = self.draw(snap, ms, avoid)?;
                 match self.draw(snap, ms, avoid) {
-                    Some(b) if b != a && snap.states[b].score() < snap.states[a].score() => Some(b),
+                    Some(b) if b != a => Some(self.better(snap, a, b)),
                     _ => Some(a),
                 }
             }
@@ -186,6 +186,26 @@ impl Balancer {
             index,
             address: snap.table.instances()[index].address,
         })
+    }
+
+    /// Of two p2c candidates, the one with the lower score — or one admitted for its trial
+    /// (only an ejected instance can have been): its trial slot is taken, so it must go.
+    #[inline]
+    fn better(&self, snap: &Snapshot, a: usize, b: usize) -> usize {
+        let (sa, sb) = (&snap.states[a], &snap.states[b]);
+        if self.out.load(Ordering::Relaxed) != 0 {
+            if sb.ejected_until().is_some() {
+                return b;
+            }
+            if sa.ejected_until().is_some() {
+                return a;
+            }
+        }
+        if sb.score() < sa.score() {
+            b
+        } else {
+            a
+        }
     }
 
     /// An instance drawn by weight that may be picked: a few draws, then a scan.

@@ -159,7 +159,21 @@ fn state_survives_a_rebuild_while_the_instance_stays() {
 
 #[tokio::test(start_paused = true)]
 async fn failing_instance_is_ejected_and_returns_on_trial() {
+    for kind in [
+        BalancerKind::Random,
+        BalancerKind::RoundRobin,
+        BalancerKind::P2c,
+    ] {
+        // Repeated: a p2c trial lost to the other candidate shows only on some draws.
+        for _ in 0..20 {
+            ejected_and_back_on_trial(kind).await;
+        }
+    }
+}
+
+async fn ejected_and_back_on_trial(kind: BalancerKind) {
     let b = Balancer::with_settings(Settings {
+        kind,
         outlier: Outlier::from_config(&OutlierConfig {
             consecutive_5xx: 3,
             base_ejection: Dur::from_secs(10),
@@ -179,11 +193,11 @@ async fn failing_instance_is_ejected_and_returns_on_trial() {
     assert_eq!(counts(&b, 1000)[0], 0);
     tokio::time::advance(Duration::from_secs(10)).await;
     // One trial, then nothing until it answers.
-    assert_eq!(counts(&b, 1000)[0], 1);
+    assert_eq!(counts(&b, 1000)[0], 1, "{kind:?}");
     state::enter(bad);
     b.finish(bad, Outcome::Success, Duration::ZERO, Instant::now());
     assert!(bad.ejected_until().is_none());
-    assert!(counts(&b, 1000)[0] > 300);
+    assert!(counts(&b, 1000)[0] > 300, "{kind:?}");
 }
 
 #[tokio::test(start_paused = true)]
