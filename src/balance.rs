@@ -26,7 +26,7 @@ pub mod swrr;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -81,6 +81,10 @@ pub struct Snapshot {
     pub table: Arc<Table>,
     /// Each instance's state, in the table's order.
     pub states: Arc<[Arc<InstanceState>]>,
+    /// The hot fields of every instance (p2c reads these, not `states`)…
+    hot: state::Slab,
+    /// …at these slots, in the table's order.
+    slots: Arc<[u32]>,
     /// Each instance's effective weight × 100, in the table's order.
     pub weights: Arc<[u64]>,
     /// The SWRR cycle (`round_robin` only; `None` also when too costly to build).
@@ -116,6 +120,8 @@ pub struct Balancer {
     /// Instances ejected now: while 0 (nearly always), picks read no instance state to check
     /// for ejections (`random` and `round_robin` then cost what the bare table does).
     out: AtomicUsize,
+    /// The slab of the instances' hot fields and its next free slot; taken by rebuilds only.
+    slab: Mutex<(state::Slab, u32)>,
 }
 
 impl Default for Balancer {
@@ -139,6 +145,7 @@ impl Balancer {
             cursor: AtomicUsize::new(0),
             rebuilding: AtomicU64::new(0),
             out: AtomicUsize::new(0),
+            slab: Mutex::new((state::slab(0), 0)),
         }
     }
 
@@ -176,7 +183,15 @@ impl Balancer {
             (BalancerKind::P2c, _) => {
                 let a = self.draw(snap, ms, avoid)?;
                 match self.draw(snap, ms, avoid) {
-                    Some(b) if b != a => Some(self.better(snap, a, b)),
+                    Some(b) if b != a => {
+                        // Both addresses are read before the scores are compared: the two
+                        // loads overlap with the scores' instead of following the comparison.
+                        let instances = snap.table.instances();
+                        let (ia, ib) = (instances[a].address, instances[b].address);
+                        let index = self.better(snap, a, b);
+                        let address = if index == a { ia } else { ib };
+                        return Some(Picked { index, address });
+                    }
                     _ => Some(a),
                 }
             }
@@ -192,16 +207,16 @@ impl Balancer {
     /// (only an ejected instance can have been): its trial slot is taken, so it must go.
     #[inline]
     fn better(&self, snap: &Snapshot, a: usize, b: usize) -> usize {
-        let (sa, sb) = (&snap.states[a], &snap.states[b]);
         if self.out.load(Ordering::Relaxed) != 0 {
-            if sb.ejected_until().is_some() {
+            if snap.states[b].ejected_until().is_some() {
                 return b;
             }
-            if sa.ejected_until().is_some() {
+            if snap.states[a].ejected_until().is_some() {
                 return a;
             }
         }
-        if sb.score() < sa.score() {
+        let hot = |i: usize| &snap.hot[snap.slots[i] as usize];
+        if hot(b).score() < hot(a).score() {
             b
         } else {
             a
@@ -373,13 +388,43 @@ impl Balancer {
         } else {
             now
         };
+        let mut guard = self.slab.lock().unwrap_or_else(|p| p.into_inner());
+        let (slab, next) = &mut *guard;
+        // Slots are never reused (see `state::Slab`): when the newcomers do not fit, every
+        // instance moves to a new slab twice the table's size.
+        let fresh = instances
+            .iter()
+            .filter(|i| old.get(&i.address).and_then(|s| s.slot_in(slab)).is_none())
+            .count();
+        let compact = *next as usize + fresh > slab.len();
+        if compact {
+            *slab = state::slab((2 * instances.len()).max(16));
+            *next = 0;
+        }
+        let mut take = || {
+            let slot = *next;
+            *next += 1;
+            slot
+        };
         let states: Arc<[Arc<InstanceState>]> = instances
             .iter()
             .map(|i| match old.get(&i.address) {
-                Some(s) => Arc::clone(s),
-                None => Arc::new(InstanceState::new(joined, self.series(i))),
+                Some(s) if s.slot_in(slab).is_some() => Arc::clone(s),
+                Some(s) => Arc::new(s.moved(slab.clone(), take())),
+                None => Arc::new(InstanceState::in_slab(
+                    slab.clone(),
+                    take(),
+                    joined,
+                    self.series(i),
+                )),
             })
             .collect();
+        let slots: Arc<[u32]> = states
+            .iter()
+            .map(|s| s.slot_in(slab).unwrap_or(0))
+            .collect();
+        let hot = slab.clone();
+        drop(guard);
         if let Some((service, family)) = &self.settings.metrics {
             for (addr, _) in old.iter() {
                 if !instances.iter().any(|i| i.address == *addr) {
@@ -424,6 +469,8 @@ impl Balancer {
         Snapshot {
             table,
             states,
+            hot,
+            slots,
             weights,
             cycle,
             rebuild_at: if ramping { now + step } else { 0 },

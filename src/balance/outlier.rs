@@ -91,15 +91,18 @@ impl Outlier {
     ) -> Change {
         let (failures, errors) = match outcome {
             Outcome::Success => {
-                state.failures.store(0, Ordering::Relaxed);
-                state.errors_5xx.store(0, Ordering::Relaxed);
+                state.hot().failures.store(0, Ordering::Relaxed);
+                state.hot().errors_5xx.store(0, Ordering::Relaxed);
                 if state.ejected_until.load(Ordering::Relaxed) != 0 && now >= self.until(state) {
                     return self.back(state);
                 }
                 return Change::None;
             }
-            Outcome::Failure => (state.failures.fetch_add(1, Ordering::Relaxed) + 1, 0),
-            Outcome::Error5xx => (0, state.errors_5xx.fetch_add(1, Ordering::Relaxed) + 1),
+            Outcome::Failure => (state.hot().failures.fetch_add(1, Ordering::Relaxed) + 1, 0),
+            Outcome::Error5xx => (
+                0,
+                state.hot().errors_5xx.fetch_add(1, Ordering::Relaxed) + 1,
+            ),
         };
         let ejected = state.ejected_until.load(Ordering::Relaxed);
         if ejected != 0 {
@@ -141,8 +144,8 @@ impl Outlier {
         }
         state.ejections.fetch_add(1, Ordering::Relaxed);
         state.trial.store(0, Ordering::Relaxed);
-        state.failures.store(0, Ordering::Relaxed);
-        state.errors_5xx.store(0, Ordering::Relaxed);
+        state.hot().failures.store(0, Ordering::Relaxed);
+        state.hot().errors_5xx.store(0, Ordering::Relaxed);
         Change::Ejected(until)
     }
 

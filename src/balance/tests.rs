@@ -222,3 +222,37 @@ async fn slow_start_share_rises_over_the_window() {
     let snap = b.load();
     assert_eq!((**snap).as_ref().unwrap().rebuild_at, 0, "ramp over");
 }
+
+#[test]
+fn state_moves_to_a_new_slab_when_newcomers_do_not_fit() {
+    let b = balancer(BalancerKind::P2c, &[1, 1]);
+    let before = {
+        let snap = b.load();
+        (**snap).as_ref().unwrap().states[1].clone()
+    };
+    before.observe(Duration::from_millis(42));
+    before.hot().failures.store(2, Ordering::Relaxed);
+    state::enter(&before);
+    // 2 instances took 2 of 16 slots; 20 more do not fit: every instance moves.
+    let mut next = instances(&[1; 22]);
+    next.remove(0);
+    let st = TargetState::new("static", "x");
+    b.publish(&Arc::new(Resolution::new(next)), &st.status);
+    let snap = b.load();
+    let snap = (**snap).as_ref().unwrap();
+    let after = &snap.states[0];
+    assert!(!Arc::ptr_eq(after, &before), "moved");
+    assert_eq!(after.latency_us(), 42_000.0);
+    assert_eq!(after.consecutive(), (2, 0));
+    assert_eq!(
+        after.in_flight(),
+        0,
+        "in flight stays with the slab it started on"
+    );
+    // Slots are distinct and p2c reads each instance's own.
+    let mut slots: Vec<u32> = snap.slots.to_vec();
+    slots.sort_unstable();
+    slots.dedup();
+    assert_eq!(slots.len(), 21);
+    state::leave(&before);
+}
