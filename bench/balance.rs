@@ -10,9 +10,10 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use divan::{black_box, Bencher};
-use waypost::balance::{Balancer, Table};
+use waypost::balance::{Balancer, Settings, Table};
 use waypost::cache::state::TargetState;
 use waypost::cache::Publish;
+use waypost::config::BalancerKind;
 use waypost::discover::{Instance, Resolution};
 
 fn main() {
@@ -57,4 +58,39 @@ fn pick_shared(bencher: Bencher, n: usize) {
         let table = &snapshot.as_ref().as_ref().expect("published").table;
         black_box(table.pick().map(|i| i.address))
     });
+}
+
+/// `Balancer::pick` by balancer kind, as a request makes it (the snapshot already loaded, the
+/// request's start time handed in): `random` is the alias draw plus the ejection check, `p2c`
+/// two draws and two scores, `round_robin` one atomic step of the SWRR cycle. The bar
+/// (issue 13): p2c ≤ 40 ns at 10,000 instances.
+#[divan::bench(args = [3, 100, 10_000], consts = [0, 1, 2])]
+fn pick_kind<const KIND: u8>(bencher: Bencher, n: usize) {
+    let kind = match KIND {
+        0 => BalancerKind::Random,
+        1 => BalancerKind::RoundRobin,
+        _ => BalancerKind::P2c,
+    };
+    let balancer = Balancer::with_settings(Settings {
+        kind,
+        ..Settings::default()
+    });
+    let resolution = Arc::new(Resolution::new(instances(n)));
+    balancer.publish(&resolution, &TargetState::new("static", "echo").status);
+    let snapshot = balancer.snapshot();
+    let snap = snapshot.as_ref().as_ref().expect("published");
+    let now = tokio::time::Instant::now();
+    bencher.bench_local(|| black_box(&balancer).pick(black_box(snap), now, None));
+}
+
+/// The bare table of a balancer's snapshot (as `pick_kind`'s, without the balancer around it):
+/// tells the table's own memory from what the balancer adds.
+#[divan::bench(args = [10_000])]
+fn pick_snapshot_table(bencher: Bencher, n: usize) {
+    let balancer = Balancer::new();
+    let resolution = Arc::new(Resolution::new(instances(n)));
+    balancer.publish(&resolution, &TargetState::new("static", "echo").status);
+    let snapshot = balancer.snapshot();
+    let table = &snapshot.as_ref().as_ref().expect("published").table;
+    bencher.bench_local(|| black_box(table).pick().map(|i| i.address));
 }

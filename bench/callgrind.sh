@@ -10,6 +10,7 @@
 # waypost's fast path sends both upstream in one write).
 #   usage: bench/callgrind.sh [N] [waypost|haproxy|relay] [get|post]   (needs valgrind and apache2-utils' ab)
 #   WAYPOST=path/to/waypost bench/callgrind.sh …   profiles another waypost build (a saved one, to compare)
+#   CONFIG=bench/load/p2c.yaml bench/callgrind.sh …   runs waypost on another config (same variables)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N="${1:-10000}"
@@ -50,7 +51,7 @@ from run import UPSTREAMS, haproxy_config
 open(sys.argv[1], "w").write(haproxy_config("127.0.0.1:28080", [(p + 10000, w) for p, w in UPSTREAMS]))
 PY
 case "$TARGET" in
-  waypost) proxy=("${WAYPOST:-target/release/waypost}" run --config configs/static.yaml) ;;
+  waypost) proxy=("${WAYPOST:-target/release/waypost}" run --config "${CONFIG:-configs/static.yaml}") ;;
   haproxy) command -v haproxy >/dev/null || { echo "missing haproxy: apt-get install -y haproxy" >&2; exit 1; }
            proxy=(haproxy -db -f "$out/haproxy.cfg") ;;
   # The floor: a bare TCP relay (examples/relay.rs) with the same weights.

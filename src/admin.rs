@@ -46,6 +46,10 @@ struct ServiceView<'a> {
     resolver: &'static str,
     idle_seconds: Option<f64>,
     pickable: usize,
+    /// `random`, `round_robin` or `p2c`.
+    balancer: crate::config::BalancerKind,
+    /// Requests in flight to the service.
+    in_flight: u32,
     instances: Vec<InstanceView<'a>>,
     status: Option<&'a crate::cache::Status>,
 }
@@ -54,7 +58,17 @@ struct ServiceView<'a> {
 struct InstanceView<'a> {
     address: String,
     weight: u32,
+    /// The weight picks use now: lower while slow start ramps the instance up.
+    effective_weight: f64,
+    /// Its share of picks by effective weight (before ejections and P2C's scores).
     share: f64,
+    in_flight: u32,
+    /// The latency estimate P2C scores with (milliseconds).
+    latency_ms: f64,
+    consecutive_failures: u32,
+    consecutive_5xx: u32,
+    /// Seconds left of its ejection (0 when over and waiting for its trial); absent when in.
+    ejected_for_seconds: Option<f64>,
     tags: &'a std::collections::BTreeMap<String, String>,
 }
 
@@ -110,6 +124,13 @@ impl Admin {
     fn metrics_text(&self) -> Vec<u8> {
         let now = SystemTime::now();
         for t in self.cache.targets() {
+            // Counted by the requests themselves; the gauge is set when scraped.
+            self.metrics
+                .forward
+                .resilience
+                .in_flight
+                .with_label_values(&[t.name()])
+                .set(i64::from(t.publisher().in_flight()));
             if let Some(snap) = &*t.publisher().balancer.snapshot() {
                 if let Some(ok) = snap.status.last_success {
                     let age = now
@@ -137,33 +158,43 @@ impl Admin {
             .iter()
             .zip(&snaps)
             .map(|(t, snap)| {
+                let svc = t.publisher();
                 let snap = snap.as_ref().as_ref();
-                let total: u64 = snap.map_or(0, |s| {
-                    s.table
-                        .instances()
-                        .iter()
-                        .map(|i| u64::from(i.weight))
-                        .sum()
-                });
+                let total: u64 = snap.map_or(0, |s| s.weights.iter().sum());
+                let now = svc.balancer.clock().ms(tokio::time::Instant::now());
                 ServiceView {
                     name: t.name(),
                     declared: t.is_declared(),
                     resolver: snap.map_or("", |s| s.status.resolver),
                     idle_seconds: (!t.is_declared()).then(|| t.idle().as_secs_f64()),
                     pickable: snap.map_or(0, |s| s.table.pickable()),
+                    balancer: svc.balancer.kind(),
+                    in_flight: svc.in_flight(),
                     instances: snap.map_or_else(Vec::new, |s| {
                         s.table
                             .instances()
                             .iter()
-                            .map(|i| InstanceView {
-                                address: i.address.to_string(),
-                                weight: i.weight,
-                                share: if total == 0 {
-                                    0.0
-                                } else {
-                                    f64::from(i.weight) / total as f64
-                                },
-                                tags: &i.tags,
+                            .zip(s.states.iter().zip(s.weights.iter()))
+                            .map(|(i, (st, &w))| {
+                                let (failures, errors) = st.consecutive();
+                                InstanceView {
+                                    address: i.address.to_string(),
+                                    weight: i.weight,
+                                    effective_weight: w as f64 / 100.0,
+                                    share: if total == 0 {
+                                        0.0
+                                    } else {
+                                        w as f64 / total as f64
+                                    },
+                                    in_flight: st.in_flight(),
+                                    latency_ms: st.latency_us() / 1000.0,
+                                    consecutive_failures: failures,
+                                    consecutive_5xx: errors,
+                                    ejected_for_seconds: st
+                                        .ejected_until()
+                                        .map(|u| u.saturating_sub(now) as f64 / 1000.0),
+                                    tags: &i.tags,
+                                }
                             })
                             .collect()
                     }),

@@ -17,7 +17,7 @@ use crate::admin::Admin;
 use crate::cache::{Cache, Declared, Lookup, Policy, Rule};
 use crate::config::{CheckConfig, Config, EtcdLayout, RegisterEntry, RegistryKind, ResolverConfig};
 use crate::discover::Resolver;
-use crate::forward::{self, Listener, Pool, Proxy, ServiceHandle};
+use crate::forward::{self, Listener, Pool, Proxy, ServiceHandle, ServicePolicy};
 use crate::metrics::Metrics;
 use crate::metrics::{ConsulMetrics, EtcdMetrics};
 use crate::register::{Check, Entry, Registrar, Registration, Registrations};
@@ -377,17 +377,14 @@ impl App {
                 }
                 None => default_pool.clone(),
             };
-            let timeout = svc.upstream.timeout.unwrap_or(config.upstream.timeout).0;
-            per_service.insert(name.to_string(), (timeout, pool));
+            let policy = ServicePolicy::from_config(&config, Some(svc), pool);
+            per_service.insert(name.to_string(), policy);
         }
         let family = metrics.forward.clone();
-        let default_timeout = config.upstream.timeout.0;
+        let on_demand = ServicePolicy::from_config(&config, None, default_pool.clone());
         let make = Box::new(move |name: &str| {
-            let (timeout, pool) = per_service
-                .get(name)
-                .cloned()
-                .unwrap_or_else(|| (default_timeout, default_pool.clone()));
-            ServiceHandle::new(name, &family, timeout, pool)
+            let policy = per_service.get(name).unwrap_or(&on_demand).clone();
+            ServiceHandle::new(name, &family, policy)
         });
         let (cache, declared) = Cache::new(
             policy,
@@ -467,11 +464,24 @@ impl App {
         let admin_task =
             tokio::spawn(async move { admin.serve(admin_listener, admin_stop, &client).await });
 
-        let proxy = Arc::new(Proxy::new(
-            cache.clone(),
-            metrics.forward.clone(),
-            forward::Settings::from_config(&config.client, &config.upstream),
-        ));
+        if let Some(fds) = forward::limits::raise_fd_limit() {
+            // Each forwarded connection may hold an upstream one too.
+            if (config.limits.max_connections as u64).saturating_mul(2) > fds {
+                tracing::warn!(
+                    max_connections = config.limits.max_connections,
+                    open_file_limit = fds,
+                    "limits.max_connections may run into the open-file limit"
+                );
+            }
+        }
+        let proxy = Arc::new(
+            Proxy::new(
+                cache.clone(),
+                metrics.forward.clone(),
+                forward::Settings::from_config(&config.client, &config.upstream),
+            )
+            .limit_connections(config.limits.max_connections),
+        );
         let (accept_trigger, accept_stop) = shutdown::channel();
         let (drain_trigger, drain) = shutdown::channel();
         let (drained_tx, mut drained_rx) = mpsc::channel::<()>(1);

@@ -14,6 +14,7 @@ mod env;
 mod etcd;
 mod locate;
 mod register;
+mod resilience;
 mod types;
 mod validate;
 mod zookeeper;
@@ -33,6 +34,9 @@ pub use discovery::{BackoffConfig, DiscoveryConfig, DnsConfig, GuardConfig, OnDe
 pub use etcd::{EtcdLayout, EtcdOptions, EtcdRegistryConfig, EtcdResolverConfig, EtcdTlsConfig};
 pub use register::{
     default_register_weight, CheckConfig, HttpUrl, ProbeConfig, RegisterEntry, RegistryKind,
+};
+pub use resilience::{
+    BalancerKind, BudgetConfig, LimitsConfig, OutlierConfig, RetryConfig, RetryOn, ServiceLimits,
 };
 pub use types::{Addr, Dur, ServiceName};
 pub use zookeeper::{ZookeeperRegistryConfig, ZookeeperResolverConfig};
@@ -66,6 +70,16 @@ pub struct Config {
     pub dns: DnsConfig,
     /// Shutdown behaviour.
     pub shutdown: ShutdownConfig,
+    /// When failed requests are sent again (each service may replace it).
+    pub retry: RetryConfig,
+    /// Passive ejection of failing instances (each service may replace it).
+    pub outlier: OutlierConfig,
+    /// How instances are picked (each service may replace it).
+    pub balancer: BalancerKind,
+    /// How long an instance new to a table takes to reach its full weight (default: off).
+    pub slow_start: Option<Dur>,
+    /// Connection and concurrency limits.
+    pub limits: LimitsConfig,
     /// Instances of the local app to announce in a registry, each behind a health gate.
     pub register: Vec<RegisterEntry>,
     /// Declared outbound services, by name. Names are matched case-insensitively against the
@@ -86,6 +100,11 @@ impl Default for Config {
             registry: RegistryConfig::default(),
             dns: DnsConfig::default(),
             shutdown: ShutdownConfig::default(),
+            retry: RetryConfig::default(),
+            outlier: OutlierConfig::default(),
+            balancer: BalancerKind::default(),
+            slow_start: None,
+            limits: LimitsConfig::default(),
             register: Vec::new(),
             services: BTreeMap::new(),
         }
@@ -161,6 +180,8 @@ pub struct UpstreamOverrides {
     pub connect_timeout: Option<Dur>,
     /// Time allowed from sending the request to receiving response headers.
     pub timeout: Option<Dur>,
+    /// The total time a request may take, retries included.
+    pub deadline: Option<Dur>,
 }
 
 /// Global upstream settings (also the defaults for every service).
@@ -169,8 +190,11 @@ pub struct UpstreamOverrides {
 pub struct UpstreamConfig {
     /// TCP connect timeout (default 1s).
     pub connect_timeout: Dur,
-    /// Time from request sent to response headers received (default 15s).
+    /// Time from request sent to response headers received (default 15s), per attempt.
     pub timeout: Dur,
+    /// The total time from a request's head to its response head, retries included (default:
+    /// none; each attempt still has `timeout`).
+    pub deadline: Option<Dur>,
     /// How long an idle pooled upstream connection is kept (default 90s).
     pub idle_timeout: Dur,
     /// Idle connections kept per instance (default 256).
@@ -189,6 +213,7 @@ impl Default for UpstreamConfig {
         Self {
             connect_timeout: Dur::from_secs(1),
             timeout: Dur::from_secs(15),
+            deadline: None,
             idle_timeout: Dur::from_secs(90),
             max_idle_per_instance: 256,
             // 32 KiB: two such buffers per proxied exchange in flight keep 64 connections
@@ -271,6 +296,17 @@ pub struct ServiceConfig {
     pub upstream: UpstreamOverrides,
     /// Override of `discovery.refresh_interval`.
     pub refresh_interval: Option<Dur>,
+    /// Replaces the global `retry:`.
+    pub retry: Option<RetryConfig>,
+    /// Replaces the global `outlier:`.
+    pub outlier: Option<OutlierConfig>,
+    /// Replaces the global `balancer:`.
+    pub balancer: Option<BalancerKind>,
+    /// Replaces the global `slow_start:`.
+    pub slow_start: Option<Dur>,
+    /// This service's limits.
+    #[serde(default)]
+    pub limits: ServiceLimits,
 }
 
 /// `services.<name>.resolver:` — exactly one resolver, named by its key.

@@ -16,15 +16,17 @@
 //! answered in one place ([`rescue`]). HTTP/2 (h2c) requests take the same walk through
 //! hyper's h2 server ([`Proxy::handle_h2`]).
 
+mod attempt;
 pub mod client;
 pub mod h1;
+pub mod limits;
 pub mod rescue;
+pub mod retry;
 pub mod route;
 mod server;
+mod service;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response};
@@ -37,92 +39,20 @@ pub use client::Pool;
 pub use rescue::ForwardError;
 pub use route::Listener;
 pub use server::{serve, sniff_h2c, Settings};
+pub use service::{ServiceHandle, ServicePolicy};
 
-use crate::balance::Balancer;
-use crate::cache::{Cache, Lookup, Publish, State, Status, Target};
-use crate::discover::Resolution;
+use crate::balance::{InstanceState, Outcome, Picked};
+use crate::cache::{Cache, Lookup, State, Status, Target};
 use crate::metrics::{ForwardMetrics, ServiceMetrics};
+use attempt::Attempts;
 use client::{First, Outgoing, SendError, SourceError};
 use h1::framing::Framing;
+use retry::{Attempted, Plan};
 use server::h2::H2Body;
 use server::http1::{Failure, Http1};
 
 /// The body of a response to an HTTP/2 app: the upstream's, streamed, or one waypost wrote.
 pub type ResponseBody = Either<client::Body<H2Body>, Full<Bytes>>;
-
-/// Everything forwarding keeps per service: its balancer and the handles a request needs.
-/// The cache creates one per target and publishes into it.
-pub struct ServiceHandle {
-    /// The service's table, published by the cache.
-    pub balancer: Balancer,
-    metrics: ServiceMetrics,
-    family: ForwardMetrics,
-    name: Arc<str>,
-    /// Time allowed from request sent to response headers.
-    timeout: Duration,
-    /// The upstream pool for this service (its own when it overrides the connect timeout).
-    pool: Pool,
-}
-
-impl ServiceHandle {
-    /// A handle for `name` with nothing published yet.
-    pub fn new(name: &str, family: &ForwardMetrics, timeout: Duration, pool: Pool) -> Self {
-        Self {
-            balancer: Balancer::new(),
-            metrics: family.service(name),
-            family: family.clone(),
-            name: name.into(),
-            timeout,
-            pool,
-        }
-    }
-
-    /// The error for a request sent to `addr` that got no response.
-    fn failed(&self, addr: SocketAddr, source: SendError) -> ForwardError {
-        let service = self.name.to_string();
-        match source {
-            SendError::Request(e) => e.into(),
-            source if source.is_connect() => {
-                self.metrics.connect_errors.inc();
-                ForwardError::UpstreamConnect {
-                    service,
-                    addr,
-                    source,
-                }
-            }
-            source => ForwardError::Upstream {
-                service,
-                addr,
-                source,
-            },
-        }
-    }
-
-    /// The error for a request sent to `addr` whose response head did not come in time.
-    fn timed_out(&self, addr: SocketAddr) -> ForwardError {
-        ForwardError::UpstreamTimeout {
-            service: self.name.to_string(),
-            addr,
-            timeout: self.timeout,
-        }
-    }
-
-    /// Counts a forwarded response with `status`, whose head came `took` after the request.
-    fn record(&self, status: u16, took: Duration) {
-        self.metrics.count(status);
-        self.metrics.duration.observe(took.as_secs_f64());
-    }
-}
-
-impl Publish for ServiceHandle {
-    fn publish(&self, resolution: &Arc<Resolution>, status: &Status) {
-        self.balancer.publish(resolution, status);
-    }
-
-    fn retire(&self) {
-        self.family.remove(&self.name);
-    }
-}
 
 /// The declared service the last request on a connection named, by the `Host` bytes that
 /// named it. A connection nearly always names the same service again, and a declared target
@@ -144,6 +74,8 @@ pub struct Proxy {
     settings: Settings,
     /// App connections open on every listener (for giving memory back after a flood).
     open: server::OpenConnections,
+    /// `limits.max_connections`, over every forwarding listener.
+    slots: limits::ConnectionSlots,
 }
 
 impl Proxy {
@@ -155,7 +87,17 @@ impl Proxy {
             metrics,
             settings,
             open: server::OpenConnections::default(),
+            slots: limits::ConnectionSlots::new(
+                crate::config::LimitsConfig::default().max_connections,
+            ),
         }
+    }
+
+    /// At most `max` app connections open at once over every listener (accepting pauses at
+    /// the cap).
+    pub fn limit_connections(mut self, max: usize) -> Self {
+        self.slots = limits::ConnectionSlots::new(max);
+        self
     }
 
     /// The walk of one HTTP/1 request whose head `conn` just read and parsed (steps 1–2 done):
@@ -181,8 +123,12 @@ impl Proxy {
             }
         };
         let svc = target.publisher();
-        let addr = match self.pick(&target).await {
-            Ok(addr) => addr,
+        let picked = match svc.admit(started) {
+            Ok(slot) => self.pick(&target, started).await.map(|p| (slot, p)),
+            Err(e) => Err(e),
+        };
+        let (_slot, (first, state)) = match picked {
+            Ok(p) => p,
             Err(e) => {
                 let body_done = conn.skip_body(&req);
                 return self
@@ -191,19 +137,29 @@ impl Proxy {
             }
         };
         h1::request::finish(conn.head_and_route().0, &req, target.name());
-        let deadline = started + svc.timeout;
+        let mut plan = Attempts::new(svc, first, state, started, req.is_idempotent());
         let sent = conn
-            .exchange(&req, &svc.pool, addr, deadline, &self.settings)
+            .exchange(&req, &svc.pool, &mut plan, &self.settings)
             .await;
         let (err, body_done) = match sent {
             Ok(done) => {
+                plan.finish(outcome(done.status.as_u16()), done.head_at);
                 svc.record(done.status.as_u16(), done.head_at - started);
                 conn.idle_since = done.ended;
                 return !done.close;
             }
-            Err(Failure::Send(e, body_done)) => (svc.failed(addr, e), body_done),
-            Err(Failure::Timeout(body_done)) => (svc.timed_out(addr), body_done),
-            Err(Failure::Upstream(e)) => (svc.failed(addr, SendError::Upstream(e)), false),
+            Err(Failure::Send(e, body_done)) => {
+                plan.finish(Outcome::Failure, Instant::now());
+                (svc.failed(plan.addr(), e), body_done)
+            }
+            Err(Failure::Timeout(body_done)) => {
+                plan.finish(Outcome::Failure, Instant::now());
+                (plan.timed_out(), body_done)
+            }
+            Err(Failure::Upstream(e)) => {
+                plan.finish(Outcome::Failure, Instant::now());
+                (svc.failed(plan.addr(), SendError::Upstream(e)), false)
+            }
             Err(Failure::Request(e @ (SourceError::Truncated | SourceError::Io(_)))) => {
                 tracing::debug!(service = %target.name(), error = %e, "app connection ended mid-request");
                 return false;
@@ -211,6 +167,7 @@ impl Proxy {
             Err(Failure::Request(e)) => (e.into(), false),
             Err(Failure::Closed) => return false,
         };
+        drop(plan);
         self.reply(conn, Some(svc), err, &req, started, body_done)
             .await
     }
@@ -254,8 +211,13 @@ impl Proxy {
             Err(e) => return wrote(self.reject(None, e, started)),
         };
         let svc = target.publisher();
-        let addr = match self.pick(&target).await {
-            Ok(addr) => addr,
+        let picked = match svc.admit(started) {
+            Ok(slot) => self.pick(&target, started).await.map(|p| (slot, p)),
+            Err(e) => Err(e),
+        };
+        // The slot is held until the response head: the body streams after this returns.
+        let (_slot, (first, state)) = match picked {
+            Ok(p) => p,
             Err(e) => return wrote(self.reject(Some(svc), e, started)),
         };
         let mut head = Vec::with_capacity(256);
@@ -264,32 +226,65 @@ impl Proxy {
                 Ok(framing) => framing,
                 Err(e) => return wrote(self.reject(Some(svc), e.into(), started)),
             };
+        let idempotent = h1::request::idempotent(&parts.method);
         let out = Outgoing {
             head: &head,
             framing,
             head_request: parts.method == Method::HEAD,
-            replayable: framing == Framing::Empty && h1::request::idempotent(&parts.method),
+            replayable: framing == Framing::Empty && idempotent,
             relay_continue: false,
         };
-        let source = (framing != Framing::Empty).then_some(H2Body(body));
-        let sent = tokio::time::timeout(svc.timeout, svc.pool.send(addr, &out, source)).await;
-        let (ex, head) = match sent {
-            Ok(Ok((ex, First::Final(head)))) => (ex, head),
-            // Not asked for (`relay_continue` is off): never reported.
-            Ok(Ok((_, First::Continue))) => {
-                let e = SendError::Upstream(client::ProtoError::Truncated);
-                return wrote(self.reject(Some(svc), svc.failed(addr, e), started));
-            }
-            Ok(Err(e)) => return wrote(self.reject(Some(svc), svc.failed(addr, e), started)),
-            Err(_) => return wrote(self.reject(Some(svc), svc.timed_out(addr), started)),
+        // An HTTP/2 request body streams straight from hyper and goes with the first attempt:
+        // only bodiless requests are retried.
+        let bodiless = framing == Framing::Empty;
+        let mut source = (!bodiless).then_some(H2Body(body));
+        let mut plan = Attempts::new(svc, first, state, started, idempotent);
+        let (ex, head) = loop {
+            let (addr, until) = plan.target();
+            let sent = tokio::time::timeout_at(until, svc.pool.send(addr, &out, source.take()));
+            let failed = match sent.await {
+                Ok(Ok((ex, First::Final(head)))) => {
+                    let status = head.status;
+                    if status.is_server_error()
+                        && bodiless
+                        && plan.again(Attempted::Status(status.as_u16()), true)
+                    {
+                        continue;
+                    }
+                    break (ex, head);
+                }
+                // Not asked for (`relay_continue` is off): never reported.
+                Ok(Ok((_, First::Continue))) => {
+                    svc.failed(addr, SendError::Upstream(client::ProtoError::Truncated))
+                }
+                Ok(Err(SendError::Request(e))) => {
+                    return wrote(self.reject(Some(svc), e.into(), started))
+                }
+                Ok(Err(e)) => {
+                    if bodiless && plan.again(Attempted::of(&e), true) {
+                        continue;
+                    }
+                    svc.failed(addr, e)
+                }
+                Err(_) => {
+                    if bodiless && plan.again(Attempted::Timeout, true) {
+                        continue;
+                    }
+                    plan.timed_out()
+                }
+            };
+            plan.finish(Outcome::Failure, Instant::now());
+            return wrote(self.reject(Some(svc), failed, started));
         };
-        svc.record(head.status.as_u16(), started.elapsed());
+        let now = Instant::now();
+        plan.finish(outcome(head.status.as_u16()), now);
+        svc.record(head.status.as_u16(), now - started);
         let body = ex.into_body(&head);
         match head.into_parts() {
             Ok(parts) => Response::from_parts(parts, Either::Left(body)),
             Err(e) => {
                 let e = SendError::Upstream(e.into());
-                wrote(self.reject(Some(svc), svc.failed(addr, e), started))
+                wrote(self.reject(Some(svc), svc.failed(plan.addr(), e), started))
             }
         }
     }
@@ -311,8 +306,13 @@ impl Proxy {
         Ok(target)
     }
 
-    /// An instance of `target` to send a request to.
-    async fn pick(&self, target: &Target<ServiceHandle>) -> Result<SocketAddr, ForwardError> {
+    /// An instance of `target` for the first attempt of a request that started at `started`,
+    /// counted in flight there.
+    async fn pick(
+        &self,
+        target: &Target<ServiceHandle>,
+        started: Instant,
+    ) -> Result<(Picked, Arc<InstanceState>), ForwardError> {
         let svc = target.publisher();
         // No snapshot yet: the first resolution is still in flight (the refresher publishes
         // before it marks a target resolved). Concurrent first requests all wait on that one,
@@ -323,11 +323,10 @@ impl Proxy {
         }
         let snapshot = svc.balancer.load();
         match &**snapshot {
-            Some(snap) => snap
-                .table
-                .pick()
-                .map(|i| i.address)
-                .ok_or_else(|| unavailable(target.name(), &snap.status)),
+            Some(snap) => match svc.balancer.pick(snap, started, None) {
+                Some(p) => Ok((p, svc.balancer.start(snap, p))),
+                None => Err(unavailable(target.name(), &snap.status)),
+            },
             None => Err(ForwardError::NoInstances(target.name().to_string())),
         }
     }
@@ -385,6 +384,15 @@ impl LastRoute {
             }
         }
         target
+    }
+}
+
+/// What a response head says about its instance: a 5xx counts against it.
+fn outcome(status: u16) -> Outcome {
+    if status >= 500 {
+        Outcome::Error5xx
+    } else {
+        Outcome::Success
     }
 }
 

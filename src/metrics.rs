@@ -20,6 +20,8 @@ pub mod zookeeper;
 pub use zookeeper::ZookeeperMetrics;
 pub mod consul;
 pub use consul::ConsulMetrics;
+pub mod resilience;
+pub use resilience::{InstanceSeries, ResilienceMetrics, ServiceResilience};
 
 /// Request latency buckets (seconds): sub-millisecond resolution for a localhost proxy, up to
 /// the default 15 s upstream timeout.
@@ -33,7 +35,7 @@ pub const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 /// Every `kind` label of `waypost_forward_errors_total`: the `x-waypost-error` values the
 /// forward stage's errors map to (`forward::rescue` checks in a test that each of its kinds is
 /// listed here). Owned here, so metrics imports nothing from the stages.
-pub const ERROR_KINDS: [&str; 13] = [
+pub const ERROR_KINDS: [&str; 14] = [
     "bad_request",
     "method_not_allowed",
     "request_timeout",
@@ -47,6 +49,7 @@ pub const ERROR_KINDS: [&str; 13] = [
     "upstream_connect",
     "upstream_timeout",
     "upstream_error",
+    "overloaded",
 ];
 
 /// What one refresh of a target did: the `result` label of `waypost_discovery_refresh_total`.
@@ -133,6 +136,8 @@ pub struct ForwardMetrics {
     pub connect_errors: IntCounterVec,
     /// `waypost_forward_open_connections{listener}`: downstream connections open now.
     pub open_connections: IntGaugeVec,
+    /// Retries, the retry budget, in-flight requests, ejections and per-instance series.
+    pub resilience: ResilienceMetrics,
 }
 
 /// Per-service hot-path handles, resolved once.
@@ -311,6 +316,7 @@ impl Metrics {
                 )
                 .expect("valid"),
             ),
+            resilience: ResilienceMetrics::new(&r),
         };
         let etcd = EtcdMetrics::new(&r);
         let zookeeper = ZookeeperMetrics::new(&r);
@@ -401,6 +407,7 @@ impl ForwardMetrics {
         for k in ERROR_KINDS {
             let _ = self.errors.remove_label_values(&[service, k]);
         }
+        self.resilience.remove(service);
     }
 
     /// The open-connections gauge of `listener` (`outbound` or `service:<name>`).

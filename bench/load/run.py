@@ -425,8 +425,11 @@ def ab(args, cases: list[Case]) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="waypost-ab-"))
     procs = Procs(tmp)
     static = str(REPO / "configs" / "static.yaml")
+    # The new build may run another config (a balancer the old one does not know, say); it must
+    # take the same WAYPOST_LISTEN / WAYPOST_ADMIN variables as configs/static.yaml.
+    new_config = str(Path(args.ab_new_config).resolve()) if args.ab_new_config else static
     sides = [Side("old", [str(old), "run", "--config", static], 18080),
-             Side("new", [str(new), "run", "--config", static], AB_PORT,
+             Side("new", [str(new), "run", "--config", new_config], AB_PORT,
                   {"WAYPOST_LISTEN": f"127.0.0.1:{AB_PORT}", "WAYPOST_ADMIN": f"127.0.0.1:{AB_ADMIN_PORT}"})]
     reps = args.h2h_reps if args.h2h_reps is not None else 5
     seconds = args.duration or 4
@@ -516,6 +519,8 @@ def main() -> int:
     ap.add_argument("--ab", nargs=2, metavar=("OLD", "NEW"),
                     help="only duels between two waypost binaries on one core (default cases: "
                          "c64-13B, c64-64KiB; 4 s each), printed, nothing written")
+    ap.add_argument("--ab-new-config", metavar="FILE",
+                    help="with --ab: the new build's config (default configs/static.yaml)")
     ap.add_argument("--report-only", action="store_true",
                     help="measure nothing: rewrite RESULTS.md and latency.svg from results.json "
                          "(after editing bench/FINDINGS.md)")

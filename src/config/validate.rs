@@ -24,6 +24,17 @@ impl Config {
                 format!("must be at least {}", super::MIN_BUFFER_SIZE),
             ));
         }
+        positive("upstream.deadline", self.upstream.deadline)?;
+        super::resilience::validate_retry(&self.retry, "retry")?;
+        super::resilience::validate_outlier(&self.outlier, "outlier")?;
+        positive("slow_start", self.slow_start)?;
+        if self.limits.max_connections == 0 {
+            return Err(("limits.max_connections".into(), "must be at least 1".into()));
+        }
+        super::resilience::validate_concurrent(
+            self.limits.max_concurrent,
+            "limits.max_concurrent",
+        )?;
         let d = &self.discovery;
         for (key, value) in [
             ("discovery.refresh_interval", d.refresh_interval),
@@ -136,6 +147,18 @@ impl Config {
                 listeners.push((format!("{base}.listen"), addr.0));
             }
             positive(&format!("{base}.refresh_interval"), svc.refresh_interval)?;
+            positive(&format!("{base}.upstream.deadline"), svc.upstream.deadline)?;
+            if let Some(r) = &svc.retry {
+                super::resilience::validate_retry(r, &format!("{base}.retry"))?;
+            }
+            if let Some(o) = &svc.outlier {
+                super::resilience::validate_outlier(o, &format!("{base}.outlier"))?;
+            }
+            positive(&format!("{base}.slow_start"), svc.slow_start)?;
+            super::resilience::validate_concurrent(
+                svc.limits.max_concurrent,
+                &format!("{base}.limits.max_concurrent"),
+            )?;
             if let ResolverConfig::Static(s) = &svc.resolver {
                 if s.instances.is_empty() {
                     return Err((

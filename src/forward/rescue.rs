@@ -76,6 +76,10 @@ pub enum ForwardError {
         /// The timeout that ran out.
         timeout: Duration,
     },
+    /// The service has `limits.max_concurrent` requests in flight already: 503 with
+    /// `Retry-After`.
+    #[error("service {0:?} has too many requests in flight")]
+    Overloaded(String),
     /// The connection to the instance broke before a response, or its response cannot be
     /// forwarded: 502.
     #[error("upstream {addr} for service {service:?} failed: {source}")]
@@ -108,6 +112,7 @@ impl ForwardError {
             ForwardError::UpstreamConnect { .. } => "upstream_connect",
             ForwardError::UpstreamTimeout { .. } => "upstream_timeout",
             ForwardError::Upstream { .. } => "upstream_error",
+            ForwardError::Overloaded(_) => "overloaded",
         }
     }
 
@@ -122,9 +127,9 @@ impl ForwardError {
             ForwardError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ForwardError::VersionNotSupported => StatusCode::HTTP_VERSION_NOT_SUPPORTED,
             ForwardError::UnknownService(_) => StatusCode::NOT_FOUND,
-            ForwardError::NoInstances(_) | ForwardError::DiscoveryFailed { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ForwardError::NoInstances(_)
+            | ForwardError::DiscoveryFailed { .. }
+            | ForwardError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             ForwardError::UpstreamConnect { .. } | ForwardError::Upstream { .. } => {
                 StatusCode::BAD_GATEWAY
             }
@@ -206,6 +211,7 @@ mod tests {
             (ForwardError::VersionNotSupported, 505, true),
             (ForwardError::UnknownService("x".into()), 404, false),
             (ForwardError::NoInstances("x".into()), 503, false),
+            (ForwardError::Overloaded("x".into()), 503, false),
             (
                 ForwardError::DiscoveryFailed {
                     service: "x".into(),

@@ -151,6 +151,13 @@ pub async fn serve(
         kind: Arc::new(kind),
     });
     loop {
+        // A slot first: at `limits.max_connections` accepting pauses (connections wait in the
+        // backlog) until one closes.
+        let slot = tokio::select! {
+            biased;
+            _ = stop.recv() => break,
+            slot = shared.proxy.slots.take() => slot,
+        };
         let (stream, _peer) = tokio::select! {
             biased;
             _ = stop.recv() => break,
@@ -173,6 +180,7 @@ pub async fn serve(
             connection(stream, &shared, drain).await;
             shared.proxy.open.closed();
             open.dec();
+            drop(slot);
             drop(done);
         });
     }

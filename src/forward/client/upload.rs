@@ -28,6 +28,14 @@ pub trait Source {
     fn poll_piece(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Piece>, SourceError>>;
 }
 
+/// A body lent for one attempt: a request retried after a failed connect (nothing of its body
+/// taken) lends it again.
+impl<S: Source + ?Sized> Source for &mut S {
+    fn poll_piece(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Piece>, SourceError>> {
+        (**self).poll_piece(cx)
+    }
+}
+
 /// A piece of a request body.
 #[derive(Debug)]
 pub enum Piece {

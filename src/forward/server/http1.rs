@@ -12,7 +12,6 @@
 use std::cell::RefCell;
 use std::future::Future as _;
 use std::io;
-use std::net::SocketAddr;
 use std::pin::pin;
 use std::task::Poll;
 
@@ -30,6 +29,7 @@ use crate::forward::client::{First, Outgoing, Pool, ProtoError, SendError, Sourc
 use crate::forward::h1::framing::Framing;
 use crate::forward::h1::request::{self, Parsed, Request, RequestError};
 use crate::forward::h1::response::{self, Reply};
+use crate::forward::retry::{Attempted, Plan};
 use crate::forward::LastRoute;
 
 /// What a read asks for while a head is expected.
@@ -312,14 +312,15 @@ impl Http1 {
     }
 
     /// Sends `req` (its head finished in the head buffer, its body after it in the read
-    /// buffer and on the socket) to `addr`, and writes the response to the app. `until`: the
-    /// deadline of the response head.
+    /// buffer and on the socket) to the instances `plan` names, attempt after attempt, and
+    /// writes the last attempt's response to the app. A request that may be retried has its
+    /// body read first, up to `plan.buffer()`, so it can be sent again; a response that is
+    /// retried is dropped with its connection, never written.
     pub async fn exchange(
         &mut self,
         req: &Request,
         pool: &Pool,
-        addr: SocketAddr,
-        until: Instant,
+        plan: &mut impl Plan,
         settings: &Settings,
     ) -> Result<Exchanged, Failure> {
         let Http1 {
@@ -339,41 +340,63 @@ impl Http1 {
             settings.body_timeout,
             settings.buffer_size,
         );
-        let whole = source.prefill(head).map_err(Failure::Request)?;
+        let mut whole = source.prefill(head).map_err(Failure::Request)?;
+        // Only a body that could be replayed is worth holding back (never one the app sends
+        // only after a `100 Continue`): a bodiless GET never comes here.
+        let limit = plan.buffer();
+        if !whole && limit > 0 && req.is_idempotent() && !req.expect_continue {
+            let limit = head.len() + limit;
+            whole = source.buffer(head, limit).await.map_err(Failure::Request)?;
+        }
         let outgoing = Outgoing {
             head,
             framing: source.rest(),
             head_request: req.is_head(),
-            replayable: req.framing == Framing::Empty && req.is_idempotent(),
+            replayable: whole && req.is_idempotent(),
             relay_continue: req.expect_continue,
         };
-        let sent = {
-            let wr = &mut wr;
-            let send = async {
-                let (mut ex, mut first) = pool
-                    .send(addr, &outgoing, (!whole).then_some(source))
-                    .await
-                    .map_err(Some)?;
-                loop {
-                    match first {
-                        First::Continue => {
-                            write_all(wr, &mut [b"HTTP/1.1 100 Continue\r\n\r\n"])
-                                .await
-                                .map_err(|_| None)?;
-                            first = ex.head().await.map_err(Some)?;
+        let (ex, head) = loop {
+            let (addr, until) = plan.target();
+            let sent = {
+                let wr = &mut wr;
+                let body = (!whole).then_some(&mut source);
+                let send = async {
+                    let (mut ex, mut first) =
+                        pool.send(addr, &outgoing, body).await.map_err(Some)?;
+                    loop {
+                        match first {
+                            First::Continue => {
+                                write_all(wr, &mut [b"HTTP/1.1 100 Continue\r\n\r\n"])
+                                    .await
+                                    .map_err(|_| None)?;
+                                first = ex.head().await.map_err(Some)?;
+                            }
+                            First::Final(head) => return Ok((ex, head)),
                         }
-                        First::Final(head) => return Ok((ex, head)),
                     }
-                }
+                };
+                response.within(until, pin!(send)).await
             };
-            response.within(until, pin!(send)).await
-        };
-        let (ex, head) = match sent {
-            None => return Err(Failure::Timeout(whole)),
-            Some(Err(None)) => return Err(Failure::Closed),
-            Some(Err(Some(SendError::Request(e)))) => return Err(Failure::Request(e)),
-            Some(Err(Some(e))) => return Err(Failure::Send(e, whole)),
-            Some(Ok(sent)) => sent,
+            match sent {
+                None if plan.again(Attempted::Timeout, whole) => continue,
+                None => return Err(Failure::Timeout(whole)),
+                Some(Err(None)) => return Err(Failure::Closed),
+                Some(Err(Some(SendError::Request(e)))) => return Err(Failure::Request(e)),
+                Some(Err(Some(e))) => {
+                    if plan.again(Attempted::of(&e), whole) {
+                        continue;
+                    }
+                    return Err(Failure::Send(e, whole));
+                }
+                Some(Ok((ex, head))) => {
+                    if head.status.is_server_error()
+                        && plan.again(Attempted::Status(head.status.as_u16()), whole)
+                    {
+                        continue;
+                    }
+                    break (ex, head);
+                }
+            }
         };
         let head_at = Instant::now();
         let status = head.status;

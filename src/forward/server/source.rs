@@ -104,6 +104,26 @@ impl<'a> AppBody<'a> {
         }
     }
 
+    /// Reads the body from the app into `out` (as [`AppBody::prefill`] does) until it is
+    /// whole or `out` would grow past `limit` bytes, so a request can be sent more than once.
+    /// `true` when the body is whole in `out`; otherwise what was read goes out with the head
+    /// and the rest streams.
+    pub async fn buffer(&mut self, out: &mut Vec<u8>, limit: usize) -> Result<bool, SourceError> {
+        loop {
+            if self.prefill(out)? {
+                return Ok(true);
+            }
+            let over = match self.state {
+                State::Length(left) => out.len() as u64 + left > limit as u64,
+                _ => out.len() >= limit,
+            };
+            if over {
+                return Ok(false);
+            }
+            std::future::poll_fn(|cx| self.poll_read(cx)).await?;
+        }
+    }
+
     /// How what is left of the body is framed: the rest of a length, or chunks.
     pub fn rest(&self) -> Framing {
         match self.state {
