@@ -29,6 +29,7 @@ use crate::registry::zookeeper::{
     self as zk, ZookeeperRegistrar, ZookeeperResolver, ZookeeperSession,
 };
 use crate::shutdown;
+use crate::tls::Connector;
 
 /// The addresses the app actually bound (ports resolved when the config says `:0`).
 #[derive(Debug, Clone)]
@@ -325,13 +326,28 @@ impl App {
                 resolver: factory.build(&svc.resolver)?,
                 refresh_interval: svc.refresh_interval.map(|d| d.0),
             });
-            let pool = match svc.upstream.connect_timeout {
-                Some(t) => {
-                    let c = Pool::from_config(&config.upstream, t.0);
+            let connect_timeout = svc.upstream.connect_timeout;
+            let pool = match (&svc.tls, connect_timeout) {
+                (None, None) => default_pool.clone(),
+                (tls, t) => {
+                    let tls = match tls {
+                        Some(cfg) => {
+                            let key = format!("services.{name}.tls");
+                            let c = Connector::from_config(
+                                cfg,
+                                name.as_str(),
+                                &key,
+                                metrics.tls.clone(),
+                            )?;
+                            Some(Arc::new(c))
+                        }
+                        None => None,
+                    };
+                    let t = t.unwrap_or(config.upstream.connect_timeout).0;
+                    let c = Pool::with_tls(&config.upstream, t, tls);
                     pools.push(c.clone());
                     c
                 }
-                None => default_pool.clone(),
             };
             let timeout = svc.upstream.timeout.unwrap_or(config.upstream.timeout).0;
             per_service.insert(name.to_string(), (timeout, pool));

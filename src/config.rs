@@ -13,6 +13,7 @@ mod env;
 mod etcd;
 mod locate;
 mod register;
+mod tls;
 mod types;
 mod validate;
 mod zookeeper;
@@ -29,6 +30,7 @@ pub use etcd::{EtcdLayout, EtcdOptions, EtcdRegistryConfig, EtcdResolverConfig, 
 pub use register::{
     default_register_weight, CheckConfig, HttpUrl, ProbeConfig, RegisterEntry, RegistryKind,
 };
+pub use tls::{read_certificates, read_private_key, UpstreamTlsConfig};
 pub use types::{Addr, Dur, ServiceName};
 pub use zookeeper::{ZookeeperRegistryConfig, ZookeeperResolverConfig};
 
@@ -263,6 +265,8 @@ pub struct ServiceConfig {
     pub upstream: UpstreamOverrides,
     /// Override of `discovery.refresh_interval`.
     pub refresh_interval: Option<Dur>,
+    /// TLS towards the instances (plaintext when absent).
+    pub tls: Option<UpstreamTlsConfig>,
 }
 
 /// `services.<name>.resolver:` — exactly one resolver, named by its key.

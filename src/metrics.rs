@@ -18,6 +18,8 @@ pub mod etcd;
 pub use etcd::EtcdMetrics;
 pub mod zookeeper;
 pub use zookeeper::ZookeeperMetrics;
+pub mod tls;
+pub use tls::TlsMetrics;
 
 /// Request latency buckets (seconds): sub-millisecond resolution for a localhost proxy, up to
 /// the default 15 s upstream timeout.
@@ -96,6 +98,8 @@ pub struct Metrics {
     pub etcd: EtcdMetrics,
     /// The ZooKeeper backend's families.
     pub zookeeper: ZookeeperMetrics,
+    /// TLS families.
+    pub tls: TlsMetrics,
 }
 
 /// Discovery and cache families.
@@ -310,6 +314,7 @@ impl Metrics {
         };
         let etcd = EtcdMetrics::new(&r);
         let zookeeper = ZookeeperMetrics::new(&r);
+        let tls = TlsMetrics::new(&r);
         let build = register(
             &r,
             GaugeVec::new(
@@ -334,6 +339,7 @@ impl Metrics {
             forward,
             etcd,
             zookeeper,
+            tls,
         }
     }
 

@@ -125,6 +125,9 @@ impl Config {
                 listeners.push((format!("{base}.listen"), addr.0));
             }
             positive(&format!("{base}.refresh_interval"), svc.refresh_interval)?;
+            if let Some(tls) = &svc.tls {
+                tls.validate(&format!("{base}.tls"))?;
+            }
             if let ResolverConfig::Static(s) = &svc.resolver {
                 if s.instances.is_empty() {
                     return Err((

@@ -1,4 +1,5 @@
-//! The upstream side: keep-alive HTTP/1.1 connections per instance address ([`Pool`]) and one
+//! The upstream side: keep-alive HTTP/1.1 connections per instance address ([`Pool`]), over TCP
+//! or TLS ([`Stream`]; a pool with a [`Connector`] speaks TLS to every instance), and one
 //! request sent over them ([`Pool::send`]). A request comes in one shape whatever the app
 //! spoke: its head already encoded by the framing module (with as much of its body as had
 //! arrived), and a [`Source`] for the rest of the body.
@@ -17,6 +18,7 @@
 
 mod conn;
 mod exchange;
+mod stream;
 mod upload;
 
 use std::collections::HashMap;
@@ -29,8 +31,9 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-pub use conn::{Conn, Transport};
+pub use conn::Conn;
 pub use exchange::{Body, BodyError, Exchange, First};
+pub use stream::{Stream, Transport};
 pub use upload::{Piece, Source, SourceError};
 
 use super::h1::chunked::ChunkError;
@@ -38,6 +41,7 @@ use super::h1::framing::Framing;
 use super::h1::response::ResponseError;
 use crate::config::UpstreamConfig;
 use crate::shutdown::Shutdown;
+use crate::tls::{Connector, HandshakeError, Reason};
 use upload::Upload;
 
 /// What went wrong on an upstream connection.
@@ -86,9 +90,13 @@ pub enum SendError {
     /// TCP connect failed.
     #[error("connect failed: {0}")]
     Connect(#[source] io::Error),
-    /// TCP connect did not finish in time.
+    /// TCP connect (and the TLS handshake, if any) did not finish in time.
     #[error("connect timed out after {0:?}")]
     ConnectTimeout(Duration),
+    /// The TLS handshake failed (or the server refused it right after: a TLS 1.3 server
+    /// refuses a client certificate on the first read).
+    #[error(transparent)]
+    Tls(HandshakeError),
     /// The request could not be sent, or no valid response head came back.
     #[error("{0}")]
     Upstream(#[source] ProtoError),
@@ -100,7 +108,10 @@ pub enum SendError {
 impl SendError {
     /// Whether the failure happened while connecting (nothing was sent).
     pub fn is_connect(&self) -> bool {
-        matches!(self, SendError::Connect(_) | SendError::ConnectTimeout(_))
+        matches!(
+            self,
+            SendError::Connect(_) | SendError::ConnectTimeout(_) | SendError::Tls(_)
+        )
     }
 }
 
@@ -141,6 +152,8 @@ struct PoolConfig {
 type Map = HashMap<SocketAddr, Vec<Idle>, BuildHasherDefault<AddrHasher>>;
 
 struct Inner {
+    /// TLS to every instance, when the pool's service asks for it.
+    tls: Option<Arc<Connector>>,
     /// Written at checkout and check-in by request tasks, and by [`Pool::sweep`]; held for a
     /// few instructions only, never across an await.
     idle: Mutex<Map>,
@@ -167,7 +180,18 @@ impl Pool {
     /// An empty pool with `upstream:`'s settings and `connect_timeout` (global or a service's
     /// own).
     pub fn from_config(cfg: &UpstreamConfig, connect_timeout: Duration) -> Self {
+        Self::with_tls(cfg, connect_timeout, None)
+    }
+
+    /// An empty pool like [`Pool::from_config`], whose connections run TLS through `tls` when
+    /// given.
+    pub fn with_tls(
+        cfg: &UpstreamConfig,
+        connect_timeout: Duration,
+        tls: Option<Arc<Connector>>,
+    ) -> Self {
         Self(Arc::new(Inner {
+            tls,
             idle: Mutex::default(),
             config: PoolConfig {
                 connect_timeout,
@@ -176,6 +200,11 @@ impl Pool {
                 buffer_size: cfg.buffer_size,
             },
         }))
+    }
+
+    /// The TLS connector of this pool's connections, if they run TLS.
+    pub fn connector(&self) -> Option<&Arc<Connector>> {
+        self.0.tls.as_ref()
     }
 
     /// Sends `req` to `addr`, its remaining body from `body`, and reads the first response head
@@ -214,8 +243,24 @@ impl Pool {
             .await
             .map_err(|e| SendError::Upstream(e.into()))?;
         let mut ex = self.exchange(addr, conn, req, body);
-        let first = ex.head().await?;
+        let first = ex.head().await.map_err(|e| self.refused(e))?;
         Ok((ex, first))
+    }
+
+    /// A failure on a fresh connection that is TLS refusing us after our side of the
+    /// handshake (a TLS 1.3 server checks a client certificate then): a handshake failure.
+    fn refused(&self, e: SendError) -> SendError {
+        let Some(tls) = &self.0.tls else { return e };
+        match e {
+            SendError::Upstream(ProtoError::Io(io)) => match Reason::of_tls(&io) {
+                Some(reason) => {
+                    tls.failed(reason);
+                    SendError::Tls(HandshakeError { reason, source: io })
+                }
+                None => SendError::Upstream(ProtoError::Io(io)),
+            },
+            e => e,
+        }
     }
 
     fn exchange<U: Source>(
@@ -247,7 +292,7 @@ impl Pool {
         // to have been closed by the upstream's idle timeout. Age is the sweeper's business
         // (no clock read per request here); a connection closed under us is seen by
         // `is_usable`, or met by the replay rule.
-        while let Some(c) = list.pop() {
+        while let Some(mut c) = list.pop() {
             if c.conn.is_usable() {
                 return Some(c.conn);
             }
@@ -269,13 +314,23 @@ impl Pool {
         }
     }
 
+    /// A new connection to `addr`: TCP, then TLS when the pool speaks it, both within the
+    /// connect timeout.
     async fn connect(&self, addr: SocketAddr) -> Result<Conn, SendError> {
         let timeout = self.0.config.connect_timeout;
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| SendError::ConnectTimeout(timeout))?
-            .map_err(SendError::Connect)?;
-        let _ = stream.set_nodelay(true);
+        let stream = tokio::time::timeout(timeout, async {
+            let tcp = TcpStream::connect(addr).await.map_err(SendError::Connect)?;
+            let _ = tcp.set_nodelay(true);
+            match &self.0.tls {
+                None => Ok(Stream::Tcp(tcp)),
+                Some(tls) => match tls.connect(addr, tcp).await {
+                    Ok(s) => Ok(Stream::Tls(Box::new(s))),
+                    Err(e) => Err(SendError::Tls(e)),
+                },
+            }
+        })
+        .await
+        .map_err(|_| SendError::ConnectTimeout(timeout))??;
         Ok(Conn::new(stream, self.0.config.buffer_size))
     }
 
@@ -284,7 +339,7 @@ impl Pool {
         let timeout = self.0.config.idle_timeout;
         let mut idle = self.0.idle.lock().unwrap_or_else(|p| p.into_inner());
         idle.retain(|_, list| {
-            list.retain(|c| c.since.elapsed() < timeout && c.conn.is_usable());
+            list.retain_mut(|c| c.since.elapsed() < timeout && c.conn.is_usable());
             !list.is_empty()
         });
     }

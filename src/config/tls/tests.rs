@@ -1,0 +1,86 @@
+//! `services.<name>.tls:`: each rule refused with the line, column and key (the files it names
+//! are read at start-up: `tls::tests`).
+
+use super::super::tests::{parse, rejects};
+
+/// A directory with `ca.pem` (a certificate), `key.pem` (a private key) and `junk.pem`.
+fn files() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["ca.test".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    std::fs::write(dir.path().join("ca.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.path().join("key.pem"), key.serialize_pem()).unwrap();
+    std::fs::write(dir.path().join("junk.pem"), "not pem at all\n").unwrap();
+    dir
+}
+
+fn config(dir: &tempfile::TempDir, tls: &str) -> String {
+    let tls = tls.replace("DIR", &dir.path().display().to_string());
+    format!(
+        "services:\n  secure:\n    resolver:\n      static:\n        instances:\n          - address: 127.0.0.1:9443\n    tls:\n{tls}"
+    )
+}
+
+#[test]
+fn accepts_a_full_block_and_an_empty_one() {
+    let dir = files();
+    let c = parse(&config(
+        &dir,
+        "      ca: DIR/ca.pem\n      server_name: secure.internal\n      cert: DIR/ca.pem\n      key: DIR/key.pem\n",
+    ))
+    .unwrap();
+    let tls = c.services.values().next().unwrap().tls.clone().unwrap();
+    assert_eq!(tls.server_name.as_deref(), Some("secure.internal"));
+    assert!(!tls.insecure_skip_verify);
+    let c = parse(&config(&dir, "      {}\n")).unwrap();
+    assert!(c.services.values().next().unwrap().tls.is_some());
+}
+
+#[test]
+fn rejects_half_a_client_identity() {
+    let dir = files();
+    rejects(
+        &config(&dir, "      cert: DIR/ca.pem\n"),
+        8,
+        "services.secure.tls.cert: needs `key` too",
+    );
+    rejects(
+        &config(&dir, "      key: DIR/key.pem\n"),
+        8,
+        "services.secure.tls.key: needs `cert` too",
+    );
+}
+
+#[test]
+fn rejects_skipping_verification_with_a_ca() {
+    let dir = files();
+    rejects(
+        &config(
+            &dir,
+            "      ca: DIR/ca.pem\n      insecure_skip_verify: true\n",
+        ),
+        9,
+        "services.secure.tls.insecure_skip_verify",
+    );
+}
+
+#[test]
+fn rejects_a_server_name_that_is_no_name() {
+    let dir = files();
+    rejects(
+        &config(&dir, "      server_name: \"bad name!\"\n"),
+        8,
+        "is not a DNS name or an IP address",
+    );
+}
+
+#[test]
+fn rejects_unknown_keys() {
+    let dir = files();
+    let e = parse(&config(&dir, "      verify: false\n")).unwrap_err();
+    assert!(e.to_string().contains("unknown field `verify`"), "{e}");
+    assert_eq!(e.line, Some(8));
+}
