@@ -439,11 +439,12 @@ impl App {
         let admin_task =
             tokio::spawn(async move { admin.serve(admin_listener, admin_stop, &client).await });
 
-        let proxy = Arc::new(Proxy::new(
-            cache.clone(),
-            metrics.forward.clone(),
-            forward::Settings::from_config(&config.client, &config.upstream),
-        ));
+        let mut settings = forward::Settings::from_config(&config.client, &config.upstream);
+        settings.tunnels = forward::Tunnels {
+            open: metrics.forward.upgrades_open.clone(),
+            total: metrics.forward.upgrades_total.clone(),
+        };
+        let proxy = Arc::new(Proxy::new(cache.clone(), metrics.forward.clone(), settings));
         let (accept_trigger, accept_stop) = shutdown::channel();
         let (drain_trigger, drain) = shutdown::channel();
         let (drained_tx, mut drained_rx) = mpsc::channel::<()>(1);

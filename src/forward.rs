@@ -36,7 +36,7 @@ use tokio::time::Instant;
 pub use client::Pool;
 pub use rescue::ForwardError;
 pub use route::Listener;
-pub use server::{serve, sniff_h2c, Settings};
+pub use server::{serve, sniff_h2c, Settings, Tunnels};
 
 use crate::balance::Balancer;
 use crate::cache::{Cache, Lookup, Publish, State, Status, Target};
@@ -273,6 +273,7 @@ impl Proxy {
             head_request: parts.method == Method::HEAD,
             replayable: framing == Framing::Empty && h1::request::idempotent(&parts.method),
             relay_continue: false,
+            upgrade: false,
         };
         let source = (framing != Framing::Empty).then_some(H2Body(body));
         let sent = tokio::time::timeout(svc.timeout, svc.pool.send(addr, &out, source)).await;

@@ -133,6 +133,10 @@ pub struct ForwardMetrics {
     pub connect_errors: IntCounterVec,
     /// `waypost_forward_open_connections{listener}`: downstream connections open now.
     pub open_connections: IntGaugeVec,
+    /// `waypost_forward_upgrades_open`: upgraded (tunnelled) connections open now.
+    pub upgrades_open: IntGauge,
+    /// `waypost_forward_upgrades_total`: connections upgraded after a `101`.
+    pub upgrades_total: IntCounter,
 }
 
 /// Per-service hot-path handles, resolved once.
@@ -308,6 +312,22 @@ impl Metrics {
                         "Downstream connections open now, per listener.",
                     ),
                     &["listener"],
+                )
+                .expect("valid"),
+            ),
+            upgrades_open: register(
+                &r,
+                IntGauge::new(
+                    "waypost_forward_upgrades_open",
+                    "Upgraded connections (WebSocket and others, after a 101) joined now.",
+                )
+                .expect("valid"),
+            ),
+            upgrades_total: register(
+                &r,
+                IntCounter::new(
+                    "waypost_forward_upgrades_total",
+                    "Connections upgraded after a 101 and joined to their upstream.",
                 )
                 .expect("valid"),
             ),

@@ -131,6 +131,9 @@ pub struct Outgoing<'a> {
     pub replayable: bool,
     /// `100 Continue` is reported to the caller (the app sent `Expect: 100-continue`).
     pub relay_continue: bool,
+    /// The request asks to switch protocols: a `101` is its final response (else a `101` is
+    /// refused as an upstream error).
+    pub upgrade: bool,
 }
 
 /// One idle connection.
@@ -280,6 +283,7 @@ impl Pool {
             },
             head_request: req.head_request,
             relay_continue: req.relay_continue,
+            upgrade: req.upgrade,
             received: false,
         }
     }

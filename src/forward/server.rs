@@ -9,6 +9,9 @@ pub(crate) mod http1;
 mod respond;
 mod source;
 mod timer;
+mod tunnel;
+
+pub use tunnel::Tunnels;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -47,6 +50,8 @@ pub struct Settings {
     pub http2: Http2Config,
     /// `client.http2.max_header_list_size`, or `client.max_head_size`.
     pub http2_max_header_list_size: usize,
+    /// Where upgraded connections are counted.
+    pub tunnels: Tunnels,
 }
 
 impl Settings {
@@ -63,6 +68,7 @@ impl Settings {
             buffer_size: upstream.buffer_size,
             http2: client.http2.clone(),
             http2_max_header_list_size: client.http2_max_header_list_size(),
+            tunnels: Tunnels::default(),
         }
     }
 }

@@ -25,6 +25,7 @@ use tokio::time::Instant;
 use super::respond::{respond, write_all, Stopped, SMALL_BODY};
 use super::source::AppBody;
 use super::timer::{Deadline, Drain};
+use super::tunnel;
 use super::Settings;
 use crate::forward::client::{First, Outgoing, Pool, ProtoError, SendError, SourceError};
 use crate::forward::h1::framing::Framing;
@@ -346,6 +347,7 @@ impl Http1 {
             head_request: req.is_head(),
             replayable: req.framing == Framing::Empty && req.is_idempotent(),
             relay_continue: req.expect_continue,
+            upgrade: req.upgrade,
         };
         let sent = {
             let wr = &mut wr;
@@ -377,6 +379,34 @@ impl Http1 {
         };
         let head_at = Instant::now();
         let status = head.status;
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            // Only ever an answer to an upgrade request (the exchange refuses any other).
+            response::encode(out, &head, Reply::default());
+            drop(head);
+            let (mut up, up_early) = ex.into_upgraded();
+            if write_all(&mut wr, &mut [out]).await.is_ok() {
+                let app_early = read.split();
+                let idle = settings.idle_timeout;
+                let joined = tunnel::join(
+                    stream,
+                    &app_early,
+                    &mut up,
+                    &up_early,
+                    idle,
+                    &settings.tunnels,
+                )
+                .await;
+                if let Err(e) = joined {
+                    tracing::debug!(upstream = %addr, error = %e, "upgraded connection ended");
+                }
+            }
+            return Ok(Exchanged {
+                status,
+                head_at,
+                ended: None,
+                close: true,
+            });
+        }
         let mut body = ex.into_body(&head);
         // A request body not sent whole when the response starts (the upstream answered
         // early) leaves bytes that cannot be told from a request: the connection closes after
