@@ -370,13 +370,15 @@ impl App {
             refresh_stop,
         );
 
-        let mut listeners = vec![(bind(config.listen.0, "listen").await?, Listener::Outbound)];
+        let outbound = Listener::Outbound(forward::route::routes(&config.routes));
+        let mut listeners = vec![(bind(config.listen.0, "listen").await?, outbound)];
         let mut services = BTreeMap::new();
         for (name, svc) in &config.services {
             if let Some(addr) = svc.listen {
                 let l = bind(addr.0, &format!("services.{name}.listen")).await?;
                 services.insert(name.to_string(), l.local_addr()?);
-                listeners.push((l, Listener::Service(name.as_str().into())));
+                let routes = forward::route::routes(&svc.routes);
+                listeners.push((l, Listener::Service(name.as_str().into(), routes)));
             }
         }
         let admin_listener = bind(config.admin.listen.0, "admin.listen").await?;

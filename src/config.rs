@@ -13,6 +13,7 @@ mod env;
 mod etcd;
 mod locate;
 mod register;
+mod routes;
 mod tls;
 mod types;
 mod validate;
@@ -30,6 +31,7 @@ pub use etcd::{EtcdLayout, EtcdOptions, EtcdRegistryConfig, EtcdResolverConfig, 
 pub use register::{
     default_register_weight, CheckConfig, HttpUrl, ProbeConfig, RegisterEntry, RegistryKind,
 };
+pub use routes::RouteConfig;
 pub use tls::{read_certificates, read_private_key, UpstreamTlsConfig};
 pub use types::{Addr, Dur, ServiceName};
 pub use zookeeper::{ZookeeperRegistryConfig, ZookeeperResolverConfig};
@@ -45,6 +47,8 @@ const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:4191";
 pub struct Config {
     /// Outbound listener: apps address services by Host header or absolute-form URI here.
     pub listen: Addr,
+    /// Path-prefix routes of the outbound listener, matched before the Host.
+    pub routes: Vec<RouteConfig>,
     /// Admin listener (metrics, health, debug).
     pub admin: AdminConfig,
     /// Tokio runtime sizing.
@@ -74,6 +78,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: Addr::parse(DEFAULT_LISTEN).expect("constant address parses"),
+            routes: Vec::new(),
             admin: AdminConfig::default(),
             runtime: RuntimeConfig::default(),
             log: LogConfig::default(),
@@ -258,8 +263,12 @@ pub struct ServiceConfig {
     /// Where its instances come from.
     #[serde(with = "serde_yaml::with::singleton_map")]
     pub resolver: ResolverConfig,
-    /// Optional dedicated local listener: every request arriving there goes to this service.
+    /// Optional dedicated local listener: every request arriving there goes to this service
+    /// (or, under one of `routes`' prefixes, to that route's service).
     pub listen: Option<Addr>,
+    /// Path-prefix routes of this service's own listener (needs `listen`).
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
     /// Overrides of the global `upstream:` settings.
     #[serde(default)]
     pub upstream: UpstreamOverrides,

@@ -173,8 +173,13 @@ impl Proxy {
         conn.consume(req.len);
         let routed = {
             let (head, last) = conn.head_and_route();
-            let host = req.host.map(|(s, e)| &head[s as usize..e as usize]);
-            last.route(self, host, listener)
+            match route::by_prefix_h1(head, listener) {
+                Some(service) => self.lookup(Ok(service.into())),
+                None => {
+                    let host = req.host.map(|(s, e)| &head[s as usize..e as usize]);
+                    last.route(self, host, listener)
+                }
+            }
         };
         let target = match routed {
             Ok(t) => t,
@@ -251,8 +256,8 @@ impl Proxy {
         listener: &Listener,
     ) -> Response<ResponseBody> {
         let started = Instant::now();
-        let (parts, body) = req.into_parts();
-        let target = match self.lookup(route::service_name(&parts, listener)) {
+        let (mut parts, body) = req.into_parts();
+        let target = match self.lookup(route::service_name(&mut parts, listener)) {
             Ok(t) => t,
             Err(e) => return wrote(self.reject(None, e, started)),
         };

@@ -18,6 +18,7 @@ impl Config {
             ));
         }
         self.client.validate()?;
+        super::routes::validate(&self.routes, "routes", &self.services)?;
         if self.upstream.buffer_size < super::MIN_BUFFER_SIZE {
             return Err((
                 "upstream.buffer_size".into(),
@@ -128,6 +129,13 @@ impl Config {
             if let Some(tls) = &svc.tls {
                 tls.validate(&format!("{base}.tls"))?;
             }
+            if !svc.routes.is_empty() && svc.listen.is_none() {
+                return Err((
+                    format!("{base}.routes"),
+                    "routes belong to a listener: give the service a `listen` address".into(),
+                ));
+            }
+            super::routes::validate(&svc.routes, &format!("{base}.routes"), &self.services)?;
             if let ResolverConfig::Static(s) = &svc.resolver {
                 if s.instances.is_empty() {
                     return Err((

@@ -147,8 +147,8 @@ pub async fn serve(
     drained: mpsc::Sender<()>,
 ) {
     let label = match &kind {
-        Listener::Outbound => "outbound".to_string(),
-        Listener::Service(name) => format!("service:{name}"),
+        Listener::Outbound(_) => "outbound".to_string(),
+        Listener::Service(name, _) => format!("service:{name}"),
     };
     let open = proxy.metrics.connections(&label);
     let shared = Arc::new(Shared {

@@ -784,6 +784,27 @@ def test_schema_accepts_upstream_tls_settings(chart, tls, waypost_bin, tmp_path)
     assert result.returncode == 0, result.stderr
 
 
+#: Path-prefix routes waypost refuses, each with where the schema refuses it and the key waypost
+#: names.
+ROUTES_REFUSED = {
+    "relative-prefix": ({"routes": [{"prefix": "api/", "service": "users"}]}, "/config/routes/0/prefix", "routes.0.prefix"),
+    "space-in-prefix": ({"routes": [{"prefix": "/a b", "service": "users"}]}, "/config/routes/0/prefix", "routes.0.prefix"),
+    "no-service": ({"routes": [{"prefix": "/api/"}]}, "/config/routes/0", "routes[0]: missing field `service`"),
+}
+
+
+@pytest.mark.parametrize("case", ROUTES_REFUSED)
+def test_schema_rejects_routes_waypost_refuses_too(chart, case, waypost_bin, tmp_path):
+    routes, where, key = ROUTES_REFUSED[case]
+    config = routes | {"services": {"users": {"resolver": {"file": {}}}}}
+    message = render_error(chart, {"config": config})
+    assert f"at '{where}'" in message, message
+    result = waypost_check(waypost_bin, yaml.safe_dump(config), {}, tmp_path)
+    assert result.returncode == 2 and key in result.stderr, (
+        f"waypost check now accepts {config} ({result.returncode}): relax values.schema.json's routes\n"
+        f"{result.stderr}")
+
+
 #: ZooKeeper settings waypost refuses, each with where the schema refuses it and the key waypost names.
 ZOOKEEPER_REFUSED = {
     "no-servers": ({"registry": {"zookeeper": {"servers": []}}}, "/config/registry/zookeeper/servers", "registry.zookeeper.servers"),
