@@ -15,7 +15,9 @@ use tokio::sync::mpsc;
 
 use crate::admin::Admin;
 use crate::cache::{Cache, Declared, Lookup, Policy, Rule};
-use crate::config::{CheckConfig, Config, EtcdLayout, RegisterEntry, RegistryKind, ResolverConfig};
+use crate::config::{
+    CheckConfig, Config, EtcdLayout, ListenerTlsConfig, RegisterEntry, RegistryKind, ResolverConfig,
+};
 use crate::discover::Resolver;
 use crate::forward::{self, Listener, Pool, Proxy, ServiceHandle};
 use crate::metrics::EtcdMetrics;
@@ -29,7 +31,7 @@ use crate::registry::zookeeper::{
     self as zk, ZookeeperRegistrar, ZookeeperResolver, ZookeeperSession,
 };
 use crate::shutdown;
-use crate::tls::Connector;
+use crate::tls::{Acceptor, Connector};
 
 /// The addresses the app actually bound (ports resolved when the config says `:0`).
 #[derive(Debug, Clone)]
@@ -48,7 +50,7 @@ pub struct App {
     metrics: Metrics,
     cache: Cache<ServiceHandle>,
     declared: crate::cache::Unstarted<ServiceHandle>,
-    listeners: Vec<(TcpListener, Listener)>,
+    listeners: Vec<(TcpListener, Listener, Option<Arc<Acceptor>>)>,
     admin_listener: TcpListener,
     addrs: Addrs,
     refresh_trigger: shutdown::Trigger,
@@ -370,15 +372,23 @@ impl App {
             refresh_stop,
         );
 
+        let acceptor = |cfg: &Option<ListenerTlsConfig>, key: &str| match cfg {
+            Some(c) => Acceptor::from_config(c, key, metrics.tls.clone())
+                .map(|a| Some(Arc::new(a)))
+                .map_err(anyhow::Error::from),
+            None => Ok(None),
+        };
         let outbound = Listener::Outbound(forward::route::routes(&config.routes));
-        let mut listeners = vec![(bind(config.listen.0, "listen").await?, outbound)];
+        let tls = acceptor(&config.listen_tls, "listen_tls")?;
+        let mut listeners = vec![(bind(config.listen.0, "listen").await?, outbound, tls)];
         let mut services = BTreeMap::new();
         for (name, svc) in &config.services {
             if let Some(addr) = svc.listen {
                 let l = bind(addr.0, &format!("services.{name}.listen")).await?;
                 services.insert(name.to_string(), l.local_addr()?);
                 let routes = forward::route::routes(&svc.routes);
-                listeners.push((l, Listener::Service(name.as_str().into(), routes)));
+                let tls = acceptor(&svc.listen_tls, &format!("services.{name}.listen_tls"))?;
+                listeners.push((l, Listener::Service(name.as_str().into(), routes), tls));
             }
         }
         let admin_listener = bind(config.admin.listen.0, "admin.listen").await?;
@@ -451,10 +461,11 @@ impl App {
         let (drain_trigger, drain) = shutdown::channel();
         let (drained_tx, mut drained_rx) = mpsc::channel::<()>(1);
         let mut accept_tasks = Vec::new();
-        for (listener, kind) in listeners {
+        for (listener, kind, tls) in listeners {
             accept_tasks.push(tokio::spawn(forward::serve(
                 listener,
                 kind,
+                tls,
                 proxy.clone(),
                 accept_stop.clone(),
                 drain.clone(),

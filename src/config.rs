@@ -32,7 +32,7 @@ pub use register::{
     default_register_weight, CheckConfig, HttpUrl, ProbeConfig, RegisterEntry, RegistryKind,
 };
 pub use routes::RouteConfig;
-pub use tls::{read_certificates, read_private_key, UpstreamTlsConfig};
+pub use tls::{read_certificates, read_private_key, ListenerTlsConfig, UpstreamTlsConfig};
 pub use types::{Addr, Dur, ServiceName};
 pub use zookeeper::{ZookeeperRegistryConfig, ZookeeperResolverConfig};
 
@@ -49,6 +49,8 @@ pub struct Config {
     pub listen: Addr,
     /// Path-prefix routes of the outbound listener, matched before the Host.
     pub routes: Vec<RouteConfig>,
+    /// TLS on the outbound listener (plaintext when absent).
+    pub listen_tls: Option<ListenerTlsConfig>,
     /// Admin listener (metrics, health, debug).
     pub admin: AdminConfig,
     /// Tokio runtime sizing.
@@ -79,6 +81,7 @@ impl Default for Config {
         Self {
             listen: Addr::parse(DEFAULT_LISTEN).expect("constant address parses"),
             routes: Vec::new(),
+            listen_tls: None,
             admin: AdminConfig::default(),
             runtime: RuntimeConfig::default(),
             log: LogConfig::default(),
@@ -269,6 +272,9 @@ pub struct ServiceConfig {
     /// Path-prefix routes of this service's own listener (needs `listen`).
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// TLS on this service's own listener (needs `listen`), e.g. an inbound listener peers
+    /// reach.
+    pub listen_tls: Option<ListenerTlsConfig>,
     /// Overrides of the global `upstream:` settings.
     #[serde(default)]
     pub upstream: UpstreamOverrides,

@@ -46,6 +46,7 @@ use client::{First, Outgoing, SendError, SourceError};
 use h1::framing::Framing;
 use server::h2::H2Body;
 use server::http1::{Failure, Http1};
+use server::io::AppIo;
 
 /// The body of a response to an HTTP/2 app: the upstream's, streamed, or one waypost wrote.
 pub type ResponseBody = Either<client::Body<H2Body>, Full<Bytes>>;
@@ -163,9 +164,9 @@ impl Proxy {
 
     /// The walk of one HTTP/1 request whose head `conn` just read and parsed (steps 1–2 done):
     /// route → pick → send → respond. Returns whether the connection stays open.
-    async fn serve_h1(
+    async fn serve_h1<S: AppIo>(
         &self,
-        conn: &mut Http1,
+        conn: &mut Http1<S>,
         req: h1::request::Request,
         listener: &Listener,
     ) -> bool {
@@ -227,9 +228,9 @@ impl Proxy {
     /// upstream failure on a well-framed request whose body was read whole (`body_done`; one
     /// answered before anything was sent skips its body when it is whole in the buffer) —
     /// README, "HTTP/1 policy".
-    async fn reply(
+    async fn reply<S: AppIo>(
         &self,
-        conn: &mut Http1,
+        conn: &mut Http1<S>,
         svc: Option<&ServiceHandle>,
         err: ForwardError,
         req: &h1::request::Request,
@@ -242,7 +243,7 @@ impl Proxy {
     }
 
     /// Answers a connection whose head could not be accepted (`err`), and closes it.
-    async fn refuse(&self, mut conn: Http1, err: ForwardError) {
+    async fn refuse<S: AppIo>(&self, mut conn: Http1<S>, err: ForwardError) {
         let resp = self.reject(None, err, Instant::now());
         if conn.answer(resp, false, true).await.is_ok() {
             conn.close().await;

@@ -16,12 +16,13 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use rustls::pki_types::ServerName;
-use rustls::{ClientConfig, RootCertStore};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
-use tokio_rustls::TlsConnector;
+use tokio_rustls::{server, TlsAcceptor, TlsConnector};
 
-use crate::config::{read_certificates, read_private_key, UpstreamTlsConfig};
+use crate::config::{read_certificates, read_private_key, ListenerTlsConfig, UpstreamTlsConfig};
 use crate::discover::Instance;
 use crate::metrics::TlsMetrics;
 
@@ -32,6 +33,8 @@ pub const SERVER_NAME_TAG: &str = "tls_server_name";
 
 /// ALPN protocol id of HTTP/1.1.
 pub const ALPN_HTTP1: &[u8] = b"http/1.1";
+/// ALPN protocol id of HTTP/2.
+pub const ALPN_H2: &[u8] = b"h2";
 
 /// The crypto provider of every TLS configuration: ring.
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -187,6 +190,70 @@ impl Connector {
     /// on the first read).
     pub fn failed(&self, reason: Reason) {
         self.metrics.failure("upstream", reason.as_str());
+    }
+}
+
+/// Terminates TLS on a listener: its certificate, the client CA when clients must show a
+/// certificate, ALPN `h2` and `http/1.1`.
+pub struct Acceptor {
+    inner: TlsAcceptor,
+    metrics: TlsMetrics,
+}
+
+impl Acceptor {
+    /// The acceptor a `listen_tls:` block describes (`key`: the block's key path, for errors).
+    pub fn from_config(
+        cfg: &ListenerTlsConfig,
+        key: &str,
+        metrics: TlsMetrics,
+    ) -> Result<Self, TlsConfigError> {
+        let err = |k: &str, message: String| TlsConfigError {
+            key: format!("{key}.{k}"),
+            message,
+        };
+        let builder = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| err("", e.to_string()))?;
+        let builder = match &cfg.client_ca {
+            Some(ca) => {
+                let mut roots = RootCertStore::empty();
+                let certs = read_certificates(ca).map_err(|m| err("client_ca", m))?;
+                roots.add_parsable_certificates(certs);
+                let verifier =
+                    WebPkiClientVerifier::builder_with_provider(roots.into(), provider())
+                        .build()
+                        .map_err(|e| err("client_ca", e.to_string()))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let chain = read_certificates(&cfg.cert).map_err(|m| err("cert", m))?;
+        let key_der = read_private_key(&cfg.key).map_err(|m| err("key", m))?;
+        let mut config = builder
+            .with_single_cert(chain, key_der)
+            .map_err(|e| err("key", e.to_string()))?;
+        config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()];
+        Ok(Self {
+            inner: TlsAcceptor::from(Arc::new(config)),
+            metrics,
+        })
+    }
+
+    /// Runs the handshake with an app or peer over `tcp`; a failure is counted by its reason.
+    pub async fn accept(
+        &self,
+        tcp: TcpStream,
+    ) -> Result<server::TlsStream<TcpStream>, HandshakeError> {
+        self.inner.accept(tcp).await.map_err(|source| {
+            let reason = Reason::of(&source);
+            self.failed(reason);
+            HandshakeError { reason, source }
+        })
+    }
+
+    /// Counts a listener handshake that failed for `reason` (or did not finish in time).
+    pub fn failed(&self, reason: Reason) {
+        self.metrics.failure("listener", reason.as_str());
     }
 }
 

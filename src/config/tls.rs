@@ -33,6 +33,19 @@ pub struct UpstreamTlsConfig {
     pub insecure_skip_verify: bool,
 }
 
+/// `listen_tls:` / `services.<name>.listen_tls:` — the listener terminates TLS.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTlsConfig {
+    /// PEM certificate chain the listener presents.
+    pub cert: PathBuf,
+    /// PEM private key of `cert`.
+    pub key: PathBuf,
+    /// PEM CA certificate(s): when set, clients must present a certificate signed by one
+    /// (mTLS).
+    pub client_ca: Option<PathBuf>,
+}
+
 /// Reads the certificates in the PEM file at `path`: at least one, or why not.
 pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let bytes = read(path)?;

@@ -129,6 +129,12 @@ impl Config {
             if let Some(tls) = &svc.tls {
                 tls.validate(&format!("{base}.tls"))?;
             }
+            if svc.listen_tls.is_some() && svc.listen.is_none() {
+                return Err((
+                    format!("{base}.listen_tls"),
+                    "TLS belongs to a listener: give the service a `listen` address".into(),
+                ));
+            }
             if !svc.routes.is_empty() && svc.listen.is_none() {
                 return Err((
                     format!("{base}.routes"),

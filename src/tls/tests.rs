@@ -103,3 +103,34 @@ fn classifies_rustls_errors() {
     assert_eq!(Reason::of_tls(&plain), None);
     assert_eq!(Reason::of(&plain), Reason::Other);
 }
+
+#[test]
+fn listener_files_refused_naming_their_key() {
+    let dir = files();
+    let d = dir.path();
+    let cfg = |cert: &str, key: &str, ca: Option<&str>| crate::config::ListenerTlsConfig {
+        cert: d.join(cert),
+        key: d.join(key),
+        client_ca: ca.map(|c| d.join(c)),
+    };
+    let build = |c| {
+        Acceptor::from_config(&c, "listen_tls", Metrics::new().tls)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    build(cfg("ca.pem", "key.pem", Some("ca.pem"))).unwrap();
+    for (c, want) in [
+        (
+            cfg("missing.pem", "key.pem", None),
+            "listen_tls.cert: cannot read",
+        ),
+        (cfg("ca.pem", "ca.pem", None), "listen_tls.key: "),
+        (
+            cfg("ca.pem", "key.pem", Some("junk.pem")),
+            "listen_tls.client_ca: ",
+        ),
+    ] {
+        let e = build(c).expect_err(want);
+        assert!(e.contains(want), "{e:?} should contain {want:?}");
+    }
+}

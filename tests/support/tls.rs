@@ -281,3 +281,39 @@ pub fn tls_service(name: &str, addr: SocketAddr, tags: &str, tls: &str) -> Strin
 pub fn yaml_path(p: &Path) -> String {
     format!("{:?}", p.display().to_string())
 }
+
+/// A rustls client trusting `ca`, showing `identity` when given, offering `alpn`.
+pub fn client_config(
+    ca: &Ca,
+    identity: Option<&Leaf>,
+    alpn: &[&[u8]],
+) -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = RootCertStore::empty();
+    roots.add_parsable_certificates(certs(&ca.pem()));
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let mut config = match identity {
+        Some(leaf) => builder
+            .with_client_auth_cert(certs(&leaf.cert), key(&leaf.key))
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
+}
+
+/// A TLS connection to `addr` verified as `name`.
+pub async fn connect_tls(
+    addr: SocketAddr,
+    name: &str,
+    config: Arc<rustls::ClientConfig>,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = rustls::pki_types::ServerName::try_from(name.to_string()).unwrap();
+    tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+}

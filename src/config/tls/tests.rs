@@ -84,3 +84,23 @@ fn rejects_unknown_keys() {
     assert!(e.to_string().contains("unknown field `verify`"), "{e}");
     assert_eq!(e.line, Some(8));
 }
+
+#[test]
+fn listener_tls_needs_a_listener() {
+    let dir = files();
+    let text = "listen_tls: {cert: /c.pem, key: /k.pem, client_ca: /ca.pem}\nservices:\n  secure:\n    listen_tls: {cert: /c.pem, key: /k.pem}\n    resolver:\n      static:\n        instances:\n          - address: 127.0.0.1:9443\n";
+    rejects(
+        text,
+        4,
+        "services.secure.listen_tls: TLS belongs to a listener",
+    );
+    let ok = text.replace(
+        "    listen_tls:",
+        "    listen: 127.0.0.1:18443\n    listen_tls:",
+    );
+    let c = parse(&ok).unwrap();
+    assert!(c.listen_tls.unwrap().client_ca.is_some());
+    drop(dir);
+    let e = parse("listen_tls: {cert: /c.pem}\n").unwrap_err();
+    assert!(e.to_string().contains("missing field `key`"), "{e}");
+}

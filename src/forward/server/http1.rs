@@ -19,9 +19,9 @@ use std::task::Poll;
 use bytes::BytesMut;
 use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::io::AppIo;
 use super::respond::{respond, write_all, Stopped, SMALL_BODY};
 use super::source::AppBody;
 use super::timer::{Deadline, Drain};
@@ -126,9 +126,9 @@ impl Buffers {
     }
 }
 
-/// An app connection served over HTTP/1.
-pub(crate) struct Http1 {
-    stream: TcpStream,
+/// An app connection served over HTTP/1, over TCP or TLS.
+pub(crate) struct Http1<S = tokio::net::TcpStream> {
+    stream: S,
     bufs: Buffers,
     /// Header, idle and body waits.
     timer: Deadline,
@@ -140,9 +140,9 @@ pub(crate) struct Http1 {
     pub(crate) idle_since: Option<Instant>,
 }
 
-impl Http1 {
+impl<S: AppIo> Http1<S> {
     /// A connection over `stream`; no buffer is taken until bytes arrive.
-    pub(super) fn new(stream: TcpStream, timer: Deadline) -> Self {
+    pub(super) fn new(stream: S, timer: Deadline) -> Self {
         Self {
             stream,
             bufs: Buffers::default(),
@@ -203,7 +203,7 @@ impl Http1 {
                 std::future::poll_fn(|cx| {
                     // Buffers are taken only once the socket is readable.
                     if bufs.read.capacity() == 0 {
-                        match stream.poll_read_ready(cx) {
+                        match AppIo::poll_read_ready(&*stream, cx) {
                             Poll::Ready(Ok(())) => *bufs = Buffers::take(),
                             Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e))),
                             Poll::Pending => {
@@ -331,7 +331,7 @@ impl Http1 {
             ..
         } = self;
         let Buffers { read, head, out } = bufs;
-        let (rd, mut wr) = stream.split();
+        let (rd, mut wr) = AppIo::split(&mut *stream);
         let mut source = AppBody::new(
             rd,
             read,
@@ -370,7 +370,9 @@ impl Http1 {
             };
             response.within(until, pin!(send)).await
         };
-        let (ex, head) = match sent {
+        // Matched as a temporary: what is left of it is dropped at the end of this statement,
+        // ending its borrow of the stream before an upgrade takes the stream whole.
+        let (ex, head) = match std::convert::identity(sent) {
             None => return Err(Failure::Timeout(whole)),
             Some(Err(None)) => return Err(Failure::Closed),
             Some(Err(Some(SendError::Request(e)))) => return Err(Failure::Request(e)),
@@ -384,7 +386,9 @@ impl Http1 {
             response::encode(out, &head, Reply::default());
             drop(head);
             let (mut up, up_early) = ex.into_upgraded();
-            if write_all(&mut wr, &mut [out]).await.is_ok() {
+            let written = write_all(&mut wr, &mut [out]).await;
+            drop(wr);
+            if written.is_ok() {
                 let app_early = read.split();
                 let idle = settings.idle_timeout;
                 let joined = tunnel::join(
