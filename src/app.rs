@@ -16,7 +16,8 @@ use tokio::sync::mpsc;
 use crate::admin::Admin;
 use crate::cache::{Cache, Declared, Lookup, Policy, Rule};
 use crate::config::{
-    CheckConfig, Config, EtcdLayout, ListenerTlsConfig, RegisterEntry, RegistryKind, ResolverConfig,
+    CheckConfig, Config, EtcdLayout, ListenerTlsConfig, Protocol, RegisterEntry, RegistryKind,
+    ResolverConfig,
 };
 use crate::discover::Resolver;
 use crate::forward::{self, Listener, Pool, Proxy, ServiceHandle};
@@ -330,7 +331,7 @@ impl App {
             });
             let connect_timeout = svc.upstream.connect_timeout;
             let pool = match (&svc.tls, connect_timeout) {
-                (None, None) => default_pool.clone(),
+                (None, None) if svc.protocol == Protocol::Auto => default_pool.clone(),
                 (tls, t) => {
                     let tls = match tls {
                         Some(cfg) => {
@@ -346,7 +347,12 @@ impl App {
                         None => None,
                     };
                     let t = t.unwrap_or(config.upstream.connect_timeout).0;
-                    let c = Pool::with_tls(&config.upstream, t, tls);
+                    let streams = metrics
+                        .forward
+                        .h2_streams
+                        .with_label_values(&[name.as_str()]);
+                    let c =
+                        Pool::for_service(&config.upstream, t, tls, svc.protocol, Some(streams));
                     pools.push(c.clone());
                     c
                 }

@@ -32,7 +32,9 @@ pub use register::{
     default_register_weight, CheckConfig, HttpUrl, ProbeConfig, RegisterEntry, RegistryKind,
 };
 pub use routes::RouteConfig;
-pub use tls::{read_certificates, read_private_key, ListenerTlsConfig, UpstreamTlsConfig};
+pub use tls::{
+    read_certificates, read_private_key, ListenerTlsConfig, Protocol, UpstreamTlsConfig,
+};
 pub use types::{Addr, Dur, ServiceName};
 pub use zookeeper::{ZookeeperRegistryConfig, ZookeeperResolverConfig};
 
@@ -282,6 +284,10 @@ pub struct ServiceConfig {
     pub refresh_interval: Option<Dur>,
     /// TLS towards the instances (plaintext when absent).
     pub tls: Option<UpstreamTlsConfig>,
+    /// What the instances speak: `http1`, `h2c` or `auto` (the default: ALPN over TLS,
+    /// HTTP/1.1 over plaintext).
+    #[serde(default)]
+    pub protocol: Protocol,
 }
 
 /// `services.<name>.resolver:` — exactly one resolver, named by its key.

@@ -48,8 +48,9 @@ use server::h2::H2Body;
 use server::http1::{Failure, Http1};
 use server::io::AppIo;
 
-/// The body of a response to an HTTP/2 app: the upstream's, streamed, or one waypost wrote.
-pub type ResponseBody = Either<client::Body<H2Body>, Full<Bytes>>;
+/// The body of a response to an HTTP/2 app: the upstream's, streamed (from an HTTP/1 or an
+/// HTTP/2 upstream), or one waypost wrote.
+pub type ResponseBody = Either<Either<client::Body<H2Body>, client::H2ResponseBody>, Full<Bytes>>;
 
 /// Everything forwarding keeps per service: its balancer and the handles a request needs.
 /// The cache creates one per target and publishes into it.
@@ -267,6 +268,23 @@ impl Proxy {
             Ok(addr) => addr,
             Err(e) => return wrote(self.reject(Some(svc), e, started)),
         };
+        // The send step: HTTP/2 end to end when the instance speaks it (gRPC), else HTTP/1.
+        let (parts, body) = if svc.pool.h2_for(addr) {
+            let sent = svc.pool.send_h2(addr, parts, body, target.name());
+            match tokio::time::timeout(svc.timeout, sent).await {
+                Ok(client::H2Sent::Response(resp)) => {
+                    svc.record(resp.status().as_u16(), started.elapsed());
+                    return resp.map(|b| Either::Left(Either::Right(b)));
+                }
+                Ok(client::H2Sent::Failed(e)) => {
+                    return wrote(self.reject(Some(svc), svc.failed(addr, e), started))
+                }
+                Ok(client::H2Sent::Http1(parts, body)) => (parts, body),
+                Err(_) => return wrote(self.reject(Some(svc), svc.timed_out(addr), started)),
+            }
+        } else {
+            (parts, body)
+        };
         let mut head = Vec::with_capacity(256);
         let framing =
             match h1::request::encode_h2(&parts, body.is_end_stream(), target.name(), &mut head) {
@@ -296,7 +314,7 @@ impl Proxy {
         svc.record(head.status.as_u16(), started.elapsed());
         let body = ex.into_body(&head);
         match head.into_parts() {
-            Ok(parts) => Response::from_parts(parts, Either::Left(body)),
+            Ok(parts) => Response::from_parts(parts, Either::Left(Either::Left(body))),
             Err(e) => {
                 let e = SendError::Upstream(e.into());
                 wrote(self.reject(Some(svc), svc.failed(addr, e), started))

@@ -137,6 +137,8 @@ pub struct ForwardMetrics {
     pub upgrades_open: IntGauge,
     /// `waypost_forward_upgrades_total`: connections upgraded after a `101`.
     pub upgrades_total: IntCounter,
+    /// `waypost_forward_upstream_h2_streams{service}`: HTTP/2 streams open to upstreams now.
+    pub h2_streams: IntGaugeVec,
 }
 
 /// Per-service hot-path handles, resolved once.
@@ -328,6 +330,17 @@ impl Metrics {
                 IntCounter::new(
                     "waypost_forward_upgrades_total",
                     "Connections upgraded after a 101 and joined to their upstream.",
+                )
+                .expect("valid"),
+            ),
+            h2_streams: register(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "waypost_forward_upstream_h2_streams",
+                        "HTTP/2 streams open to upstream instances now, per service.",
+                    ),
+                    &["service"],
                 )
                 .expect("valid"),
             ),

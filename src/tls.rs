@@ -64,7 +64,10 @@ pub struct HandshakeError {
 
 /// Opens TLS sessions to one service's instances over connected TCP streams.
 pub struct Connector {
+    /// ALPN `http/1.1` only: for HTTP/1 apps.
     config: Arc<ClientConfig>,
+    /// ALPN `h2` then `http/1.1`: for HTTP/2 apps, on a service with `protocol: auto`.
+    config_h2: Arc<ClientConfig>,
     /// The name verified when an instance has no `tls_server_name` tag.
     server_name: ServerName<'static>,
     /// Per-instance names from the `tls_server_name` tag, replaced whole with each resolution.
@@ -131,9 +134,12 @@ impl Connector {
             }
             _ => builder.with_no_client_auth(),
         };
+        let mut config_h2 = config.clone();
         config.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
+        config_h2.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()];
         Ok(Self {
             config: Arc::new(config),
+            config_h2: Arc::new(config_h2),
             server_name,
             names: ArcSwap::default(),
             metrics,
@@ -166,18 +172,20 @@ impl Connector {
         self.names.store(Arc::new(names));
     }
 
-    /// Runs the handshake with the instance at `addr` over `tcp`. A failure is counted by its
-    /// reason.
+    /// Runs the handshake with the instance at `addr` over `tcp`, offering `h2` too when
+    /// `h2`. A failure is counted by its reason.
     pub async fn connect(
         &self,
         addr: SocketAddr,
         tcp: TcpStream,
+        h2: bool,
     ) -> Result<TlsStream<TcpStream>, HandshakeError> {
         let name = match self.names.load().get(&addr) {
             Some(n) => n.clone(),
             None => self.server_name.clone(),
         };
-        let connector = TlsConnector::from(self.config.clone());
+        let config = if h2 { &self.config_h2 } else { &self.config };
+        let connector = TlsConnector::from(config.clone());
         connector.connect(name, tcp).await.map_err(|source| {
             let reason = Reason::of(&source);
             self.failed(reason);

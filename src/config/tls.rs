@@ -33,6 +33,19 @@ pub struct UpstreamTlsConfig {
     pub insecure_skip_verify: bool,
 }
 
+/// `services.<name>.protocol:` — what the instances speak.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// HTTP/1.1 only.
+    Http1,
+    /// HTTP/2 without TLS, with prior knowledge.
+    H2c,
+    /// Over TLS, what ALPN agrees (`h2` or `http/1.1`); HTTP/1.1 over plaintext.
+    #[default]
+    Auto,
+}
+
 /// `listen_tls:` / `services.<name>.listen_tls:` — the listener terminates TLS.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -129,6 +129,12 @@ impl Config {
             if let Some(tls) = &svc.tls {
                 tls.validate(&format!("{base}.tls"))?;
             }
+            if svc.protocol == super::Protocol::H2c && svc.tls.is_some() {
+                return Err((
+                    format!("{base}.protocol"),
+                    "h2c is HTTP/2 without TLS; with `tls`, use `auto` (HTTP/2 by ALPN)".into(),
+                ));
+            }
             if svc.listen_tls.is_some() && svc.listen.is_none() {
                 return Err((
                     format!("{base}.listen_tls"),

@@ -18,6 +18,7 @@
 
 mod conn;
 mod exchange;
+mod h2;
 mod stream;
 mod upload;
 
@@ -33,13 +34,14 @@ use tokio::time::Instant;
 
 pub use conn::Conn;
 pub use exchange::{Body, BodyError, Exchange, First};
+pub use h2::{H2ResponseBody, H2Settings};
 pub use stream::{Stream, Transport};
 pub use upload::{Piece, Source, SourceError};
 
 use super::h1::chunked::ChunkError;
 use super::h1::framing::Framing;
 use super::h1::response::ResponseError;
-use crate::config::UpstreamConfig;
+use crate::config::{Protocol, UpstreamConfig};
 use crate::shutdown::Shutdown;
 use crate::tls::{Connector, HandshakeError, Reason};
 use upload::Upload;
@@ -65,6 +67,15 @@ pub enum ProtoError {
     /// The response body broke the chunked coding.
     #[error(transparent)]
     Chunked(#[from] ChunkError),
+    /// The HTTP/2 connection or stream failed.
+    #[error("HTTP/2: {0}")]
+    H2(hyper::Error),
+    /// An HTTP/1 request for a service whose instances speak only h2c: translating HTTP/1
+    /// requests to HTTP/2 is not done (yet).
+    #[error(
+        "the service speaks h2c; HTTP/1 requests are not translated to HTTP/2: call it over HTTP/2"
+    )]
+    Http1ToH2c,
 }
 
 impl ProtoError {
@@ -157,6 +168,16 @@ type Map = HashMap<SocketAddr, Vec<Idle>, BuildHasherDefault<AddrHasher>>;
 struct Inner {
     /// TLS to every instance, when the pool's service asks for it.
     tls: Option<Arc<Connector>>,
+    /// What the instances speak.
+    protocol: Protocol,
+    /// Shared HTTP/2 connections (h2c, or h2 by ALPN).
+    h2: h2::H2Clients,
+    h2_settings: H2Settings,
+    /// Instances that answered ALPN with `http/1.1` (on `protocol: auto`): HTTP/2 apps reach
+    /// them over HTTP/1.
+    h1_only: Mutex<std::collections::HashSet<SocketAddr>>,
+    /// `waypost_forward_upstream_h2_streams{service}` of the pool's service.
+    h2_streams: Option<prometheus::IntGauge>,
     /// Written at checkout and check-in by request tasks, and by [`Pool::sweep`]; held for a
     /// few instructions only, never across an await.
     idle: Mutex<Map>,
@@ -183,18 +204,25 @@ impl Pool {
     /// An empty pool with `upstream:`'s settings and `connect_timeout` (global or a service's
     /// own).
     pub fn from_config(cfg: &UpstreamConfig, connect_timeout: Duration) -> Self {
-        Self::with_tls(cfg, connect_timeout, None)
+        Self::for_service(cfg, connect_timeout, None, Protocol::Auto, None)
     }
 
-    /// An empty pool like [`Pool::from_config`], whose connections run TLS through `tls` when
-    /// given.
-    pub fn with_tls(
+    /// An empty pool like [`Pool::from_config`] for one service: its connections run TLS
+    /// through `tls` when given, and speak `protocol`; `h2_streams` counts its HTTP/2 streams.
+    pub fn for_service(
         cfg: &UpstreamConfig,
         connect_timeout: Duration,
         tls: Option<Arc<Connector>>,
+        protocol: Protocol,
+        h2_streams: Option<prometheus::IntGauge>,
     ) -> Self {
         Self(Arc::new(Inner {
             tls,
+            protocol,
+            h2: h2::H2Clients::default(),
+            h2_settings: H2Settings::default(),
+            h1_only: Mutex::default(),
+            h2_streams,
             idle: Mutex::default(),
             config: PoolConfig {
                 connect_timeout,
@@ -219,6 +247,9 @@ impl Pool {
         req: &Outgoing<'_>,
         body: Option<U>,
     ) -> Result<(Exchange<U>, First), SendError> {
+        if self.0.protocol == Protocol::H2c {
+            return Err(SendError::Upstream(ProtoError::Http1ToH2c));
+        }
         let mut body = body.filter(|_| req.framing != Framing::Empty);
         if let Some(mut conn) = self.checkout(addr) {
             match conn.write_all(req.head).await {
@@ -321,21 +352,123 @@ impl Pool {
     /// A new connection to `addr`: TCP, then TLS when the pool speaks it, both within the
     /// connect timeout.
     async fn connect(&self, addr: SocketAddr) -> Result<Conn, SendError> {
+        let stream = self.connect_stream(addr, false).await?;
+        Ok(Conn::new(stream, self.0.config.buffer_size))
+    }
+
+    /// A connected stream to `addr` (TLS offering `h2` too when `h2`), within the connect
+    /// timeout.
+    async fn connect_stream(&self, addr: SocketAddr, h2: bool) -> Result<Stream, SendError> {
         let timeout = self.0.config.connect_timeout;
-        let stream = tokio::time::timeout(timeout, async {
+        tokio::time::timeout(timeout, async {
             let tcp = TcpStream::connect(addr).await.map_err(SendError::Connect)?;
             let _ = tcp.set_nodelay(true);
             match &self.0.tls {
                 None => Ok(Stream::Tcp(tcp)),
-                Some(tls) => match tls.connect(addr, tcp).await {
+                Some(tls) => match tls.connect(addr, tcp, h2).await {
                     Ok(s) => Ok(Stream::Tls(Box::new(s))),
                     Err(e) => Err(SendError::Tls(e)),
                 },
             }
         })
         .await
-        .map_err(|_| SendError::ConnectTimeout(timeout))??;
-        Ok(Conn::new(stream, self.0.config.buffer_size))
+        .map_err(|_| SendError::ConnectTimeout(timeout))?
+    }
+
+    /// Whether requests from HTTP/2 apps to `addr` go over HTTP/2: `h2c`, or `auto` over TLS
+    /// unless the instance chose `http/1.1` by ALPN before.
+    pub fn h2_for(&self, addr: SocketAddr) -> bool {
+        match (self.0.protocol, &self.0.tls) {
+            (Protocol::H2c, _) => true,
+            (Protocol::Auto, Some(_)) => !self
+                .0
+                .h1_only
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&addr),
+            _ => false,
+        }
+    }
+
+    /// Sends an HTTP/2 app's request (`parts`, `body`) to `addr` over a shared HTTP/2
+    /// connection, both bodies streaming, trailers included. `service` names the authority
+    /// when the request has none.
+    pub async fn send_h2(
+        &self,
+        addr: SocketAddr,
+        mut parts: http::request::Parts,
+        body: hyper::body::Incoming,
+        service: &str,
+    ) -> H2Sent {
+        let authority = match parts.uri.authority() {
+            Some(a) => a.as_str().to_string(),
+            None => parts
+                .headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or(service)
+                .to_string(),
+        };
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let scheme = if self.0.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let uri = http::Uri::builder()
+            .scheme(scheme)
+            .authority(authority.as_str())
+            .path_and_query(path)
+            .build();
+        let original_uri = std::mem::take(&mut parts.uri);
+        match uri {
+            Ok(uri) => parts.uri = uri,
+            Err(_) => {
+                return H2Sent::Failed(SendError::Upstream(ProtoError::Response(
+                    ResponseError::Invalid("request authority"),
+                )));
+            }
+        }
+        parts.headers.remove(http::header::HOST);
+        parts.version = http::Version::HTTP_2;
+        let req = http::Request::from_parts(parts, body);
+        let connect = || async {
+            let stream = self
+                .connect_stream(addr, true)
+                .await
+                .map_err(H2Connect::Failed)?;
+            match (&stream, self.0.protocol) {
+                (Stream::Tls(_), Protocol::Auto) if stream.alpn() != Some(crate::tls::ALPN_H2) => {
+                    Err(H2Connect::Http1(stream))
+                }
+                _ => Ok(stream),
+            }
+        };
+        let gauge = self.0.h2_streams.as_ref();
+        match self
+            .0
+            .h2
+            .send(addr, req, &self.0.h2_settings, gauge, connect)
+            .await
+        {
+            Ok(resp) => H2Sent::Response(resp),
+            Err(h2::H2Error::Connect(H2Connect::Failed(e), _)) => H2Sent::Failed(e),
+            Err(h2::H2Error::Connect(H2Connect::Http1(stream), req)) => {
+                tracing::debug!(upstream = %addr, "instance chose http/1.1 by ALPN: HTTP/2 apps reach it over HTTP/1");
+                self.0
+                    .h1_only
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(addr);
+                self.checkin(addr, Conn::new(stream, self.0.config.buffer_size));
+                let (mut parts, body) = req.into_parts();
+                parts.uri = original_uri;
+                parts.version = http::Version::HTTP_2;
+                H2Sent::Http1(parts, body)
+            }
+            Err(h2::H2Error::Http(e)) => H2Sent::Failed(SendError::Upstream(ProtoError::H2(e))),
+            Err(h2::H2Error::Closed) => H2Sent::Failed(SendError::Upstream(ProtoError::Closed)),
+        }
     }
 
     /// Closes idle connections older than the idle timeout, or closed by the upstream.
@@ -356,10 +489,31 @@ impl Pool {
             tokio::select! {
                 biased;
                 _ = shutdown.recv() => break,
-                _ = tokio::time::sleep(every) => self.sweep(),
+                _ = tokio::time::sleep(every) => {
+                    self.sweep();
+                    self.0.h2.sweep();
+                }
             }
         }
     }
+}
+
+/// What [`Pool::send_h2`] did.
+pub enum H2Sent {
+    /// The response head came; its body streams.
+    Response(http::Response<H2ResponseBody>),
+    /// No response.
+    Failed(SendError),
+    /// The instance speaks only HTTP/1.1 (it said so by ALPN): the request, not sent (its
+    /// URI as the app sent it, its `Host` removed), goes over HTTP/1 instead.
+    Http1(http::request::Parts, hyper::body::Incoming),
+}
+
+/// How connecting for HTTP/2 ended short of an HTTP/2 connection.
+enum H2Connect {
+    Failed(SendError),
+    /// TLS agreed on `http/1.1`.
+    Http1(Stream),
 }
 
 /// FxHash (rustc's hasher): a multiply and a rotate per word. Keys are socket addresses from

@@ -104,3 +104,17 @@ fn listener_tls_needs_a_listener() {
     let e = parse("listen_tls: {cert: /c.pem}\n").unwrap_err();
     assert!(e.to_string().contains("missing field `key`"), "{e}");
 }
+
+#[test]
+fn protocol_is_http1_h2c_or_auto_and_h2c_is_not_tls() {
+    let dir = files();
+    let c = parse(&config(&dir, "      {}\n    protocol: http1\n")).unwrap();
+    assert_eq!(c.services.values().next().unwrap().protocol, super::Protocol::Http1);
+    rejects(
+        &config(&dir, "      {}\n    protocol: h2c\n"),
+        9,
+        "services.secure.protocol: h2c is HTTP/2 without TLS",
+    );
+    let e = parse(&config(&dir, "      {}\n    protocol: h3\n")).unwrap_err();
+    assert!(e.to_string().contains("unknown variant `h3`"), "{e}");
+}
