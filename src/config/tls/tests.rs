@@ -109,7 +109,10 @@ fn listener_tls_needs_a_listener() {
 fn protocol_is_http1_h2c_or_auto_and_h2c_is_not_tls() {
     let dir = files();
     let c = parse(&config(&dir, "      {}\n    protocol: http1\n")).unwrap();
-    assert_eq!(c.services.values().next().unwrap().protocol, super::Protocol::Http1);
+    assert_eq!(
+        c.services.values().next().unwrap().protocol,
+        super::Protocol::Http1
+    );
     rejects(
         &config(&dir, "      {}\n    protocol: h2c\n"),
         9,
