@@ -32,7 +32,10 @@ use crate::registry::zookeeper::{
     self as zk, ZookeeperRegistrar, ZookeeperResolver, ZookeeperSession,
 };
 use crate::shutdown;
-use crate::tls::{Acceptor, Connector};
+use crate::tls::{Acceptor, Connector, Reloader};
+
+/// How often TLS certificate, key and CA files are looked at for changes.
+const TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
 
 /// The addresses the app actually bound (ports resolved when the config says `:0`).
 #[derive(Debug, Clone)]
@@ -57,6 +60,8 @@ pub struct App {
     refresh_trigger: shutdown::Trigger,
     /// Every distinct upstream pool, each to be swept.
     pools: Vec<Pool>,
+    /// Watches the TLS files of every connector and acceptor.
+    reloader: Reloader,
     /// The `register:` entries, not running yet.
     registrations: Registrations,
     /// Where waypost sees its own registrations through its own resolvers (declared service,
@@ -310,6 +315,7 @@ impl App {
         let policy = Policy::from_config(&config.discovery);
         let default_pool = Pool::from_config(&config.upstream, config.upstream.connect_timeout.0);
         let mut pools = vec![default_pool.clone()];
+        let mut reloader = Reloader::new(TLS_RELOAD_INTERVAL, metrics.tls.clone());
         let mut declared = Vec::new();
         let mut per_service = BTreeMap::new();
         let (refresh_trigger, refresh_stop) = shutdown::channel();
@@ -342,7 +348,9 @@ impl App {
                                 &key,
                                 metrics.tls.clone(),
                             )?;
-                            Some(Arc::new(c))
+                            let c = Arc::new(c);
+                            reloader.watch(c.clone());
+                            Some(c)
                         }
                         None => None,
                     };
@@ -378,10 +386,12 @@ impl App {
             refresh_stop,
         );
 
-        let acceptor = |cfg: &Option<ListenerTlsConfig>, key: &str| match cfg {
-            Some(c) => Acceptor::from_config(c, key, metrics.tls.clone())
-                .map(|a| Some(Arc::new(a)))
-                .map_err(anyhow::Error::from),
+        let mut acceptor = |cfg: &Option<ListenerTlsConfig>, key: &str| match cfg {
+            Some(c) => {
+                let a = Arc::new(Acceptor::from_config(c, key, metrics.tls.clone())?);
+                reloader.watch(a.clone());
+                anyhow::Ok(Some(a))
+            }
             None => Ok(None),
         };
         let outbound = Listener::Outbound(forward::route::routes(&config.routes));
@@ -416,6 +426,7 @@ impl App {
             addrs,
             refresh_trigger,
             pools,
+            reloader,
             registrations,
             observed,
         })
@@ -438,12 +449,17 @@ impl App {
             addrs,
             refresh_trigger,
             pools,
+            reloader,
             mut registrations,
             observed,
         } = self;
         cache.start(declared);
         for pool in pools {
             tokio::spawn(pool.run_sweeper(refresh_trigger.subscribe()));
+        }
+        if !reloader.is_empty() {
+            reloader.record_expiry();
+            tokio::spawn(reloader.run(refresh_trigger.subscribe()));
         }
         let accepting = Arc::new(AtomicBool::new(true));
         let (admin_trigger, admin_stop) = shutdown::channel();

@@ -5,6 +5,7 @@ use std::io;
 use std::path::Path;
 
 use super::*;
+use crate::config::UpstreamTlsConfig;
 use crate::metrics::Metrics;
 
 /// A directory with `ca.pem` (a certificate), `key.pem` (its private key) and `junk.pem`.
