@@ -3,22 +3,10 @@
 
 use super::super::tests::{parse, rejects};
 
-/// A directory with `ca.pem` (a certificate), `key.pem` (a private key) and `junk.pem`.
-fn files() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["ca.test".to_string()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    std::fs::write(dir.path().join("ca.pem"), cert.pem()).unwrap();
-    std::fs::write(dir.path().join("key.pem"), key.serialize_pem()).unwrap();
-    std::fs::write(dir.path().join("junk.pem"), "not pem at all\n").unwrap();
-    dir
-}
-
-fn config(dir: &tempfile::TempDir, tls: &str) -> String {
-    let tls = tls.replace("DIR", &dir.path().display().to_string());
+/// A config with the service `secure` and its `tls:` block `tls` (the files it names are not
+/// read here).
+fn config(tls: &str) -> String {
+    let tls = tls.replace("DIR", "/etc/waypost/tls");
     format!(
         "services:\n  secure:\n    resolver:\n      static:\n        instances:\n          - address: 127.0.0.1:9443\n    tls:\n{tls}"
     )
@@ -26,29 +14,26 @@ fn config(dir: &tempfile::TempDir, tls: &str) -> String {
 
 #[test]
 fn accepts_a_full_block_and_an_empty_one() {
-    let dir = files();
     let c = parse(&config(
-        &dir,
         "      ca: DIR/ca.pem\n      server_name: secure.internal\n      cert: DIR/ca.pem\n      key: DIR/key.pem\n",
     ))
     .unwrap();
     let tls = c.services.values().next().unwrap().tls.clone().unwrap();
     assert_eq!(tls.server_name.as_deref(), Some("secure.internal"));
     assert!(!tls.insecure_skip_verify);
-    let c = parse(&config(&dir, "      {}\n")).unwrap();
+    let c = parse(&config("      {}\n")).unwrap();
     assert!(c.services.values().next().unwrap().tls.is_some());
 }
 
 #[test]
 fn rejects_half_a_client_identity() {
-    let dir = files();
     rejects(
-        &config(&dir, "      cert: DIR/ca.pem\n"),
+        &config("      cert: DIR/ca.pem\n"),
         8,
         "services.secure.tls.cert: needs `key` too",
     );
     rejects(
-        &config(&dir, "      key: DIR/key.pem\n"),
+        &config("      key: DIR/key.pem\n"),
         8,
         "services.secure.tls.key: needs `cert` too",
     );
@@ -56,12 +41,8 @@ fn rejects_half_a_client_identity() {
 
 #[test]
 fn rejects_skipping_verification_with_a_ca() {
-    let dir = files();
     rejects(
-        &config(
-            &dir,
-            "      ca: DIR/ca.pem\n      insecure_skip_verify: true\n",
-        ),
+        &config("      ca: DIR/ca.pem\n      insecure_skip_verify: true\n"),
         9,
         "services.secure.tls.insecure_skip_verify",
     );
@@ -69,9 +50,8 @@ fn rejects_skipping_verification_with_a_ca() {
 
 #[test]
 fn rejects_a_server_name_that_is_no_name() {
-    let dir = files();
     rejects(
-        &config(&dir, "      server_name: \"bad name!\"\n"),
+        &config("      server_name: \"bad name!\"\n"),
         8,
         "is not a DNS name or an IP address",
     );
@@ -79,15 +59,13 @@ fn rejects_a_server_name_that_is_no_name() {
 
 #[test]
 fn rejects_unknown_keys() {
-    let dir = files();
-    let e = parse(&config(&dir, "      verify: false\n")).unwrap_err();
+    let e = parse(&config("      verify: false\n")).unwrap_err();
     assert!(e.to_string().contains("unknown field `verify`"), "{e}");
     assert_eq!(e.line, Some(8));
 }
 
 #[test]
 fn listener_tls_needs_a_listener() {
-    let dir = files();
     let text = "listen_tls: {cert: /c.pem, key: /k.pem, client_ca: /ca.pem}\nservices:\n  secure:\n    listen_tls: {cert: /c.pem, key: /k.pem}\n    resolver:\n      static:\n        instances:\n          - address: 127.0.0.1:9443\n";
     rejects(
         text,
@@ -100,24 +78,22 @@ fn listener_tls_needs_a_listener() {
     );
     let c = parse(&ok).unwrap();
     assert!(c.listen_tls.unwrap().client_ca.is_some());
-    drop(dir);
     let e = parse("listen_tls: {cert: /c.pem}\n").unwrap_err();
     assert!(e.to_string().contains("missing field `key`"), "{e}");
 }
 
 #[test]
 fn protocol_is_http1_h2c_or_auto_and_h2c_is_not_tls() {
-    let dir = files();
-    let c = parse(&config(&dir, "      {}\n    protocol: http1\n")).unwrap();
+    let c = parse(&config("      {}\n    protocol: http1\n")).unwrap();
     assert_eq!(
         c.services.values().next().unwrap().protocol,
         super::Protocol::Http1
     );
     rejects(
-        &config(&dir, "      {}\n    protocol: h2c\n"),
+        &config("      {}\n    protocol: h2c\n"),
         9,
         "services.secure.protocol: h2c is HTTP/2 without TLS",
     );
-    let e = parse(&config(&dir, "      {}\n    protocol: h3\n")).unwrap_err();
+    let e = parse(&config("      {}\n    protocol: h3\n")).unwrap_err();
     assert!(e.to_string().contains("unknown variant `h3`"), "{e}");
 }
