@@ -76,6 +76,7 @@ impl Listener {
         Listener::Outbound(Arc::new([]))
     }
 
+    #[inline]
     fn routes(&self) -> &[PrefixRoute] {
         match self {
             Listener::Outbound(r) | Listener::Service(_, r) => r,
@@ -95,10 +96,17 @@ pub fn by_prefix<'l>(path: &[u8], listener: &'l Listener) -> Option<&'l PrefixRo
 /// request line carries the origin-form target. On a match, a stripping route rewrites the
 /// target in place. (The `Host` offsets of the request no longer hold after that; routing is
 /// their only reader and it is done.)
+#[inline]
 pub fn by_prefix_h1<'l>(head: &mut Vec<u8>, listener: &'l Listener) -> Option<&'l str> {
     if listener.routes().is_empty() {
         return None;
     }
+    strip_h1(head, listener)
+}
+
+/// [`by_prefix_h1`] on a listener with routes (kept out of line: most listeners have none).
+#[inline(never)]
+fn strip_h1<'l>(head: &mut Vec<u8>, listener: &'l Listener) -> Option<&'l str> {
     let start = head.iter().position(|&b| b == b' ')? + 1;
     let len = head[start..].iter().position(|&b| b == b' ')?;
     let route = by_prefix(&head[start..start + len], listener)?;

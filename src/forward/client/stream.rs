@@ -22,6 +22,7 @@ pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
 }
 
 impl Transport for TcpStream {
+    #[inline]
     fn is_idle_open(&mut self) -> bool {
         match readable(self) {
             None => false,
@@ -51,6 +52,7 @@ impl Transport for TlsStream<TcpStream> {
     /// handed to rustls (never read as application data): tickets are absorbed, a
     /// `close_notify` or an end of stream marks the connection dead, and so does any
     /// application data (an HTTP/1 upstream has nothing to say between responses).
+    #[inline]
     fn is_idle_open(&mut self) -> bool {
         let (tcp, tls) = self.get_mut();
         loop {
@@ -103,6 +105,7 @@ impl Stream {
 }
 
 impl Transport for Stream {
+    #[inline]
     fn is_idle_open(&mut self) -> bool {
         match self {
             Stream::Tcp(s) => s.is_idle_open(),
@@ -112,6 +115,7 @@ impl Transport for Stream {
 }
 
 impl AsyncRead for Stream {
+    #[inline]
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -125,6 +129,7 @@ impl AsyncRead for Stream {
 }
 
 impl AsyncWrite for Stream {
+    #[inline]
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -136,6 +141,7 @@ impl AsyncWrite for Stream {
         }
     }
 
+    #[inline]
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -147,6 +153,7 @@ impl AsyncWrite for Stream {
         }
     }
 
+    #[inline]
     fn is_write_vectored(&self) -> bool {
         match self {
             Stream::Tcp(s) => s.is_write_vectored(),
@@ -154,6 +161,7 @@ impl AsyncWrite for Stream {
         }
     }
 
+    #[inline]
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
