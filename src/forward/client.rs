@@ -34,7 +34,7 @@ use tokio::time::Instant;
 
 pub use conn::Conn;
 pub use exchange::{Body, BodyError, Exchange, First};
-pub use h2::{H2ResponseBody, H2Settings};
+pub use h2::{H2ResponseBody, H2Sent, H2Settings};
 pub use stream::{Stream, Transport};
 pub use upload::{Piece, Source, SourceError};
 
@@ -375,102 +375,6 @@ impl Pool {
         .map_err(|_| SendError::ConnectTimeout(timeout))?
     }
 
-    /// Whether requests from HTTP/2 apps to `addr` go over HTTP/2: `h2c`, or `auto` over TLS
-    /// unless the instance chose `http/1.1` by ALPN before.
-    pub fn h2_for(&self, addr: SocketAddr) -> bool {
-        match (self.0.protocol, &self.0.tls) {
-            (Protocol::H2c, _) => true,
-            (Protocol::Auto, Some(_)) => !self
-                .0
-                .h1_only
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .contains(&addr),
-            _ => false,
-        }
-    }
-
-    /// Sends an HTTP/2 app's request (`parts`, `body`) to `addr` over a shared HTTP/2
-    /// connection, both bodies streaming, trailers included. `service` names the authority
-    /// when the request has none.
-    pub async fn send_h2(
-        &self,
-        addr: SocketAddr,
-        mut parts: http::request::Parts,
-        body: hyper::body::Incoming,
-        service: &str,
-    ) -> H2Sent {
-        let authority = match parts.uri.authority() {
-            Some(a) => a.as_str().to_string(),
-            None => parts
-                .headers
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .unwrap_or(service)
-                .to_string(),
-        };
-        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let scheme = if self.0.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        };
-        let uri = http::Uri::builder()
-            .scheme(scheme)
-            .authority(authority.as_str())
-            .path_and_query(path)
-            .build();
-        let original_uri = std::mem::take(&mut parts.uri);
-        match uri {
-            Ok(uri) => parts.uri = uri,
-            Err(_) => {
-                return H2Sent::Failed(SendError::Upstream(ProtoError::Response(
-                    ResponseError::Invalid("request authority"),
-                )));
-            }
-        }
-        parts.headers.remove(http::header::HOST);
-        parts.version = http::Version::HTTP_2;
-        let req = http::Request::from_parts(parts, body);
-        let connect = || async {
-            let stream = self
-                .connect_stream(addr, true)
-                .await
-                .map_err(H2Connect::Failed)?;
-            match (&stream, self.0.protocol) {
-                (Stream::Tls(_), Protocol::Auto) if stream.alpn() != Some(crate::tls::ALPN_H2) => {
-                    Err(H2Connect::Http1(stream))
-                }
-                _ => Ok(stream),
-            }
-        };
-        let gauge = self.0.h2_streams.as_ref();
-        match self
-            .0
-            .h2
-            .send(addr, req, &self.0.h2_settings, gauge, connect)
-            .await
-        {
-            Ok(resp) => H2Sent::Response(resp),
-            Err(h2::H2Error::Connect(H2Connect::Failed(e), _)) => H2Sent::Failed(e),
-            Err(h2::H2Error::Connect(H2Connect::Http1(stream), req)) => {
-                tracing::debug!(upstream = %addr, "instance chose http/1.1 by ALPN: HTTP/2 apps reach it over HTTP/1");
-                self.0
-                    .h1_only
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(addr);
-                self.checkin(addr, Conn::new(stream, self.0.config.buffer_size));
-                let (mut parts, body) = req.into_parts();
-                parts.uri = original_uri;
-                parts.version = http::Version::HTTP_2;
-                H2Sent::Http1(parts, body)
-            }
-            Err(h2::H2Error::Http(e)) => H2Sent::Failed(SendError::Upstream(ProtoError::H2(e))),
-            Err(h2::H2Error::Closed) => H2Sent::Failed(SendError::Upstream(ProtoError::Closed)),
-        }
-    }
-
     /// Closes idle connections older than the idle timeout, or closed by the upstream.
     fn sweep(&self) {
         let timeout = self.0.config.idle_timeout;
@@ -496,24 +400,6 @@ impl Pool {
             }
         }
     }
-}
-
-/// What [`Pool::send_h2`] did.
-pub enum H2Sent {
-    /// The response head came; its body streams.
-    Response(http::Response<H2ResponseBody>),
-    /// No response.
-    Failed(SendError),
-    /// The instance speaks only HTTP/1.1 (it said so by ALPN): the request, not sent (its
-    /// URI as the app sent it, its `Host` removed), goes over HTTP/1 instead.
-    Http1(http::request::Parts, hyper::body::Incoming),
-}
-
-/// How connecting for HTTP/2 ended short of an HTTP/2 connection.
-enum H2Connect {
-    Failed(SendError),
-    /// TLS agreed on `http/1.1`.
-    Http1(Stream),
 }
 
 /// FxHash (rustc's hasher): a multiply and a rotate per word. Keys are socket addresses from
