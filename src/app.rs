@@ -15,7 +15,10 @@ use tokio::sync::mpsc;
 
 use crate::admin::Admin;
 use crate::cache::{Cache, Declared, Lookup, Policy, Rule};
-use crate::config::{CheckConfig, Config, EtcdLayout, RegisterEntry, RegistryKind, ResolverConfig};
+use crate::config::{
+    CheckConfig, Config, EtcdLayout, ListenerTlsConfig, Protocol, RegisterEntry, RegistryKind,
+    ResolverConfig,
+};
 use crate::discover::Resolver;
 use crate::forward::{self, Listener, Pool, Proxy, ServiceHandle, ServicePolicy};
 use crate::metrics::Metrics;
@@ -30,6 +33,10 @@ use crate::registry::zookeeper::{
     self as zk, ZookeeperRegistrar, ZookeeperResolver, ZookeeperSession,
 };
 use crate::shutdown;
+use crate::tls::{Acceptor, Connector, Reloader};
+
+/// How often TLS certificate, key and CA files are looked at for changes.
+const TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
 
 /// The addresses the app actually bound (ports resolved when the config says `:0`).
 #[derive(Debug, Clone)]
@@ -48,12 +55,14 @@ pub struct App {
     metrics: Metrics,
     cache: Cache<ServiceHandle>,
     declared: crate::cache::Unstarted<ServiceHandle>,
-    listeners: Vec<(TcpListener, Listener)>,
+    listeners: Vec<(TcpListener, Listener, Option<Arc<Acceptor>>)>,
     admin_listener: TcpListener,
     addrs: Addrs,
     refresh_trigger: shutdown::Trigger,
     /// Every distinct upstream pool, each to be swept.
     pools: Vec<Pool>,
+    /// Watches the TLS files of every connector and acceptor.
+    reloader: Reloader,
     /// The `register:` entries, not running yet.
     registrations: Registrations,
     /// Where waypost sees its own registrations through its own resolvers (declared service,
@@ -350,6 +359,7 @@ impl App {
         let policy = Policy::from_config(&config.discovery);
         let default_pool = Pool::from_config(&config.upstream, config.upstream.connect_timeout.0);
         let mut pools = vec![default_pool.clone()];
+        let mut reloader = Reloader::new(TLS_RELOAD_INTERVAL, metrics.tls.clone());
         let mut declared = Vec::new();
         let mut per_service = BTreeMap::new();
         let (refresh_trigger, refresh_stop) = shutdown::channel();
@@ -369,13 +379,35 @@ impl App {
                 resolver: factory.build(&svc.resolver)?,
                 refresh_interval: svc.refresh_interval.map(|d| d.0),
             });
-            let pool = match svc.upstream.connect_timeout {
-                Some(t) => {
-                    let c = Pool::from_config(&config.upstream, t.0);
+            let connect_timeout = svc.upstream.connect_timeout;
+            let pool = match (&svc.tls, connect_timeout) {
+                (None, None) if svc.protocol == Protocol::Auto => default_pool.clone(),
+                (tls, t) => {
+                    let tls = match tls {
+                        Some(cfg) => {
+                            let key = format!("services.{name}.tls");
+                            let c = Connector::from_config(
+                                cfg,
+                                name.as_str(),
+                                &key,
+                                metrics.tls.clone(),
+                            )?;
+                            let c = Arc::new(c);
+                            reloader.watch(c.clone());
+                            Some(c)
+                        }
+                        None => None,
+                    };
+                    let t = t.unwrap_or(config.upstream.connect_timeout).0;
+                    let streams = metrics
+                        .forward
+                        .h2_streams
+                        .with_label_values(&[name.as_str()]);
+                    let c =
+                        Pool::for_service(&config.upstream, t, tls, svc.protocol, Some(streams));
                     pools.push(c.clone());
                     c
                 }
-                None => default_pool.clone(),
             };
             let policy = ServicePolicy::from_config(&config, Some(svc), pool);
             per_service.insert(name.to_string(), policy);
@@ -395,13 +427,25 @@ impl App {
             refresh_stop,
         );
 
-        let mut listeners = vec![(bind(config.listen.0, "listen").await?, Listener::Outbound)];
+        let mut acceptor = |cfg: &Option<ListenerTlsConfig>, key: &str| match cfg {
+            Some(c) => {
+                let a = Arc::new(Acceptor::from_config(c, key, metrics.tls.clone())?);
+                reloader.watch(a.clone());
+                anyhow::Ok(Some(a))
+            }
+            None => Ok(None),
+        };
+        let outbound = Listener::Outbound(forward::route::routes(&config.routes));
+        let tls = acceptor(&config.listen_tls, "listen_tls")?;
+        let mut listeners = vec![(bind(config.listen.0, "listen").await?, outbound, tls)];
         let mut services = BTreeMap::new();
         for (name, svc) in &config.services {
             if let Some(addr) = svc.listen {
                 let l = bind(addr.0, &format!("services.{name}.listen")).await?;
                 services.insert(name.to_string(), l.local_addr()?);
-                listeners.push((l, Listener::Service(name.as_str().into())));
+                let routes = forward::route::routes(&svc.routes);
+                let tls = acceptor(&svc.listen_tls, &format!("services.{name}.listen_tls"))?;
+                listeners.push((l, Listener::Service(name.as_str().into(), routes), tls));
             }
         }
         let admin_listener = bind(config.admin.listen.0, "admin.listen").await?;
@@ -423,6 +467,7 @@ impl App {
             addrs,
             refresh_trigger,
             pools,
+            reloader,
             registrations,
             observed,
         })
@@ -445,12 +490,17 @@ impl App {
             addrs,
             refresh_trigger,
             pools,
+            reloader,
             mut registrations,
             observed,
         } = self;
         cache.start(declared);
         for pool in pools {
             tokio::spawn(pool.run_sweeper(refresh_trigger.subscribe()));
+        }
+        if !reloader.is_empty() {
+            reloader.record_expiry();
+            tokio::spawn(reloader.run(refresh_trigger.subscribe()));
         }
         let accepting = Arc::new(AtomicBool::new(true));
         let (admin_trigger, admin_stop) = shutdown::channel();
@@ -474,22 +524,24 @@ impl App {
                 );
             }
         }
+        let mut settings = forward::Settings::from_config(&config.client, &config.upstream);
+        settings.tunnels = forward::Tunnels {
+            open: metrics.forward.upgrades_open.clone(),
+            total: metrics.forward.upgrades_total.clone(),
+        };
         let proxy = Arc::new(
-            Proxy::new(
-                cache.clone(),
-                metrics.forward.clone(),
-                forward::Settings::from_config(&config.client, &config.upstream),
-            )
-            .limit_connections(config.limits.max_connections),
+            Proxy::new(cache.clone(), metrics.forward.clone(), settings)
+                .limit_connections(config.limits.max_connections),
         );
         let (accept_trigger, accept_stop) = shutdown::channel();
         let (drain_trigger, drain) = shutdown::channel();
         let (drained_tx, mut drained_rx) = mpsc::channel::<()>(1);
         let mut accept_tasks = Vec::new();
-        for (listener, kind) in listeners {
+        for (listener, kind, tls) in listeners {
             accept_tasks.push(tokio::spawn(forward::serve(
                 listener,
                 kind,
+                tls,
                 proxy.clone(),
                 accept_stop.clone(),
                 drain.clone(),

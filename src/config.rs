@@ -15,6 +15,8 @@ mod etcd;
 mod locate;
 mod register;
 mod resilience;
+mod routes;
+mod tls;
 mod types;
 mod validate;
 mod zookeeper;
@@ -38,6 +40,10 @@ pub use register::{
 pub use resilience::{
     BalancerKind, BudgetConfig, LimitsConfig, OutlierConfig, RetryConfig, RetryOn, ServiceLimits,
 };
+pub use routes::RouteConfig;
+pub use tls::{
+    read_certificates, read_private_key, ListenerTlsConfig, Protocol, UpstreamTlsConfig,
+};
 pub use types::{Addr, Dur, ServiceName};
 pub use zookeeper::{ZookeeperRegistryConfig, ZookeeperResolverConfig};
 
@@ -52,6 +58,10 @@ const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:4191";
 pub struct Config {
     /// Outbound listener: apps address services by Host header or absolute-form URI here.
     pub listen: Addr,
+    /// Path-prefix routes of the outbound listener, matched before the Host.
+    pub routes: Vec<RouteConfig>,
+    /// TLS on the outbound listener (plaintext when absent).
+    pub listen_tls: Option<ListenerTlsConfig>,
     /// Admin listener (metrics, health, debug).
     pub admin: AdminConfig,
     /// Tokio runtime sizing.
@@ -91,6 +101,8 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: Addr::parse(DEFAULT_LISTEN).expect("constant address parses"),
+            routes: Vec::new(),
+            listen_tls: None,
             admin: AdminConfig::default(),
             runtime: RuntimeConfig::default(),
             log: LogConfig::default(),
@@ -289,8 +301,15 @@ pub struct ServiceConfig {
     /// Where its instances come from.
     #[serde(with = "serde_yaml::with::singleton_map")]
     pub resolver: ResolverConfig,
-    /// Optional dedicated local listener: every request arriving there goes to this service.
+    /// Optional dedicated local listener: every request arriving there goes to this service
+    /// (or, under one of `routes`' prefixes, to that route's service).
     pub listen: Option<Addr>,
+    /// Path-prefix routes of this service's own listener (needs `listen`).
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    /// TLS on this service's own listener (needs `listen`), e.g. an inbound listener peers
+    /// reach.
+    pub listen_tls: Option<ListenerTlsConfig>,
     /// Overrides of the global `upstream:` settings.
     #[serde(default)]
     pub upstream: UpstreamOverrides,
@@ -307,6 +326,12 @@ pub struct ServiceConfig {
     /// This service's limits.
     #[serde(default)]
     pub limits: ServiceLimits,
+    /// TLS towards the instances (plaintext when absent).
+    pub tls: Option<UpstreamTlsConfig>,
+    /// What the instances speak: `http1`, `h2c` or `auto` (the default: ALPN over TLS,
+    /// HTTP/1.1 over plaintext).
+    #[serde(default)]
+    pub protocol: Protocol,
 }
 
 /// `services.<name>.resolver:` — exactly one resolver, named by its key.

@@ -38,7 +38,7 @@ use tokio::time::Instant;
 pub use client::Pool;
 pub use rescue::ForwardError;
 pub use route::Listener;
-pub use server::{serve, sniff_h2c, Settings};
+pub use server::{serve, sniff_h2c, Settings, Tunnels};
 pub use service::{ServiceHandle, ServicePolicy};
 
 use crate::balance::{InstanceState, Outcome, Picked};
@@ -50,9 +50,11 @@ use h1::framing::Framing;
 use retry::{Attempted, Plan};
 use server::h2::H2Body;
 use server::http1::{Failure, Http1};
+use server::io::AppIo;
 
-/// The body of a response to an HTTP/2 app: the upstream's, streamed, or one waypost wrote.
-pub type ResponseBody = Either<client::Body<H2Body>, Full<Bytes>>;
+/// The body of a response to an HTTP/2 app: the upstream's, streamed (from an HTTP/1 or an
+/// HTTP/2 upstream), or one waypost wrote.
+pub type ResponseBody = Either<Either<client::Body<H2Body>, client::H2ResponseBody>, Full<Bytes>>;
 
 /// The declared service the last request on a connection named, by the `Host` bytes that
 /// named it. A connection nearly always names the same service again, and a declared target
@@ -102,9 +104,9 @@ impl Proxy {
 
     /// The walk of one HTTP/1 request whose head `conn` just read and parsed (steps 1–2 done):
     /// route → pick → send → respond. Returns whether the connection stays open.
-    async fn serve_h1(
+    async fn serve_h1<S: AppIo>(
         &self,
-        conn: &mut Http1,
+        conn: &mut Http1<S>,
         req: h1::request::Request,
         listener: &Listener,
     ) -> bool {
@@ -112,8 +114,13 @@ impl Proxy {
         conn.consume(req.len);
         let routed = {
             let (head, last) = conn.head_and_route();
-            let host = req.host.map(|(s, e)| &head[s as usize..e as usize]);
-            last.route(self, host, listener)
+            match route::by_prefix_h1(head, listener) {
+                Some(service) => self.lookup(Ok(service.into())),
+                None => {
+                    let host = req.host.map(|(s, e)| &head[s as usize..e as usize]);
+                    last.route(self, host, listener)
+                }
+            }
         };
         let target = match routed {
             Ok(t) => t,
@@ -176,9 +183,9 @@ impl Proxy {
     /// upstream failure on a well-framed request whose body was read whole (`body_done`; one
     /// answered before anything was sent skips its body when it is whole in the buffer) —
     /// README, "HTTP/1 policy".
-    async fn reply(
+    async fn reply<S: AppIo>(
         &self,
-        conn: &mut Http1,
+        conn: &mut Http1<S>,
         svc: Option<&ServiceHandle>,
         err: ForwardError,
         req: &h1::request::Request,
@@ -191,7 +198,7 @@ impl Proxy {
     }
 
     /// Answers a connection whose head could not be accepted (`err`), and closes it.
-    async fn refuse(&self, mut conn: Http1, err: ForwardError) {
+    async fn refuse<S: AppIo>(&self, mut conn: Http1<S>, err: ForwardError) {
         let resp = self.reject(None, err, Instant::now());
         if conn.answer(resp, false, true).await.is_ok() {
             conn.close().await;
@@ -205,8 +212,8 @@ impl Proxy {
         listener: &Listener,
     ) -> Response<ResponseBody> {
         let started = Instant::now();
-        let (parts, body) = req.into_parts();
-        let target = match self.lookup(route::service_name(&parts, listener)) {
+        let (mut parts, body) = req.into_parts();
+        let target = match self.lookup(route::service_name(&mut parts, listener)) {
             Ok(t) => t,
             Err(e) => return wrote(self.reject(None, e, started)),
         };
@@ -220,25 +227,52 @@ impl Proxy {
             Ok(p) => p,
             Err(e) => return wrote(self.reject(Some(svc), e, started)),
         };
+        let idempotent = h1::request::idempotent(&parts.method);
+        let mut plan = Attempts::new(svc, first, state, started, idempotent);
+        // The send step: HTTP/2 end to end when the instance speaks it (gRPC), else HTTP/1.
+        // HTTP/2 upstream exchanges are not retried: the body streams with the first attempt.
+        let (parts, body) = if svc.pool.h2_for(plan.addr()) {
+            let addr = plan.addr();
+            let (_, until) = plan.target();
+            let sent = svc.pool.send_h2(addr, parts, body, target.name());
+            match tokio::time::timeout_at(until, sent).await {
+                Ok(client::H2Sent::Response(resp)) => {
+                    let now = Instant::now();
+                    plan.finish(outcome(resp.status().as_u16()), now);
+                    svc.record(resp.status().as_u16(), now - started);
+                    return resp.map(|b| Either::Left(Either::Right(b)));
+                }
+                Ok(client::H2Sent::Failed(e)) => {
+                    plan.finish(Outcome::Failure, Instant::now());
+                    return wrote(self.reject(Some(svc), svc.failed(addr, e), started));
+                }
+                Ok(client::H2Sent::Http1(parts, body)) => (parts, body),
+                Err(_) => {
+                    plan.finish(Outcome::Failure, Instant::now());
+                    return wrote(self.reject(Some(svc), plan.timed_out(), started));
+                }
+            }
+        } else {
+            (parts, body)
+        };
         let mut head = Vec::with_capacity(256);
         let framing =
             match h1::request::encode_h2(&parts, body.is_end_stream(), target.name(), &mut head) {
                 Ok(framing) => framing,
                 Err(e) => return wrote(self.reject(Some(svc), e.into(), started)),
             };
-        let idempotent = h1::request::idempotent(&parts.method);
         let out = Outgoing {
             head: &head,
             framing,
             head_request: parts.method == Method::HEAD,
             replayable: framing == Framing::Empty && idempotent,
             relay_continue: false,
+            upgrade: false,
         };
         // An HTTP/2 request body streams straight from hyper and goes with the first attempt:
         // only bodiless requests are retried.
         let bodiless = framing == Framing::Empty;
         let mut source = (!bodiless).then_some(H2Body(body));
-        let mut plan = Attempts::new(svc, first, state, started, idempotent);
         let (ex, head) = loop {
             let (addr, until) = plan.target();
             let sent = tokio::time::timeout_at(until, svc.pool.send(addr, &out, source.take()));
@@ -281,7 +315,7 @@ impl Proxy {
         svc.record(head.status.as_u16(), now - started);
         let body = ex.into_body(&head);
         match head.into_parts() {
-            Ok(parts) => Response::from_parts(parts, Either::Left(body)),
+            Ok(parts) => Response::from_parts(parts, Either::Left(Either::Left(body))),
             Err(e) => {
                 let e = SendError::Upstream(e.into());
                 wrote(self.reject(Some(svc), svc.failed(plan.addr(), e), started))

@@ -17,6 +17,9 @@
 //! 5. [`forward`] — the HTTP proxy: route, pick, send, and errors mapped in one place.
 //! 6. [`metrics`] / [`admin`] — Prometheus families and the admin endpoints.
 //!
+//! [`tls`] holds what TLS needs at either end (rustls with ring): the upstream connector and
+//! the names of handshake failures.
+//!
 //! [`app`] wires them together and owns the shutdown order; [`shutdown`] is the one
 //! fan-out primitive every background loop listens to.
 
@@ -33,6 +36,7 @@ pub mod metrics;
 pub mod register;
 pub mod registry;
 pub mod shutdown;
+pub mod tls;
 
 pub use app::App;
 pub use config::Config;

@@ -22,6 +22,8 @@ pub mod consul;
 pub use consul::ConsulMetrics;
 pub mod resilience;
 pub use resilience::{InstanceSeries, ResilienceMetrics, ServiceResilience};
+pub mod tls;
+pub use tls::TlsMetrics;
 
 /// Request latency buckets (seconds): sub-millisecond resolution for a localhost proxy, up to
 /// the default 15 s upstream timeout.
@@ -103,6 +105,8 @@ pub struct Metrics {
     pub zookeeper: ZookeeperMetrics,
     /// The Consul backend's families.
     pub consul: ConsulMetrics,
+    /// TLS families.
+    pub tls: TlsMetrics,
 }
 
 /// Discovery and cache families.
@@ -138,6 +142,12 @@ pub struct ForwardMetrics {
     pub open_connections: IntGaugeVec,
     /// Retries, the retry budget, in-flight requests, ejections and per-instance series.
     pub resilience: ResilienceMetrics,
+    /// `waypost_forward_upgrades_open`: upgraded (tunnelled) connections open now.
+    pub upgrades_open: IntGauge,
+    /// `waypost_forward_upgrades_total`: connections upgraded after a `101`.
+    pub upgrades_total: IntCounter,
+    /// `waypost_forward_upstream_h2_streams{service}`: HTTP/2 streams open to upstreams now.
+    pub h2_streams: IntGaugeVec,
 }
 
 /// Per-service hot-path handles, resolved once.
@@ -317,10 +327,38 @@ impl Metrics {
                 .expect("valid"),
             ),
             resilience: ResilienceMetrics::new(&r),
+            upgrades_open: register(
+                &r,
+                IntGauge::new(
+                    "waypost_forward_upgrades_open",
+                    "Upgraded connections (WebSocket and others, after a 101) joined now.",
+                )
+                .expect("valid"),
+            ),
+            upgrades_total: register(
+                &r,
+                IntCounter::new(
+                    "waypost_forward_upgrades_total",
+                    "Connections upgraded after a 101 and joined to their upstream.",
+                )
+                .expect("valid"),
+            ),
+            h2_streams: register(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "waypost_forward_upstream_h2_streams",
+                        "HTTP/2 streams open to upstream instances now, per service.",
+                    ),
+                    &["service"],
+                )
+                .expect("valid"),
+            ),
         };
         let etcd = EtcdMetrics::new(&r);
         let zookeeper = ZookeeperMetrics::new(&r);
         let consul = ConsulMetrics::new(&r);
+        let tls = TlsMetrics::new(&r);
         let build = register(
             &r,
             GaugeVec::new(
@@ -346,6 +384,7 @@ impl Metrics {
             etcd,
             zookeeper,
             consul,
+            tls,
         }
     }
 

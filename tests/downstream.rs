@@ -284,9 +284,14 @@ async fn expect_upgrade_and_malformed_heads_are_the_one_loops_too() {
             assert_eq!(resp.text(), format!("GET {path} HTTP/1.1"), "{request:?}");
             let raw = String::from_utf8_lossy(&up.requests()[i].raw).into_owned();
             assert!(raw.contains("X-Case: 1"), "{raw}");
-            // Upgrade is not forwarded until tunnelling lands: a plain request goes on.
+            // An upgrade goes up with its Upgrade and waypost's own `connection: upgrade`; a
+            // non-101 answer is an ordinary response.
             let seen = &up.requests()[i];
-            assert_eq!((seen.header("upgrade"), seen.header("connection")), (None, None), "{raw}");
+            let want = match i {
+                0 => (None, None),
+                _ => (Some("websocket"), Some("upgrade")),
+            };
+            assert_eq!((seen.header("upgrade"), seen.header("connection")), want, "{raw}");
         }
         // A head httparse rejects (a field line without a colon): waypost's own 400.
         let mut app = RawApp::connect(&proxy).await;

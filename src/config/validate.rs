@@ -18,6 +18,7 @@ impl Config {
             ));
         }
         self.client.validate()?;
+        super::routes::validate(&self.routes, "routes", &self.services)?;
         if self.upstream.buffer_size < super::MIN_BUFFER_SIZE {
             return Err((
                 "upstream.buffer_size".into(),
@@ -159,6 +160,28 @@ impl Config {
                 svc.limits.max_concurrent,
                 &format!("{base}.limits.max_concurrent"),
             )?;
+            if let Some(tls) = &svc.tls {
+                tls.validate(&format!("{base}.tls"))?;
+            }
+            if svc.protocol == super::Protocol::H2c && svc.tls.is_some() {
+                return Err((
+                    format!("{base}.protocol"),
+                    "h2c is HTTP/2 without TLS; with `tls`, use `auto` (HTTP/2 by ALPN)".into(),
+                ));
+            }
+            if svc.listen_tls.is_some() && svc.listen.is_none() {
+                return Err((
+                    format!("{base}.listen_tls"),
+                    "TLS belongs to a listener: give the service a `listen` address".into(),
+                ));
+            }
+            if !svc.routes.is_empty() && svc.listen.is_none() {
+                return Err((
+                    format!("{base}.routes"),
+                    "routes belong to a listener: give the service a `listen` address".into(),
+                ));
+            }
+            super::routes::validate(&svc.routes, &format!("{base}.routes"), &self.services)?;
             if let ResolverConfig::Static(s) = &svc.resolver {
                 if s.instances.is_empty() {
                     return Err((

@@ -1,4 +1,5 @@
-//! The upstream side: keep-alive HTTP/1.1 connections per instance address ([`Pool`]) and one
+//! The upstream side: keep-alive HTTP/1.1 connections per instance address ([`Pool`]), over TCP
+//! or TLS ([`Stream`]; a pool with a [`Connector`] speaks TLS to every instance), and one
 //! request sent over them ([`Pool::send`]). A request comes in one shape whatever the app
 //! spoke: its head already encoded by the framing module (with as much of its body as had
 //! arrived), and a [`Source`] for the rest of the body.
@@ -17,6 +18,8 @@
 
 mod conn;
 mod exchange;
+mod h2;
+mod stream;
 mod upload;
 
 use std::collections::HashMap;
@@ -29,15 +32,18 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-pub use conn::{Conn, Transport};
+pub use conn::Conn;
 pub use exchange::{Body, BodyError, Exchange, First};
+pub use h2::{H2ResponseBody, H2Sent, H2Settings};
+pub use stream::{Stream, Transport};
 pub use upload::{Piece, Source, SourceError};
 
 use super::h1::chunked::ChunkError;
 use super::h1::framing::Framing;
 use super::h1::response::ResponseError;
-use crate::config::UpstreamConfig;
+use crate::config::{Protocol, UpstreamConfig};
 use crate::shutdown::Shutdown;
+use crate::tls::{Connector, HandshakeError, Reason};
 use upload::Upload;
 
 /// What went wrong on an upstream connection.
@@ -61,6 +67,15 @@ pub enum ProtoError {
     /// The response body broke the chunked coding.
     #[error(transparent)]
     Chunked(#[from] ChunkError),
+    /// The HTTP/2 connection or stream failed.
+    #[error("HTTP/2: {0}")]
+    H2(hyper::Error),
+    /// An HTTP/1 request for a service whose instances speak only h2c: translating HTTP/1
+    /// requests to HTTP/2 is not done (yet).
+    #[error(
+        "the service speaks h2c; HTTP/1 requests are not translated to HTTP/2: call it over HTTP/2"
+    )]
+    Http1ToH2c,
 }
 
 impl ProtoError {
@@ -86,9 +101,13 @@ pub enum SendError {
     /// TCP connect failed.
     #[error("connect failed: {0}")]
     Connect(#[source] io::Error),
-    /// TCP connect did not finish in time.
+    /// TCP connect (and the TLS handshake, if any) did not finish in time.
     #[error("connect timed out after {0:?}")]
     ConnectTimeout(Duration),
+    /// The TLS handshake failed (or the server refused it right after: a TLS 1.3 server
+    /// refuses a client certificate on the first read).
+    #[error(transparent)]
+    Tls(HandshakeError),
     /// The request could not be sent, or no valid response head came back.
     #[error("{0}")]
     Upstream(#[source] ProtoError),
@@ -100,7 +119,10 @@ pub enum SendError {
 impl SendError {
     /// Whether the failure happened while connecting (nothing was sent).
     pub fn is_connect(&self) -> bool {
-        matches!(self, SendError::Connect(_) | SendError::ConnectTimeout(_))
+        matches!(
+            self,
+            SendError::Connect(_) | SendError::ConnectTimeout(_) | SendError::Tls(_)
+        )
     }
 }
 
@@ -120,6 +142,9 @@ pub struct Outgoing<'a> {
     pub replayable: bool,
     /// `100 Continue` is reported to the caller (the app sent `Expect: 100-continue`).
     pub relay_continue: bool,
+    /// The request asks to switch protocols: a `101` is its final response (else a `101` is
+    /// refused as an upstream error).
+    pub upgrade: bool,
 }
 
 /// One idle connection.
@@ -141,6 +166,18 @@ struct PoolConfig {
 type Map = HashMap<SocketAddr, Vec<Idle>, BuildHasherDefault<AddrHasher>>;
 
 struct Inner {
+    /// TLS to every instance, when the pool's service asks for it.
+    tls: Option<Arc<Connector>>,
+    /// What the instances speak.
+    protocol: Protocol,
+    /// Shared HTTP/2 connections (h2c, or h2 by ALPN).
+    h2: h2::H2Clients,
+    h2_settings: H2Settings,
+    /// Instances that answered ALPN with `http/1.1` (on `protocol: auto`): HTTP/2 apps reach
+    /// them over HTTP/1.
+    h1_only: Mutex<std::collections::HashSet<SocketAddr>>,
+    /// `waypost_forward_upstream_h2_streams{service}` of the pool's service.
+    h2_streams: Option<prometheus::IntGauge>,
     /// Written at checkout and check-in by request tasks, and by [`Pool::sweep`]; held for a
     /// few instructions only, never across an await.
     idle: Mutex<Map>,
@@ -167,7 +204,25 @@ impl Pool {
     /// An empty pool with `upstream:`'s settings and `connect_timeout` (global or a service's
     /// own).
     pub fn from_config(cfg: &UpstreamConfig, connect_timeout: Duration) -> Self {
+        Self::for_service(cfg, connect_timeout, None, Protocol::Auto, None)
+    }
+
+    /// An empty pool like [`Pool::from_config`] for one service: its connections run TLS
+    /// through `tls` when given, and speak `protocol`; `h2_streams` counts its HTTP/2 streams.
+    pub fn for_service(
+        cfg: &UpstreamConfig,
+        connect_timeout: Duration,
+        tls: Option<Arc<Connector>>,
+        protocol: Protocol,
+        h2_streams: Option<prometheus::IntGauge>,
+    ) -> Self {
         Self(Arc::new(Inner {
+            tls,
+            protocol,
+            h2: h2::H2Clients::default(),
+            h2_settings: H2Settings::default(),
+            h1_only: Mutex::default(),
+            h2_streams,
             idle: Mutex::default(),
             config: PoolConfig {
                 connect_timeout,
@@ -176,6 +231,11 @@ impl Pool {
                 buffer_size: cfg.buffer_size,
             },
         }))
+    }
+
+    /// The TLS connector of this pool's connections, if they run TLS.
+    pub fn connector(&self) -> Option<&Arc<Connector>> {
+        self.0.tls.as_ref()
     }
 
     /// Sends `req` to `addr`, its remaining body from `body`, and reads the first response head
@@ -187,6 +247,9 @@ impl Pool {
         req: &Outgoing<'_>,
         body: Option<U>,
     ) -> Result<(Exchange<U>, First), SendError> {
+        if self.0.protocol == Protocol::H2c {
+            return Err(SendError::Upstream(ProtoError::Http1ToH2c));
+        }
         let mut body = body.filter(|_| req.framing != Framing::Empty);
         if let Some(mut conn) = self.checkout(addr) {
             match conn.write_all(req.head).await {
@@ -214,8 +277,24 @@ impl Pool {
             .await
             .map_err(|e| SendError::Upstream(e.into()))?;
         let mut ex = self.exchange(addr, conn, req, body);
-        let first = ex.head().await?;
+        let first = ex.head().await.map_err(|e| self.refused(e))?;
         Ok((ex, first))
+    }
+
+    /// A failure on a fresh connection that is TLS refusing us after our side of the
+    /// handshake (a TLS 1.3 server checks a client certificate then): a handshake failure.
+    fn refused(&self, e: SendError) -> SendError {
+        let Some(tls) = &self.0.tls else { return e };
+        match e {
+            SendError::Upstream(ProtoError::Io(io)) => match Reason::of_tls(&io) {
+                Some(reason) => {
+                    tls.failed(reason);
+                    SendError::Tls(HandshakeError { reason, source: io })
+                }
+                None => SendError::Upstream(ProtoError::Io(io)),
+            },
+            e => e,
+        }
     }
 
     fn exchange<U: Source>(
@@ -235,6 +314,7 @@ impl Pool {
             },
             head_request: req.head_request,
             relay_continue: req.relay_continue,
+            upgrade: req.upgrade,
             received: false,
         }
     }
@@ -247,7 +327,7 @@ impl Pool {
         // to have been closed by the upstream's idle timeout. Age is the sweeper's business
         // (no clock read per request here); a connection closed under us is seen by
         // `is_usable`, or met by the replay rule.
-        while let Some(c) = list.pop() {
+        while let Some(mut c) = list.pop() {
             if c.conn.is_usable() {
                 return Some(c.conn);
             }
@@ -269,14 +349,30 @@ impl Pool {
         }
     }
 
+    /// A new connection to `addr`: TCP, then TLS when the pool speaks it, both within the
+    /// connect timeout.
     async fn connect(&self, addr: SocketAddr) -> Result<Conn, SendError> {
-        let timeout = self.0.config.connect_timeout;
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| SendError::ConnectTimeout(timeout))?
-            .map_err(SendError::Connect)?;
-        let _ = stream.set_nodelay(true);
+        let stream = self.connect_stream(addr, false).await?;
         Ok(Conn::new(stream, self.0.config.buffer_size))
+    }
+
+    /// A connected stream to `addr` (TLS offering `h2` too when `h2`), within the connect
+    /// timeout.
+    async fn connect_stream(&self, addr: SocketAddr, h2: bool) -> Result<Stream, SendError> {
+        let timeout = self.0.config.connect_timeout;
+        tokio::time::timeout(timeout, async {
+            let tcp = TcpStream::connect(addr).await.map_err(SendError::Connect)?;
+            let _ = tcp.set_nodelay(true);
+            match &self.0.tls {
+                None => Ok(Stream::Tcp(tcp)),
+                Some(tls) => match tls.connect(addr, tcp, h2).await {
+                    Ok(s) => Ok(Stream::Tls(Box::new(s))),
+                    Err(e) => Err(SendError::Tls(e)),
+                },
+            }
+        })
+        .await
+        .map_err(|_| SendError::ConnectTimeout(timeout))?
     }
 
     /// Closes idle connections older than the idle timeout, or closed by the upstream.
@@ -284,7 +380,7 @@ impl Pool {
         let timeout = self.0.config.idle_timeout;
         let mut idle = self.0.idle.lock().unwrap_or_else(|p| p.into_inner());
         idle.retain(|_, list| {
-            list.retain(|c| c.since.elapsed() < timeout && c.conn.is_usable());
+            list.retain_mut(|c| c.since.elapsed() < timeout && c.conn.is_usable());
             !list.is_empty()
         });
     }
@@ -297,7 +393,10 @@ impl Pool {
             tokio::select! {
                 biased;
                 _ = shutdown.recv() => break,
-                _ = tokio::time::sleep(every) => self.sweep(),
+                _ = tokio::time::sleep(every) => {
+                    self.sweep();
+                    self.0.h2.sweep();
+                }
             }
         }
     }

@@ -6,9 +6,13 @@
 
 pub(crate) mod h2;
 pub(crate) mod http1;
+pub(crate) mod io;
 mod respond;
 mod source;
 mod timer;
+mod tunnel;
+
+pub use tunnel::Tunnels;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -24,7 +28,9 @@ use super::route::Listener;
 use super::Proxy;
 use crate::config::{ClientConfig, Http2Config, UpstreamConfig};
 use crate::shutdown::Shutdown;
+use crate::tls::{Acceptor, Reason, ALPN_H2};
 use http1::{Http1, Stop};
+use io::AppIo;
 use timer::{Deadline, Drain};
 
 /// The client preface of HTTP/2 with prior knowledge (RFC 9113 §3.4).
@@ -47,6 +53,8 @@ pub struct Settings {
     pub http2: Http2Config,
     /// `client.http2.max_header_list_size`, or `client.max_head_size`.
     pub http2_max_header_list_size: usize,
+    /// Where upgraded connections are counted.
+    pub tunnels: Tunnels,
 }
 
 impl Settings {
@@ -63,6 +71,7 @@ impl Settings {
             buffer_size: upstream.buffer_size,
             http2: client.http2.clone(),
             http2_max_header_list_size: client.http2_max_header_list_size(),
+            tunnels: Tunnels::default(),
         }
     }
 }
@@ -127,6 +136,8 @@ struct Shared {
     proxy: Arc<Proxy>,
     kind: Arc<Listener>,
     h2: h2::Builder,
+    /// TLS termination, on a listener with `listen_tls`.
+    tls: Option<Arc<Acceptor>>,
 }
 
 /// Accepts connections on `listener` until `stop` fires, serving each with `proxy`. Each
@@ -135,20 +146,22 @@ struct Shared {
 pub async fn serve(
     listener: TcpListener,
     kind: Listener,
+    tls: Option<Arc<Acceptor>>,
     proxy: Arc<Proxy>,
     mut stop: Shutdown,
     drain: Shutdown,
     drained: mpsc::Sender<()>,
 ) {
     let label = match &kind {
-        Listener::Outbound => "outbound".to_string(),
-        Listener::Service(name) => format!("service:{name}"),
+        Listener::Outbound(_) => "outbound".to_string(),
+        Listener::Service(name, _) => format!("service:{name}"),
     };
     let open = proxy.metrics.connections(&label);
     let shared = Arc::new(Shared {
         h2: h2::builder(&proxy.settings),
         proxy,
         kind: Arc::new(kind),
+        tls,
     });
     loop {
         // A slot first: at `limits.max_connections` accepting pauses (connections wait in the
@@ -191,6 +204,9 @@ pub async fn serve(
 /// if none arrive within `client.header_timeout` (or the drain comes first), it closes
 /// silently.
 async fn connection(stream: TcpStream, shared: &Shared, drain: Shutdown) {
+    if let Some(tls) = &shared.tls {
+        return Box::pin(tls_connection(stream, tls, shared, drain)).await;
+    }
     let settings = &shared.proxy.settings;
     let first = Instant::now() + settings.header_timeout;
     let mut timer = Deadline::default();
@@ -204,8 +220,43 @@ async fn connection(stream: TcpStream, shared: &Shared, drain: Shutdown) {
     }
 }
 
+/// One app connection on a TLS listener: the handshake under `client.header_timeout` (a
+/// drain ends it too), then HTTP/2 when ALPN chose `h2`, else the HTTP/1 loop over the TLS
+/// stream, whose first head has a `client.header_timeout` of its own.
+async fn tls_connection(stream: TcpStream, tls: &Acceptor, shared: &Shared, drain: Shutdown) {
+    let settings = &shared.proxy.settings;
+    let mut drain = Drain::new(drain);
+    let until = Instant::now() + settings.header_timeout;
+    let stream = tokio::select! {
+        accepted = tokio::time::timeout_at(until, tls.accept(stream)) => match accepted {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "TLS handshake with an app failed");
+                return;
+            }
+            Err(_) => {
+                tls.failed(Reason::Other);
+                tracing::debug!("TLS handshake with an app did not finish in time");
+                return;
+            }
+        },
+        _ = drain.fired() => return,
+    };
+    if stream.get_ref().1.alpn_protocol() == Some(ALPN_H2) {
+        return h2::serve(stream, shared, drain).await;
+    }
+    let first = Instant::now() + settings.header_timeout;
+    http1(
+        Http1::new(stream, Deadline::default()),
+        shared,
+        first,
+        drain,
+    )
+    .await;
+}
+
 /// Serves HTTP/1 requests on `conn` until it closes.
-async fn http1(mut conn: Http1, shared: &Shared, first: Instant, mut drain: Drain) {
+async fn http1<S: AppIo>(mut conn: Http1<S>, shared: &Shared, first: Instant, mut drain: Drain) {
     let proxy = &shared.proxy;
     let mut first = Some(first);
     loop {

@@ -171,6 +171,9 @@ impl ServiceHandle {
 
 impl Publish for ServiceHandle {
     fn publish(&self, resolution: &Arc<Resolution>, status: &Status) {
+        if let Some(tls) = self.pool.connector() {
+            tls.learn(&self.name, &resolution.instances);
+        }
         self.balancer.publish(resolution, status);
     }
 

@@ -61,6 +61,8 @@ pub fn summary(w: &Want) -> String {
                     }
                     if u.hop_by_hop {
                         extra.push_str(" with hop-by-hop fields");
+                    } else if u.upgrade {
+                        extra.push_str(" with its Upgrade");
                     }
                     format!(
                         "→ {} {}{framing}{host}{extra}",

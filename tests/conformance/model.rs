@@ -67,6 +67,8 @@ pub struct Up {
     pub interim: Interim,
     /// Hop-by-hop fields may arrive (HAProxy forwards them; waypost never does).
     pub hop_by_hop: bool,
+    /// An upgrade passed on: `Upgrade`, and `Connection` naming `upgrade`, arrive.
+    pub upgrade: bool,
 }
 
 /// A request `method target` with `Host: echo`, no body.
@@ -83,6 +85,7 @@ pub fn up(method: &str, target: &str) -> Up {
         lacks: Vec::new(),
         interim: Interim::None,
         hop_by_hop: false,
+        upgrade: false,
     }
 }
 
@@ -146,6 +149,13 @@ impl Up {
     pub fn passes_hop_by_hop(mut self) -> Up {
         self.hop_by_hop = true;
         self
+    }
+
+    /// An upgrade request passed on: `Upgrade: <protocols>` and `Connection: upgrade` arrive
+    /// (and only those of the hop-by-hop fields).
+    pub fn upgrades(mut self, protocols: &str) -> Up {
+        self.upgrade = true;
+        self.has("upgrade", protocols).has("connection", "upgrade")
     }
 
     /// The app reads these interim responses first.
@@ -459,8 +469,12 @@ pub mod why {
     pub const BAD_HOST: &str = "HAProxy forwards a Host that is not host[:port]; RFC 9112 §3.2: a \
         server MUST answer 400 to an invalid Host";
     /// Upgrade.
-    pub const UPGRADE: &str = "HAProxy forwards the upgrade and would tunnel after a 101; waypost \
-        does not tunnel yet, so it forwards a plain request without Upgrade";
+    pub const UPGRADE: &str = "Both pass the WebSocket upgrade on and tunnel after a 101; HAProxy \
+        copies Connection as the app wrote it, waypost writes its own `connection: upgrade`";
+    /// h2c upgrade.
+    pub const UPGRADE_H2C: &str = "HAProxy forwards an h2c upgrade; waypost never does (HTTP/2 \
+        from apps is served with prior knowledge by hyper's h2 server), so the request goes up \
+        as a plain one";
     /// Request-line whitespace.
     pub const RL_WS: &str = "HAProxy splits the request line on runs of spaces or tabs, which RFC \
         9112 §3 allows but warns can enable smuggling between parsers that differ; waypost takes \

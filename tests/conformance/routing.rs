@@ -152,15 +152,15 @@ pub fn cases() -> Vec<Case> {
             "GET /a HTTP/1.1\r\nHost: echo\r\nExpect: something\r\n\r\n").want(reject(417))
             .haproxy(forward([get("/a").has("expect", "something")]), "HAProxy forwards an expectation it cannot meet; waypost answers 417, as RFC 9110 §10.1.1 allows, instead of leaving the client waiting on it"),
         // --- Upgrade ---
-        case("upgrade-websocket", "no tunnels yet: the request goes up as a plain one",
+        case("upgrade-websocket", "a WebSocket upgrade goes up with its Upgrade (tunnelled on a 101)",
             "GET /ws HTTP/1.1\r\nHost: echo\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
-            .want(forward([get("/ws").has("sec-websocket-version", "13")]))
+            .want(forward([get("/ws").has("sec-websocket-version", "13").upgrades("websocket")]))
             .haproxy(forward([get("/ws").has("upgrade", "websocket").has("connection", "Upgrade").passes_hop_by_hop()]), why::UPGRADE),
-        case("upgrade-h2c", "h2c upgrade: HTTP2-Settings is named by Connection, so dropped too",
+        case("upgrade-h2c", "h2c upgrade: never forwarded; HTTP2-Settings is named by Connection, so dropped too",
             "GET /u HTTP/1.1\r\nHost: echo\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n\
              HTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n")
             .want(forward([get("/u").lacks(&["http2-settings"])]))
-            .haproxy(forward([get("/u").has("upgrade", "h2c").has("http2-settings", "AAMAAABkAAQAoAAAAAIAAAAA").passes_hop_by_hop()]), why::UPGRADE),
+            .haproxy(forward([get("/u").has("upgrade", "h2c").has("http2-settings", "AAMAAABkAAQAoAAAAAIAAAAA").passes_hop_by_hop()]), why::UPGRADE_H2C),
     ]
 }

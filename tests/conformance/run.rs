@@ -184,7 +184,12 @@ fn check_up(i: usize, want: &Up, got: &Recorded, sent: &[String], out: &mut Vec<
         .lacks
         .iter()
         .map(String::as_str)
-        .chain(hop_by_hop.iter().copied())
+        .chain(
+            hop_by_hop
+                .iter()
+                .copied()
+                .filter(|n| !(want.upgrade && *n == "upgrade")),
+        )
         .chain(["x-waypost-error"])
     {
         if !h.all(name).is_empty() {
@@ -192,7 +197,9 @@ fn check_up(i: usize, want: &Up, got: &Recorded, sent: &[String], out: &mut Vec<
         }
     }
     for token in h.elements("connection") {
-        let own = token.eq_ignore_ascii_case("keep-alive") || token.eq_ignore_ascii_case("close");
+        let own = token.eq_ignore_ascii_case("keep-alive")
+            || token.eq_ignore_ascii_case("close")
+            || (want.upgrade && token.eq_ignore_ascii_case("upgrade"));
         if !own && !want.hop_by_hop {
             bad(format!("Connection names {token:?} upstream"));
         }

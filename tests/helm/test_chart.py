@@ -778,6 +778,61 @@ def test_schema_accepts_registry_settings(chart, config, waypost_bin, tmp_path):
     assert result.returncode == 0, result.stderr
 
 
+#: A service's `tls:` settings waypost refuses, each with where the schema refuses it and the key
+#: waypost names.
+UPSTREAM_TLS_REFUSED = {
+    "cert-without-key": ({"cert": "/c.pem"}, "services.users.tls.cert"),
+    "key-without-cert": ({"key": "/k.pem"}, "services.users.tls.key"),
+    "skip-verify-with-ca": ({"ca": "/ca.pem", "insecure_skip_verify": True}, "services.users.tls.insecure_skip_verify"),
+}
+
+
+def tls_service_config(tls: dict) -> dict:
+    return {"services": {"users": {"resolver": {"static": {"instances": [{"address": "10.0.0.10:8443"}]}}, "tls": tls}}}
+
+
+@pytest.mark.parametrize("case", UPSTREAM_TLS_REFUSED)
+def test_schema_rejects_upstream_tls_settings_waypost_refuses_too(chart, case, waypost_bin, tmp_path):
+    tls, key = UPSTREAM_TLS_REFUSED[case]
+    config = tls_service_config(tls)
+    message = render_error(chart, {"config": config})
+    assert "at '/config/services/users/tls'" in message, message
+    result = waypost_check(waypost_bin, yaml.safe_dump(config), {}, tmp_path)
+    assert result.returncode == 2 and key in result.stderr, (
+        f"waypost check now accepts {config} ({result.returncode}): relax values.schema.json's tls keys\n"
+        f"{result.stderr}")
+
+
+@pytest.mark.parametrize("tls", [{}, {"insecure_skip_verify": False, "ca": "/ca.pem"}, {"insecure_skip_verify": True}],
+                         ids=["empty", "verify-with-ca", "skip-verify"])
+def test_schema_accepts_upstream_tls_settings(chart, tls, waypost_bin, tmp_path):
+    config = tls_service_config(tls)
+    chart.render({"config": config}, name=RELEASE, namespace=NAMESPACE)
+    result = waypost_check(waypost_bin, yaml.safe_dump(config), {}, tmp_path)
+    assert result.returncode == 0, result.stderr
+
+
+#: Path-prefix routes waypost refuses, each with where the schema refuses it and the key waypost
+#: names.
+ROUTES_REFUSED = {
+    "relative-prefix": ({"routes": [{"prefix": "api/", "service": "users"}]}, "/config/routes/0/prefix", "routes.0.prefix"),
+    "space-in-prefix": ({"routes": [{"prefix": "/a b", "service": "users"}]}, "/config/routes/0/prefix", "routes.0.prefix"),
+    "no-service": ({"routes": [{"prefix": "/api/"}]}, "/config/routes/0", "routes[0]: missing field `service`"),
+}
+
+
+@pytest.mark.parametrize("case", ROUTES_REFUSED)
+def test_schema_rejects_routes_waypost_refuses_too(chart, case, waypost_bin, tmp_path):
+    routes, where, key = ROUTES_REFUSED[case]
+    config = routes | {"services": {"users": {"resolver": {"file": {}}}}}
+    message = render_error(chart, {"config": config})
+    assert f"at '{where}'" in message, message
+    result = waypost_check(waypost_bin, yaml.safe_dump(config), {}, tmp_path)
+    assert result.returncode == 2 and key in result.stderr, (
+        f"waypost check now accepts {config} ({result.returncode}): relax values.schema.json's routes\n"
+        f"{result.stderr}")
+
+
 #: ZooKeeper settings waypost refuses, each with where the schema refuses it and the key waypost names.
 ZOOKEEPER_REFUSED = {
     "no-servers": ({"registry": {"zookeeper": {"servers": []}}}, "/config/registry/zookeeper/servers", "registry.zookeeper.servers"),
@@ -850,10 +905,14 @@ def schema_leaf_paths(schema: dict, node: dict, path: tuple[str, ...] = ()) -> l
 
 def presence_only(sub) -> bool:
     """Whether a combinator's subschema(s) only require or forbid properties, or constrain a
-    scalar's value (a root outside `/zookeeper`), declaring none."""
+    scalar's value (a root outside `/zookeeper`, `insecure_skip_verify: true` beside a `ca`),
+    declaring none."""
     if isinstance(sub, list):
         return all(presence_only(s) for s in sub)
     values = {"required", "pattern", "enum", "const"}
+    if isinstance(sub, dict) and "properties" in sub:
+        sub = {k: v for k, v in sub.items() if k != "properties"} | {
+            "allOf": [*sub.get("allOf", []), *sub["properties"].values()]}
     return isinstance(sub, dict) and set(sub) <= values | {"not", "anyOf", "oneOf", "allOf"} and all(
         presence_only(v) for k, v in sub.items() if k not in values)
 

@@ -12,6 +12,7 @@ pub mod haproxy;
 pub mod health;
 pub mod raw;
 pub mod recorder;
+pub mod tls;
 pub mod zookeeper;
 
 use std::future::Future;

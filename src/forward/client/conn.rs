@@ -1,47 +1,24 @@
 //! One HTTP/1.1 connection to an upstream instance: its stream and its read buffer. The stream
-//! is any [`Transport`] — TCP today; TLS will be another — so nothing above this file knows
+//! is any [`Transport`] — TCP or TLS over TCP ([`Stream`]) — so nothing above this file knows
 //! which one carries the bytes.
 
 use std::future::Future as _;
 use std::io;
 use std::pin::{pin, Pin};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::stream::{Stream, Transport};
 use super::ProtoError;
 use crate::forward::h1::response::{self, Parsed};
 
 /// Bytes a read asks for while a head is expected; body reads ask for the buffer limit.
 pub const HEAD_READ: usize = 8 * 1024;
 
-/// A stream an upstream connection can run over.
-pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
-    /// Whether an idle connection still looks open: no end of stream, error or unexpected
-    /// bytes reported since its last response. Must not block, and should cost no system call
-    /// in the common case (checked at every checkout).
-    fn is_idle_open(&self) -> bool;
-}
-
-impl Transport for TcpStream {
-    fn is_idle_open(&self) -> bool {
-        let mut cx = Context::from_waker(Waker::noop());
-        match self.poll_read_ready(&mut cx) {
-            Poll::Pending => true,
-            Poll::Ready(Err(_)) => false,
-            // Readiness is left set after a read that filled the buffer exactly: one probe.
-            Poll::Ready(Ok(())) => {
-                let mut probe = [0u8; 1];
-                matches!(self.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-            }
-        }
-    }
-}
-
 /// One HTTP/1.1 connection to an upstream, with its read buffer.
-pub struct Conn<S = TcpStream> {
+pub struct Conn<S = Stream> {
     /// The stream.
     pub(super) io: S,
     /// Bytes read and not consumed yet.
@@ -62,7 +39,7 @@ impl<S: Transport> Conn<S> {
     }
 
     /// Whether an idle connection can take a request: nothing buffered, and still open.
-    pub fn is_usable(&self) -> bool {
+    pub fn is_usable(&mut self) -> bool {
         self.buf.is_empty() && self.io.is_idle_open()
     }
 

@@ -13,11 +13,12 @@ use http::StatusCode;
 use http_body::{Frame, SizeHint};
 
 use super::conn::Conn;
+use super::stream::Stream;
 use super::upload::{Source, SourceError, Upload, UploadError};
 use super::{Home, ProtoError, SendError};
 use crate::forward::h1::chunked::{Decoded, Decoder};
 use crate::forward::h1::framing::Framing;
-use crate::forward::h1::response::{Head, Parsed};
+use crate::forward::h1::response::{Head, Parsed, ResponseError};
 
 /// What a response head read brought.
 #[derive(Debug)]
@@ -40,6 +41,8 @@ pub struct Exchange<U> {
     pub(super) head_request: bool,
     /// Interim `100 Continue` heads are reported ([`First::Continue`]) rather than skipped.
     pub(super) relay_continue: bool,
+    /// The request asked to switch protocols: a `101` may answer it.
+    pub(super) upgrade: bool,
     /// Some byte of a response arrived.
     pub(super) received: bool,
 }
@@ -69,9 +72,23 @@ impl<U: Source> Exchange<U> {
                     return Poll::Ready(Ok(First::Continue))
                 }
                 Parsed::Interim(_) | Parsed::Partial => continue,
+                Parsed::Final(head)
+                    if head.status == StatusCode::SWITCHING_PROTOCOLS && !self.upgrade =>
+                {
+                    let e = ResponseError::Invalid(
+                        "101 Switching Protocols to a request that asked for no upgrade",
+                    );
+                    return Poll::Ready(Err(SendError::Upstream(e.into())));
+                }
                 Parsed::Final(head) => return Poll::Ready(Ok(First::Final(head))),
             }
         }
+    }
+
+    /// The connection after a `101`: its stream, and the bytes of the new protocol that
+    /// arrived with the head. It never goes back to the pool.
+    pub fn into_upgraded(self) -> (Stream, bytes::BytesMut) {
+        (self.conn.io, self.conn.buf)
     }
 
     /// The body of the response `head` just read, from this connection.

@@ -10,7 +10,8 @@ use std::mem::MaybeUninit;
 use http::Method;
 
 use super::fields::{
-    is_framing_or_routing, is_hop_by_hop, is_valid_host, named_by_connection, tokens, trim_ows,
+    is_framing_or_routing, is_hop_by_hop, is_token, is_valid_host, named_by_connection, tokens,
+    trim_ows,
 };
 use super::framing::{Framing, FramingError, FramingFields};
 use super::write::{field, framing_field, Lines};
@@ -57,6 +58,10 @@ pub struct Request {
     pub trailers: bool,
     /// `Expect: 100-continue` (HTTP/1.1): the upstream's `100 Continue` is relayed.
     pub expect_continue: bool,
+    /// A bodiless HTTP/1.1 GET asking to switch protocols (`Connection: upgrade` and an
+    /// `Upgrade` other than h2c): both fields went into the upstream head, and a `101` joins
+    /// the two connections.
+    pub upgrade: bool,
 }
 
 impl Request {
@@ -155,6 +160,20 @@ pub fn parse(
             "no Host field in an HTTP/1.1 request",
         ));
     }
+    let upgrade = match seen.upgrade {
+        Some(protocols)
+            if seen.connection_upgrade
+                && !http10
+                && method == Method::GET
+                && framing == Framing::Empty
+                && upgradable(protocols) =>
+        {
+            field(out, b"connection", b"upgrade");
+            field(out, b"upgrade", protocols);
+            true
+        }
+        _ => false,
+    };
     Ok(Parsed::Complete(Request {
         len,
         method,
@@ -164,7 +183,27 @@ pub fn parse(
         close: seen.close || (http10 && !seen.keep_alive),
         trailers: seen.trailers,
         expect_continue: seen.expect_continue,
+        upgrade,
     }))
+}
+
+/// Whether an `Upgrade` value is one waypost passes on: a list of `protocol[/version]` tokens
+/// naming no `h2c` (an h2c upgrade is never forwarded: HTTP/2 from apps goes through hyper's h2
+/// server, with prior knowledge).
+fn upgradable(protocols: &[u8]) -> bool {
+    let mut any = false;
+    for p in tokens(protocols) {
+        let mut parts = p.splitn(2, |&b| b == b'/');
+        let name = parts.next().unwrap_or_default();
+        if !is_token(name) || name.eq_ignore_ascii_case(b"h2c") {
+            return false;
+        }
+        if parts.next().is_some_and(|v| !is_token(v)) {
+            return false;
+        }
+        any = true;
+    }
+    any
 }
 
 /// Ends the upstream head in `out`: `Host` when the app sent none and the target named no
@@ -289,6 +328,12 @@ struct Seen<'a> {
     expect_continue: bool,
     /// `Connection` names fields that are not hop-by-hop by themselves: they are left out too.
     named: bool,
+    /// The `Upgrade` value, when exactly one field came.
+    upgrade: Option<&'a [u8]>,
+    /// More than one `Upgrade` field: no upgrade.
+    upgrades: u8,
+    /// `Connection` names `upgrade`.
+    connection_upgrade: bool,
 }
 
 /// Walks the fields once: checks them, folds the framing fields, reads `Host`, `Connection`,
@@ -316,6 +361,9 @@ fn walk<'a>(
         trailers: false,
         expect_continue: false,
         named: false,
+        upgrade: None,
+        upgrades: 0,
+        connection_upgrade: false,
     };
     let base = buf.as_ptr() as usize;
     let mut lines = Lines::new(buf);
@@ -345,6 +393,8 @@ fn walk<'a>(
                         seen.close = true;
                     } else if token.eq_ignore_ascii_case(b"keep-alive") {
                         seen.keep_alive = true;
+                    } else if token.eq_ignore_ascii_case(b"upgrade") {
+                        seen.connection_upgrade = true;
                     } else if is_framing_or_routing(token) {
                         return Err(RequestError::Malformed(
                             "Connection names a framing or routing field",
@@ -360,6 +410,12 @@ fn walk<'a>(
                     let coding = t.split(|&b| b == b';').next().unwrap_or_default();
                     trim_ows(coding).eq_ignore_ascii_case(b"trailers")
                 });
+                false
+            }
+            // Hop-by-hop: written again, after the walk, only for an upgrade waypost passes on.
+            7 if is(b"upgrade") => {
+                seen.upgrades = seen.upgrades.saturating_add(1);
+                seen.upgrade = (seen.upgrades == 1).then_some(h.value);
                 false
             }
             // HTTP/1.0 has no expectations: the field is dropped (RFC 9110 §10.1.1).

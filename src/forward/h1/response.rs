@@ -121,12 +121,10 @@ pub fn parse(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, ResponseE
     let status = StatusCode::from_u16(resp.code.unwrap_or(0))
         .map_err(|_| ResponseError::Invalid("status code"))?;
     let http10 = resp.version != Some(1);
-    if status.is_informational() {
-        if status == StatusCode::SWITCHING_PROTOCOLS {
-            return Err(ResponseError::Invalid(
-                "101 Switching Protocols: upgrades are not forwarded",
-            ));
-        }
+    // A 101 ends the HTTP exchange: it is final here, bodiless, with its `Upgrade` passed on;
+    // whether one was asked for is the caller's check.
+    let switching = status == StatusCode::SWITCHING_PROTOCOLS;
+    if status.is_informational() && !switching {
         buf.advance(len);
         return Ok(Parsed::Interim(status));
     }
@@ -141,8 +139,10 @@ pub fn parse(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, ResponseE
             (value + h.value.len()) as u32,
         ]
     };
-    let bodiless =
-        head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+    let bodiless = head_request
+        || switching
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
     let mut close = false;
     let mut named = false;
     let mut framing = FramingFields::default();
@@ -153,6 +153,8 @@ pub fn parse(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, ResponseE
         let name = h.name.as_bytes();
         let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
         match name.len() {
+            // A 101 has no body to frame: its framing fields go nowhere.
+            14 | 17 if switching && (is(b"content-length") || is(b"transfer-encoding")) => {}
             14 if is(b"content-length") => {
                 framing.content_length(h.value);
                 // A bodiless response's length describes the representation: it passes.
@@ -175,11 +177,14 @@ pub fn parse(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, ResponseE
                 for token in tokens(h.value) {
                     if token.eq_ignore_ascii_case(b"close") {
                         close = true;
-                    } else if !token.eq_ignore_ascii_case(b"keep-alive") {
+                    } else if !(token.eq_ignore_ascii_case(b"keep-alive")
+                        || switching && token.eq_ignore_ascii_case(b"upgrade"))
+                    {
                         named = true;
                     }
                 }
             }
+            7 if switching && is(b"upgrade") => fields.push(span(h)),
             _ if is_hop_by_hop(name) => {}
             _ => fields.push(span(h)),
         }
@@ -216,7 +221,7 @@ pub fn parse(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, ResponseE
         raw,
         fields,
         framing,
-        reusable: sound && !http10 && !close && framing != Framing::Close,
+        reusable: sound && !http10 && !close && !switching && framing != Framing::Close,
     }))
 }
 
@@ -247,6 +252,10 @@ pub fn encode(out: &mut Vec<u8>, head: &Head, reply: Reply) -> Framing {
         lines.push(out, (ns as usize, ne as usize), (vs as usize, ve as usize));
     }
     lines.flush(out);
+    if head.status == StatusCode::SWITCHING_PROTOCOLS {
+        out.extend_from_slice(b"connection: upgrade\r\n\r\n");
+        return Framing::Empty;
+    }
     framing_field(out, framing);
     connection(out, reply.close || framing == Framing::Close, reply.http10);
     out.extend_from_slice(b"\r\n");

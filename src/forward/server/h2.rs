@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::timer::Drain;
 use super::{Settings, Shared};
@@ -32,9 +32,12 @@ pub(super) fn builder(settings: &Settings) -> Builder {
     b
 }
 
-/// Serves the h2c connection `stream` until it closes; on drain, hyper's graceful shutdown
-/// (GOAWAY, in-flight streams finish).
-pub(super) async fn serve(stream: TcpStream, shared: &Shared, mut drain: Drain) {
+/// Serves the HTTP/2 connection `stream` (h2c, or h2 over TLS) until it closes; on drain,
+/// hyper's graceful shutdown (GOAWAY, in-flight streams finish).
+pub(super) async fn serve<S>(stream: S, shared: &Shared, mut drain: Drain)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let (proxy, kind) = (shared.proxy.clone(), shared.kind.clone());
     let service = hyper::service::service_fn(move |req| {
         let (proxy, kind) = (proxy.clone(), kind.clone());

@@ -18,12 +18,13 @@ use std::task::Poll;
 use bytes::BytesMut;
 use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::io::AppIo;
 use super::respond::{respond, write_all, Stopped, SMALL_BODY};
 use super::source::AppBody;
 use super::timer::{Deadline, Drain};
+use super::tunnel;
 use super::Settings;
 use crate::forward::client::{First, Outgoing, Pool, ProtoError, SendError, SourceError};
 use crate::forward::h1::framing::Framing;
@@ -125,9 +126,9 @@ impl Buffers {
     }
 }
 
-/// An app connection served over HTTP/1.
-pub(crate) struct Http1 {
-    stream: TcpStream,
+/// An app connection served over HTTP/1, over TCP or TLS.
+pub(crate) struct Http1<S = tokio::net::TcpStream> {
+    stream: S,
     bufs: Buffers,
     /// Header, idle and body waits.
     timer: Deadline,
@@ -139,9 +140,9 @@ pub(crate) struct Http1 {
     pub(crate) idle_since: Option<Instant>,
 }
 
-impl Http1 {
+impl<S: AppIo> Http1<S> {
     /// A connection over `stream`; no buffer is taken until bytes arrive.
-    pub(super) fn new(stream: TcpStream, timer: Deadline) -> Self {
+    pub(super) fn new(stream: S, timer: Deadline) -> Self {
         Self {
             stream,
             bufs: Buffers::default(),
@@ -202,7 +203,7 @@ impl Http1 {
                 std::future::poll_fn(|cx| {
                     // Buffers are taken only once the socket is readable.
                     if bufs.read.capacity() == 0 {
-                        match stream.poll_read_ready(cx) {
+                        match AppIo::poll_read_ready(&*stream, cx) {
                             Poll::Ready(Ok(())) => *bufs = Buffers::take(),
                             Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e))),
                             Poll::Pending => {
@@ -331,7 +332,7 @@ impl Http1 {
             ..
         } = self;
         let Buffers { read, head, out } = bufs;
-        let (rd, mut wr) = stream.split();
+        let (rd, mut wr) = AppIo::split(&mut *stream);
         let mut source = AppBody::new(
             rd,
             read,
@@ -354,8 +355,9 @@ impl Http1 {
             head_request: req.is_head(),
             replayable: whole && req.is_idempotent(),
             relay_continue: req.expect_continue,
+            upgrade: req.upgrade,
         };
-        let (ex, head) = loop {
+        let (ex, head, addr) = loop {
             let (addr, until) = plan.target();
             let sent = {
                 let wr = &mut wr;
@@ -394,12 +396,44 @@ impl Http1 {
                     {
                         continue;
                     }
-                    break (ex, head);
+                    break (ex, head, addr);
                 }
             }
         };
         let head_at = Instant::now();
         let status = head.status;
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            // Only ever an answer to an upgrade request (the exchange refuses any other).
+            response::encode(out, &head, Reply::default());
+            drop(head);
+            let (mut up, up_early) = ex.into_upgraded();
+            let written = write_all(&mut wr, &mut [out]).await;
+            // Both halves of the app stream let go of it before the tunnel takes it whole.
+            drop(wr);
+            drop(source);
+            if written.is_ok() {
+                let app_early = read.split();
+                let idle = settings.idle_timeout;
+                let joined = tunnel::join(
+                    stream,
+                    &app_early,
+                    &mut up,
+                    &up_early,
+                    idle,
+                    &settings.tunnels,
+                )
+                .await;
+                if let Err(e) = joined {
+                    tracing::debug!(upstream = %addr, error = %e, "upgraded connection ended");
+                }
+            }
+            return Ok(Exchanged {
+                status,
+                head_at,
+                ended: None,
+                close: true,
+            });
+        }
         let mut body = ex.into_body(&head);
         // A request body not sent whole when the response starts (the upstream answered
         // early) leaves bytes that cannot be told from a request: the connection closes after

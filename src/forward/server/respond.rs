@@ -10,7 +10,6 @@ use std::task::Poll;
 
 use http_body_util::BodyExt;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::net::tcp::WriteHalf;
 
 use crate::forward::client::{Body, BodyError, ProtoError, Source, SourceError};
 use crate::forward::h1::framing::Framing;
@@ -28,8 +27,8 @@ pub(super) enum Stopped {
 
 /// Streams the response body to the app behind its head (in `out`), framed as `framing`,
 /// moving the request body meanwhile. The head goes out with the first piece of the body.
-pub(super) async fn respond<U: Source + Unpin>(
-    wr: &mut WriteHalf<'_>,
+pub(super) async fn respond<U: Source + Unpin, W: AsyncWrite + Unpin>(
+    wr: &mut W,
     out: &mut Vec<u8>,
     body: &mut Body<U>,
     framing: Framing,
@@ -85,8 +84,8 @@ pub(super) async fn respond<U: Source + Unpin>(
 }
 
 /// Writes `parts` to the app while the request body keeps moving.
-async fn write_driving<U: Source + Unpin>(
-    wr: &mut WriteHalf<'_>,
+async fn write_driving<U: Source + Unpin, W: AsyncWrite + Unpin>(
+    wr: &mut W,
     parts: &mut [&[u8]],
     body: &mut Body<U>,
 ) -> Result<(), Stopped> {

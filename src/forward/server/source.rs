@@ -9,8 +9,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::AsyncReadExt;
-use tokio::net::tcp::ReadHalf;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::time::Instant;
 
 use super::timer::Deadline;
@@ -20,8 +19,8 @@ use crate::forward::h1::framing::Framing;
 use crate::forward::h1::write::{chunk_size, last_chunk};
 
 /// The request body of an app connection.
-pub(super) struct AppBody<'a> {
-    rd: ReadHalf<'a>,
+pub(super) struct AppBody<'a, R> {
+    rd: R,
     /// The connection's read buffer: the body's first bytes are there already.
     buf: &'a mut BytesMut,
     state: State,
@@ -43,10 +42,10 @@ enum State {
     Done,
 }
 
-impl<'a> AppBody<'a> {
+impl<'a, R: AsyncRead + Unpin> AppBody<'a, R> {
     /// The body of a request framed as `framing`, its bytes so far at the front of `buf`.
     pub fn new(
-        rd: ReadHalf<'a>,
+        rd: R,
         buf: &'a mut BytesMut,
         framing: Framing,
         timer: &'a mut Deadline,
@@ -165,7 +164,7 @@ impl<'a> AppBody<'a> {
     }
 }
 
-impl Source for AppBody<'_> {
+impl<R: AsyncRead + Unpin + Send> Source for AppBody<'_, R> {
     fn poll_piece(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Piece>, SourceError>> {
         loop {
             match &mut self.state {

@@ -270,3 +270,41 @@ fn a_host_may_be_added_to_a_head_at_the_field_limit() {
     );
     assert!(head.ends_with("host: svc\r\n\r\n"), "{head}");
 }
+
+#[test]
+fn upgrades_pass_on_only_as_a_bodiless_http11_get_other_than_h2c() {
+    let ws = "GET /ws HTTP/1.1\r\nHost: echo\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    let (req, head) = run(ws).unwrap();
+    assert!(req.upgrade);
+    assert_eq!(
+        head,
+        "GET /ws HTTP/1.1\r\nHost: echo\r\nSec-WebSocket-Version: 13\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n"
+    );
+    for plain in [
+        // h2c, alone or among others: never forwarded.
+        "GET / HTTP/1.1\r\nHost: echo\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: echo\r\nConnection: Upgrade\r\nUpgrade: websocket, H2C\r\n\r\n",
+        // Connection does not name upgrade.
+        "GET / HTTP/1.1\r\nHost: echo\r\nUpgrade: websocket\r\n\r\n",
+        // Not a GET, or with a body.
+        "POST / HTTP/1.1\r\nHost: echo\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: echo\r\nConnection: upgrade\r\nUpgrade: websocket\r\nContent-Length: 2\r\n\r\nhi",
+        // HTTP/1.0 has no upgrades.
+        "GET / HTTP/1.0\r\nHost: echo\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+        // Two Upgrade fields, or a value that is no protocol list.
+        "GET / HTTP/1.1\r\nHost: echo\r\nConnection: upgrade\r\nUpgrade: websocket\r\nUpgrade: foo\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: echo\r\nConnection: upgrade\r\nUpgrade: web socket\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: echo\r\nConnection: upgrade\r\nUpgrade: ,\r\n\r\n",
+    ] {
+        let (req, head) = run(plain).unwrap();
+        assert!(!req.upgrade, "{plain:?}");
+        assert!(
+            !head.to_ascii_lowercase().contains("upgrade"),
+            "{plain:?} went up as {head:?}"
+        );
+    }
+    let (req, _) =
+        run("GET / HTTP/1.1\r\nHost: echo\r\nConnection: upgrade\r\nUpgrade: foo/1.1, bar\r\n\r\n")
+            .unwrap();
+    assert!(req.upgrade, "protocol/version lists pass");
+}

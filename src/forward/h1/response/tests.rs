@@ -130,12 +130,33 @@ fn framing_of_responses() {
         "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n",
         "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
         "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, chunked\r\n\r\n",
-        "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\n",
         "SSH-2.0-OpenSSH_9.6\r\n\r\n",
         "HTTP/1.1 20 OK\r\n\r\n",
     ] {
         assert!(head(raw, false).is_err(), "{raw:?} must be a 502");
     }
+}
+
+#[test]
+fn a_101_is_final_bodiless_not_reusable_and_keeps_its_upgrade() {
+    let mut buf = BytesMut::from(
+        &b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\ncontent-length: 5\r\n\r\n\x81\x02hi"[..],
+    );
+    let Ok(Parsed::Final(h)) = parse(&mut buf, false) else {
+        panic!("a 101 is a final head")
+    };
+    assert_eq!((h.framing, h.reusable), (Framing::Empty, false));
+    assert_eq!(
+        &buf[..],
+        b"\x81\x02hi",
+        "what follows belongs to the new protocol"
+    );
+    let mut out = Vec::new();
+    assert_eq!(encode(&mut out, &h, Reply::default()), Framing::Empty);
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nconnection: upgrade\r\n\r\n"
+    );
 }
 
 #[test]
