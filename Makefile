@@ -1,7 +1,7 @@
 # waypost — the two commands: `make run` and `make test`.
 CARGO ?= cargo
 
-.PHONY: run test test-rust test-helm deps build release bench bench-micro callgrind fuzz clean
+.PHONY: run test test-rust test-helm deps build release bench bench-tls bench-micro callgrind fuzz clean
 
 ## run: build, start three example upstreams in the file registry and waypost in front of them
 run: release
@@ -30,6 +30,12 @@ test-helm:
 ## when missing and runs the balance micro benches itself); results in bench/RESULTS.md
 bench:
 	python3 bench/load/run.py
+
+## bench-tls: HTTPS upstreams (keep-alive, and one handshake per request) beside HAProxy with
+## `ssl verify required`, and unary gRPC over h2c beside Envoy and HAProxy in h2 mode (needs
+## haproxy, wrk, openssl and h2load from nghttp2-client); raw runs in bench/tls-results.json
+bench-tls:
+	python3 bench/load/tls.py
 
 bench-micro:
 	$(CARGO) bench --bench balance --bench refresh
