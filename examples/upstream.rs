@@ -14,7 +14,8 @@
 //! - `--tls-cert FILE --tls-key FILE` serves HTTPS (rustls with ring, HTTP/1.1 and h2 by ALPN)
 //!   instead of plaintext (h1 or h2c by prior knowledge); the benchmarks write the files.
 //! - `--close` answers every request with `connection: close`, so each request through a proxy
-//!   costs it a new upstream connection (and with TLS, a full handshake).
+//!   costs it a new upstream connection (and with TLS, a handshake: resumed when the client
+//!   offers a session, unless `--no-resume` makes every one a full handshake).
 //! - With `--registry-dir`, the instance registers itself in the embedded file registry through
 //!   waypost's registration lifecycle (no health check; renewed every TTL/3, registered again if
 //!   the entry vanishes, retried while the directory is unusable) and deregisters on
@@ -68,6 +69,10 @@ struct Args {
     /// Close every connection after its first answer.
     #[arg(long)]
     close: bool,
+    /// With TLS: no session resumption (no tickets, no session cache), so every handshake is a
+    /// full one with certificate verification on the client.
+    #[arg(long)]
+    no_resume: bool,
 }
 
 static HELLO: &[u8] = b"Hello world!\n";
@@ -184,10 +189,12 @@ async fn handle(
     Ok(resp)
 }
 
-/// A rustls acceptor (ring) for the PEM certificate chain and key, offering h2 and http/1.1.
+/// A rustls acceptor (ring) for the PEM certificate chain and key, offering h2 and http/1.1;
+/// `no_resume` turns session resumption off.
 fn tls_acceptor(
     cert: &std::path::Path,
     key: &std::path::Path,
+    no_resume: bool,
 ) -> Result<tokio_rustls::TlsAcceptor, String> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -203,6 +210,10 @@ fn tls_acceptor(
         .with_single_cert(chain, key)
         .map_err(|e| e.to_string())?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    if no_resume {
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+    }
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
@@ -240,7 +251,7 @@ async fn main() {
         args.name, args.listen, args.weight
     );
     let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => match tls_acceptor(cert, key) {
+        (Some(cert), Some(key)) => match tls_acceptor(cert, key, args.no_resume) {
             Ok(a) => Some(a),
             Err(e) => {
                 eprintln!("upstream {}: TLS: {e}", args.name);

@@ -14,6 +14,8 @@ What it does, in order (run.py's pieces: pinning, wrk + report.lua, /proc CPU re
    then head to head on CPU 0 at the same time (same-run CPU-per-request ratios).
 3. **Handshakes**: the same upstreams with `--close` on 19211..19213, so every request costs the
    proxy a new TLS connection to the upstream (c64, 13 B): req/s = upstream handshakes per second.
+   `-close`: the upstream resumes sessions (TLS 1.3 tickets; both proxies offer them);
+   `-close-full`: it does not (`--no-resume`), so each one is a full handshake.
 4. **gRPC unary**: three h2c upstreams on 19221..19223 (an empty message, `grpc-status: 0` in the
    trailers); h2load (h2c, 4 connections × 16 streams, a 5-byte gRPC frame POSTed) through
    waypost (`protocol: h2c`), Envoy (http2_protocol_options, `--concurrency 1`) when it installs,
@@ -53,6 +55,7 @@ GRPC_PORTS = (19221, 19222, 19223)
 WAYPOST, HAPROXY, ENVOY = Target("waypost", 18080, 18090), Target("haproxy", 18081), Target("envoy", 18083, 18093)
 TLS_CASES = [Case("c64-13B", 64, "/", True), Case("c64-64KiB", 64, "/64k", True)]
 CLOSE_CASES = [Case("c64-13B-close", 64, "/", True)]
+FULL_CASES = [Case("c64-13B-close-full", 64, "/", True)]
 H2LOAD_CONNS, H2LOAD_STREAMS = 4, 16
 FRAME = Path(tempfile.gettempdir()) / "waypost-grpc-empty.bin"  # one empty gRPC message
 
@@ -266,7 +269,8 @@ def main() -> int:
     print(f"configs and logs in {tmp}", flush=True)
     try:
         for mode, ports, extra, cases in (("tls", TLS_PORTS, [], TLS_CASES),
-                                          ("close", CLOSE_PORTS, ["--close"], CLOSE_CASES)):
+                                          ("close", CLOSE_PORTS, ["--close"], CLOSE_CASES),
+                                          ("close", CLOSE_PORTS, ["--close", "--no-resume"], FULL_CASES)):
             ups = start_upstreams(procs, upstream, ports,
                                   [*extra, "--tls-cert", str(tls["cert"]), "--tls-key", str(tls["key"])], ca)
             try:
