@@ -22,13 +22,14 @@ mod h2;
 mod stream;
 mod upload;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -174,8 +175,9 @@ struct Inner {
     h2: h2::H2Clients,
     h2_settings: H2Settings,
     /// Instances that answered ALPN with `http/1.1` (on `protocol: auto`): HTTP/2 apps reach
-    /// them over HTTP/1.
-    h1_only: Mutex<std::collections::HashSet<SocketAddr>>,
+    /// them over HTTP/1. Read by every HTTP/2 request ([`Pool::h2_for`]), lock-free; written
+    /// (copied whole) only when an instance first answers so.
+    h1_only: ArcSwap<HashSet<SocketAddr, BuildHasherDefault<AddrHasher>>>,
     /// `waypost_forward_upstream_h2_streams{service}` of the pool's service.
     h2_streams: Option<prometheus::IntGauge>,
     /// Written at checkout and check-in by request tasks, and by [`Pool::sweep`]; held for a
@@ -221,7 +223,7 @@ impl Pool {
             protocol,
             h2: h2::H2Clients::default(),
             h2_settings: H2Settings::default(),
-            h1_only: Mutex::default(),
+            h1_only: ArcSwap::default(),
             h2_streams,
             idle: Mutex::default(),
             config: PoolConfig {

@@ -10,7 +10,7 @@
 //! app's request goes this way, [`Pool::send_h2`] sends it (falling back to HTTP/1 when TLS
 //! agreed on `http/1.1`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future as _;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -259,12 +259,7 @@ impl Pool {
     pub fn h2_for(&self, addr: SocketAddr) -> bool {
         match (self.0.protocol, &self.0.tls) {
             (Protocol::H2c, _) => true,
-            (Protocol::Auto, Some(_)) => !self
-                .0
-                .h1_only
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .contains(&addr),
+            (Protocol::Auto, Some(_)) => !self.0.h1_only.load().contains(&addr),
             _ => false,
         }
     }
@@ -334,11 +329,11 @@ impl Pool {
             Err(H2Error::Connect(H2Connect::Failed(e), _)) => H2Sent::Failed(e),
             Err(H2Error::Connect(H2Connect::Http1(stream), req)) => {
                 tracing::debug!(upstream = %addr, "instance chose http/1.1 by ALPN: HTTP/2 apps reach it over HTTP/1");
-                self.0
-                    .h1_only
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(addr);
+                self.0.h1_only.rcu(|set| {
+                    let mut set = HashSet::clone(set);
+                    set.insert(addr);
+                    set
+                });
                 self.checkin(addr, Conn::new(stream, self.0.config.buffer_size));
                 let (mut parts, body) = req.into_parts();
                 parts.uri = original_uri;
