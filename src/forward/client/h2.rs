@@ -20,6 +20,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -274,28 +275,27 @@ impl Pool {
         body: hyper::body::Incoming,
         service: &str,
     ) -> H2Sent {
-        let authority = match parts.uri.authority() {
-            Some(a) => a.as_str().to_string(),
-            None => parts
+        // The app's URI, kept for a fallback to HTTP/1 (a cheap clone: its parts are shared
+        // `Bytes`), and its parts reused for the upstream's: no copy of authority or path.
+        let original_uri = parts.uri.clone();
+        let mut uri = std::mem::take(&mut parts.uri).into_parts();
+        uri.scheme = Some(if self.0.tls.is_some() {
+            Scheme::HTTPS
+        } else {
+            Scheme::HTTP
+        });
+        if uri.authority.is_none() {
+            let host = parts
                 .headers
                 .get(http::header::HOST)
                 .and_then(|h| h.to_str().ok())
-                .unwrap_or(service)
-                .to_string(),
-        };
-        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let scheme = if self.0.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        };
-        let uri = http::Uri::builder()
-            .scheme(scheme)
-            .authority(authority.as_str())
-            .path_and_query(path)
-            .build();
-        let original_uri = std::mem::take(&mut parts.uri);
-        match uri {
+                .unwrap_or(service);
+            uri.authority = Authority::try_from(host).ok();
+        }
+        if uri.path_and_query.is_none() {
+            uri.path_and_query = Some(PathAndQuery::from_static("/"));
+        }
+        match http::Uri::from_parts(uri) {
             Ok(uri) => parts.uri = uri,
             Err(_) => {
                 return H2Sent::Failed(SendError::Upstream(ProtoError::Response(
