@@ -1,6 +1,7 @@
 //! The HTTP/2 client: HTTP/2 apps reach HTTP/2 instances end to end — over h2c (`protocol:
 //! h2c`) and over TLS by ALPN (`protocol: auto`) — on one shared connection per instance (100
-//! concurrent requests, one accepted connection); an instance that chooses `http/1.1` by ALPN
+//! concurrent requests, one accepted connection), and a second connection once the first has
+//! the peer's stream limit open; an instance that chooses `http/1.1` by ALPN
 //! is reached over HTTP/1; an HTTP/1 app calling an h2c-only service gets a 502 that says why.
 
 mod support;
@@ -136,6 +137,63 @@ async fn h2_over_tls_by_alpn_and_http1_when_the_instance_chooses_it() {
                 .unwrap();
             assert_eq!(got.status, 200, "{host}: {}", got.text());
         }
+    })
+    .await;
+}
+
+/// An h2c upstream that allows `max_streams` concurrent streams per connection and answers
+/// each request after `delay`; returns its address and the count of connections accepted.
+async fn h2c_limited(
+    max_streams: u32,
+    delay: Duration,
+) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let conns = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = conns.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            seen.fetch_add(1, Ordering::Relaxed);
+            let svc = hyper::service::service_fn(move |_req| async move {
+                tokio::time::sleep(delay).await;
+                let mut resp = http::Response::new(http_body_util::Full::new(Bytes::from("ok")));
+                resp.headers_mut()
+                    .insert("x-instance", http::HeaderValue::from_static("limited"));
+                Ok::<_, std::convert::Infallible>(resp)
+            });
+            let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            b.max_concurrent_streams(max_streams);
+            tokio::spawn(async move {
+                let _ = b.serve_connection(TokioIo::new(tcp), svc).await;
+            });
+        }
+    });
+    (addr, conns)
+}
+
+#[tokio::test]
+async fn a_second_connection_opens_when_the_first_has_the_peers_stream_limit_open() {
+    within(LIMIT, async {
+        let (addr, conns) = h2c_limited(2, Duration::from_millis(500)).await;
+        let proxy = TestProxy::start(&format!(
+            "services:\n{}",
+            service("grpc", addr, "    protocol: h2c\n")
+        ))
+        .await;
+        // The peer's limit is read as requests are dispatched on the connection: two requests
+        // in turn, and the second has seen the peer's SETTINGS.
+        for _ in 0..2 {
+            assert_eq!(concurrently(&proxy, "grpc", "/", 1).await, ["limited"]);
+        }
+        assert_eq!(conns.load(Ordering::Relaxed), 1);
+        // Four at once, two streams per connection: the shared one, and one more.
+        let got = concurrently(&proxy, "grpc", "/", 4).await;
+        assert_eq!(got.len(), 4);
+        assert_eq!(
+            conns.load(Ordering::Relaxed),
+            2,
+            "a second connection only once the first is full"
+        );
     })
     .await;
 }

@@ -1,6 +1,6 @@
 //! The HTTP/2 client: connections to instances shared by every request at once (h2 multiplexes),
 //! one per instance, a second one only when the first has as many streams open as the peer's
-//! `SETTINGS_MAX_CONCURRENT_STREAMS` allows. Each connection runs as a task of hyper's
+//! `SETTINGS_MAX_CONCURRENT_STREAMS` allows (as last seen: [`Shared::max`]). Each connection runs as a task of hyper's
 //! `client::conn::http2` (frames, flow control, keep-alive PINGs that find a dead peer); a
 //! request's body and its response's body stream through it in both directions at once, with
 //! trailers, and dropping a response (the app reset its stream) resets the upstream stream.
@@ -42,7 +42,10 @@ pub type H2RequestBody = Incoming;
 struct Shared {
     send: SendRequest<H2RequestBody>,
     open: Arc<AtomicUsize>,
-    /// The peer's `SETTINGS_MAX_CONCURRENT_STREAMS`, as the connection task last saw it.
+    /// The peer's `SETTINGS_MAX_CONCURRENT_STREAMS`, as the connection task last saw it: that
+    /// task (hyper's dispatcher; the h2 connection itself runs in a task of its own) is polled
+    /// as requests are handed to it, so the value lags one dispatch — until the connection's
+    /// second batch of requests it is hyper's initial guess (100).
     max: Arc<AtomicUsize>,
 }
 
@@ -198,7 +201,8 @@ impl Default for H2Settings {
 
 impl H2Settings {
     /// A new connection over `stream`, run by a task of its own that also publishes the peer's
-    /// stream limit each time it is polled (hyper shows it on the connection only).
+    /// stream limit each time it is polled (hyper shows it on the connection only; see
+    /// [`Shared::max`] for when that is).
     async fn handshake(
         &self,
         stream: Stream,
