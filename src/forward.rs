@@ -313,7 +313,7 @@ impl Proxy {
         let now = Instant::now();
         plan.finish(outcome(head.status.as_u16()), now);
         svc.record(head.status.as_u16(), now - started);
-        let body = ex.into_body(&head);
+        let body = ex.into_body(&head, now);
         match head.into_parts() {
             Ok(parts) => Response::from_parts(parts, Either::Left(Either::Left(body))),
             Err(e) => {

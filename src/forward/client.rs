@@ -197,8 +197,8 @@ pub struct Home {
 }
 
 impl Home {
-    fn recycle(self, conn: Conn) {
-        self.pool.checkin(self.addr, conn);
+    fn recycle(self, conn: Conn, since: Instant) {
+        self.pool.checkin(self.addr, conn, since);
     }
 }
 
@@ -337,17 +337,15 @@ impl Pool {
         None
     }
 
-    /// Returns an idle `conn` to the pool, unless the instance already has `max_per_instance`
-    /// idle connections (then it closes).
-    fn checkin(&self, addr: SocketAddr, mut conn: Conn) {
+    /// Returns `conn`, idle since `since`, to the pool, unless the instance already has
+    /// `max_per_instance` idle connections (then it closes). `since` comes from the caller, who
+    /// has usually just read the clock (when the response head came): no clock read here.
+    fn checkin(&self, addr: SocketAddr, mut conn: Conn, since: Instant) {
         conn.shrink();
         let mut idle = self.0.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = idle.entry(addr).or_default();
         if list.len() < self.0.config.max_per_instance {
-            list.push(Idle {
-                conn,
-                since: Instant::now(),
-            });
+            list.push(Idle { conn, since });
         }
     }
 

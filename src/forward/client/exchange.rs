@@ -11,6 +11,7 @@ use std::task::{ready, Context, Poll};
 use bytes::Bytes;
 use http::StatusCode;
 use http_body::{Frame, SizeHint};
+use tokio::time::Instant;
 
 use super::conn::Conn;
 use super::stream::Stream;
@@ -91,8 +92,9 @@ impl<U: Source> Exchange<U> {
         (self.conn.io, self.conn.buf)
     }
 
-    /// The body of the response `head` just read, from this connection.
-    pub fn into_body(self, head: &Head) -> Body<U> {
+    /// The body of the response `head` just read, from this connection; `now`: when the head
+    /// arrived (the connection's idle time starts there when the body came with it).
+    pub fn into_body(self, head: &Head, now: Instant) -> Body<U> {
         let Exchange {
             mut conn,
             upload,
@@ -117,7 +119,7 @@ impl<U: Source> Exchange<U> {
             home: (head.reusable && !upload_broken).then_some(home),
         };
         if matches!(body.state, State::Done | State::Buffered(_)) {
-            body.release();
+            body.release(now);
         }
         body
     }
@@ -221,9 +223,9 @@ impl<U: Source> Body<U> {
         }
     }
 
-    /// The response has been read to its end: the connection goes home if both bodies ended
-    /// cleanly and it is reusable; otherwise it closes here (and the upload stops).
-    fn release(&mut self) {
+    /// The response has been read to its end (at `now`): the connection goes home if both
+    /// bodies ended cleanly and it is reusable; otherwise it closes here (and the upload stops).
+    fn release(&mut self, now: Instant) {
         let conn = self.conn.take();
         if !self.upload_finished() {
             self.upload = None;
@@ -235,7 +237,7 @@ impl<U: Source> Body<U> {
         };
         // Bytes after the end of the response: the connection is out of step.
         if conn.buf.is_empty() {
-            home.recycle(conn);
+            home.recycle(conn, now);
         }
     }
 
@@ -275,7 +277,7 @@ impl<U: Source> Body<U> {
                         let data = buf.split_to(take as usize).freeze();
                         if take == left {
                             self.state = State::Done;
-                            self.release();
+                            self.release(Instant::now());
                         } else {
                             self.state = State::Length(left - take);
                         }
@@ -307,7 +309,7 @@ impl<U: Source> Body<U> {
                         Decoded::Data(data) => return Poll::Ready(Some(Ok(Frame::data(data)))),
                         Decoded::End(trailers) => {
                             self.state = State::Done;
-                            self.release();
+                            self.release(Instant::now());
                             return Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))));
                         }
                     }

@@ -338,7 +338,8 @@ impl Pool {
                     set.insert(addr);
                     set
                 });
-                self.checkin(addr, Conn::new(stream, self.0.config.buffer_size));
+                let conn = Conn::new(stream, self.0.config.buffer_size);
+                self.checkin(addr, conn, tokio::time::Instant::now());
                 let (mut parts, body) = req.into_parts();
                 parts.uri = original_uri;
                 parts.version = http::Version::HTTP_2;

@@ -434,7 +434,7 @@ impl<S: AppIo> Http1<S> {
                 close: true,
             });
         }
-        let mut body = ex.into_body(&head);
+        let mut body = ex.into_body(&head, head_at);
         // A request body not sent whole when the response starts (the upstream answered
         // early) leaves bytes that cannot be told from a request: the connection closes after
         // this response, and says so.
