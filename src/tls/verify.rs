@@ -29,16 +29,6 @@ pub enum Reason {
 }
 
 impl Reason {
-    /// Every reason, in declaration order.
-    pub const ALL: [Reason; 6] = [
-        Reason::UnknownCa,
-        Reason::Expired,
-        Reason::BadName,
-        Reason::NoClientCert,
-        Reason::Protocol,
-        Reason::Other,
-    ];
-
     /// The label value (`reason` of `waypost_tls_handshake_failures_total`).
     pub fn as_str(self) -> &'static str {
         match self {
