@@ -155,13 +155,17 @@ impl H2Clients {
         Ok(resp.map(|body| H2ResponseBody { body, _open: open }))
     }
 
-    /// Drops connections that have closed.
+    /// Drops connections that have closed, and the handshake locks no request holds (else
+    /// one would stay for every instance address ever connected to).
     pub(super) fn sweep(&self) {
         let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
         conns.retain(|_, list| {
             list.retain(|c| !c.send.is_closed());
             !list.is_empty()
         });
+        drop(conns);
+        let mut connecting = self.connecting.lock().unwrap_or_else(|p| p.into_inner());
+        connecting.retain(|_, lock| Arc::strong_count(lock) > 1);
     }
 }
 
@@ -367,4 +371,28 @@ pub(super) enum H2Connect {
     Failed(SendError),
     /// TLS agreed on `http/1.1`.
     Http1(Stream),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sweep_drops_handshake_locks_no_request_holds() {
+        let h2 = H2Clients::default();
+        let (idle, held) = (
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:2".parse().unwrap(),
+        );
+        let lock = {
+            let mut c = h2.connecting.lock().unwrap();
+            c.entry(idle).or_default();
+            c.entry(held).or_default().clone()
+        };
+        h2.sweep();
+        let c = h2.connecting.lock().unwrap();
+        assert!(!c.contains_key(&idle));
+        assert!(c.contains_key(&held));
+        drop(lock);
+    }
 }
