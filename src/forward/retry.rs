@@ -11,7 +11,7 @@
 //! The budget keeps retries under `ratio` × requests over a sliding window plus a floor of
 //! `min_per_second`, as linkerd's and Finagle's do, so a failing service is never hit by a
 //! retry storm: requests and retries are counted in a ring of per-second buckets, each one
-//! atomic word tagged with its second — lock-free, and a request costs one `fetch_add`.
+//! atomic word tagged with its second — lock-free, and a request costs one compare-and-swap.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
