@@ -40,11 +40,6 @@ impl Clock {
     pub fn ms(&self, at: Instant) -> u64 {
         at.saturating_duration_since(self.epoch).as_millis() as u64 + 1
     }
-
-    /// The instant `ms` stands for.
-    pub fn instant(&self, ms: u64) -> Instant {
-        self.epoch + Duration::from_millis(ms.saturating_sub(1))
-    }
 }
 
 impl Default for Clock {
