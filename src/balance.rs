@@ -42,7 +42,7 @@ use crate::discover::{Instance, Resolution};
 use crate::metrics::{ResilienceMetrics, ServiceResilience};
 
 /// Effective weights are registry weights × this, so slow start can scale them finely.
-const SCALE: u64 = 100;
+pub const SCALE: u64 = 100;
 /// Draws by weight before falling back to a scan for an instance that may be picked.
 const DRAWS: usize = 4;
 
@@ -85,7 +85,7 @@ pub struct Snapshot {
     hot: state::Slab,
     /// …at these slots, in the table's order.
     slots: Arc<[u32]>,
-    /// Each instance's effective weight × 100, in the table's order.
+    /// Each instance's effective weight × [`SCALE`], in the table's order.
     pub weights: Arc<[u64]>,
     /// The SWRR cycle (`round_robin` only; `None` also when too costly to build).
     cycle: Option<Arc<[u32]>>,
