@@ -54,21 +54,17 @@ pub struct ServiceResilience {
     pub ejections: IntCounter,
 }
 
-fn vec<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, v: T) -> T {
-    register(r, v)
-}
-
 impl ResilienceMetrics {
     /// Registers the families in `r`.
     pub(super) fn new(r: &Registry) -> Self {
         let counter = |name: &str, help: &str, labels: &[&str]| {
-            vec(
+            register(
                 r,
                 IntCounterVec::new(Opts::new(name, help), labels).expect("valid"),
             )
         };
         let gauge = |name: &str, help: &str| {
-            vec(
+            register(
                 r,
                 IntGaugeVec::new(Opts::new(name, help), &["service"]).expect("valid"),
             )
