@@ -46,8 +46,6 @@ pub struct ServiceResilience {
     pub retries: [IntCounter; 4],
     /// Retries refused by the budget.
     pub budget_exhausted: IntCounter,
-    /// Requests in flight.
-    pub in_flight: IntGauge,
     /// Instances ejected now.
     pub ejected: IntGauge,
     /// Ejections.
@@ -111,7 +109,6 @@ impl ResilienceMetrics {
         ServiceResilience {
             retries: RETRY_REASONS.map(|r| self.retries.with_label_values(&[service, r])),
             budget_exhausted: self.budget_exhausted.with_label_values(&[service]),
-            in_flight: self.in_flight.with_label_values(&[service]),
             ejected: self.ejected.with_label_values(&[service]),
             ejections: self.ejections.with_label_values(&[service]),
         }
