@@ -67,7 +67,11 @@ impl Resolver for Pushing {
 
 /// A cache with one declared service `echo` resolved by `r`.
 fn pushing_harness(r: &Arc<Pushing>) -> Harness {
-    start_cache(policy(), vec![("echo", r.clone() as Arc<dyn Resolver>)], None)
+    start_cache(
+        policy(),
+        vec![("echo", r.clone() as Arc<dyn Resolver>)],
+        None,
+    )
 }
 
 #[tokio::test(start_paused = true)]
