@@ -46,17 +46,18 @@ fn build(bencher: Bencher, n: usize) {
     bencher.bench_local(|| Table::build(black_box(&list)));
 }
 
-/// The forwarder's pick path on 2 threads at once: load the service's published snapshot (as
-/// `forward::Proxy::handle` does), pick.
+/// The forwarder's pick path on 2 threads at once: load the service's published snapshot and
+/// `Balancer::pick` from it (as `forward::Proxy::pick` does, the request's start time handed in).
 #[divan::bench(args = [3, 10_000], threads = [2], sample_size = 10_000)]
 fn pick_shared(bencher: Bencher, n: usize) {
     let balancer = Balancer::new();
     let resolution = Arc::new(Resolution::new(instances(n)));
     balancer.publish(&resolution, &TargetState::new("static", "echo").status);
+    let now = tokio::time::Instant::now();
     bencher.bench(|| {
         let snapshot = balancer.load();
-        let table = &snapshot.as_ref().as_ref().expect("published").table;
-        black_box(table.pick().map(|i| i.address))
+        let snap = snapshot.as_ref().as_ref().expect("published");
+        black_box(balancer.pick(snap, now, None).map(|p| p.address))
     });
 }
 

@@ -180,7 +180,7 @@ impl Admin {
                                 InstanceView {
                                     address: i.address.to_string(),
                                     weight: i.weight,
-                                    effective_weight: w as f64 / 100.0,
+                                    effective_weight: w as f64 / crate::balance::SCALE as f64,
                                     share: if total == 0 {
                                         0.0
                                     } else {

@@ -23,7 +23,7 @@ pub mod outlier;
 pub mod state;
 pub mod swrr;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -42,7 +42,7 @@ use crate::discover::{Instance, Resolution};
 use crate::metrics::{ResilienceMetrics, ServiceResilience};
 
 /// Effective weights are registry weights × this, so slow start can scale them finely.
-const SCALE: u64 = 100;
+pub const SCALE: u64 = 100;
 /// Draws by weight before falling back to a scan for an instance that may be picked.
 const DRAWS: usize = 4;
 
@@ -85,7 +85,7 @@ pub struct Snapshot {
     hot: state::Slab,
     /// …at these slots, in the table's order.
     slots: Arc<[u32]>,
-    /// Each instance's effective weight × 100, in the table's order.
+    /// Each instance's effective weight × [`SCALE`], in the table's order.
     pub weights: Arc<[u64]>,
     /// The SWRR cycle (`round_robin` only; `None` also when too costly to build).
     cycle: Option<Arc<[u32]>>,
@@ -425,11 +425,12 @@ impl Balancer {
             .collect();
         let hot = slab.clone();
         drop(guard);
-        if let Some((service, family)) = &self.settings.metrics {
-            for (addr, _) in old.iter() {
-                if !instances.iter().any(|i| i.address == *addr) {
-                    family.remove_instance(service, &addr.to_string());
-                }
+        // Series of instances that left (none on a slow-start rebuild of the same answer).
+        let changed = prev.is_none_or(|p| !Arc::ptr_eq(&p.resolution, resolution));
+        if let (Some((service, family)), true) = (&self.settings.metrics, changed) {
+            let staying: HashSet<SocketAddr> = instances.iter().map(|i| i.address).collect();
+            for addr in old.keys().filter(|a| !staying.contains(a)) {
+                family.remove_instance(service, &addr.to_string());
             }
         }
         let window = self.settings.slow_start.map_or(0, |d| d.as_millis() as u64);

@@ -93,7 +93,8 @@ impl Outlier {
             Outcome::Success => {
                 state.hot().failures.store(0, Ordering::Relaxed);
                 state.hot().errors_5xx.store(0, Ordering::Relaxed);
-                if state.ejected_until.load(Ordering::Relaxed) != 0 && now >= self.until(state) {
+                let until = state.ejected_until.load(Ordering::Relaxed);
+                if until != 0 && now >= until {
                     return self.back(state);
                 }
                 return Change::None;
@@ -125,10 +126,6 @@ impl Outlier {
             return Change::Capped;
         }
         self.eject(state, 0, now)
-    }
-
-    fn until(&self, state: &InstanceState) -> u64 {
-        state.ejected_until.load(Ordering::Relaxed)
     }
 
     fn eject(&self, state: &InstanceState, was: u64, now: u64) -> Change {

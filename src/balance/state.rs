@@ -40,11 +40,6 @@ impl Clock {
     pub fn ms(&self, at: Instant) -> u64 {
         at.saturating_duration_since(self.epoch).as_millis() as u64 + 1
     }
-
-    /// The instant `ms` stands for.
-    pub fn instant(&self, ms: u64) -> Instant {
-        self.epoch + Duration::from_millis(ms.saturating_sub(1))
-    }
 }
 
 impl Default for Clock {
@@ -72,9 +67,15 @@ impl Hot {
     /// Latency estimate in microseconds.
     #[inline]
     pub fn latency_us(&self) -> f64 {
+        f64::from(self.latency())
+    }
+
+    /// Latency estimate in microseconds, as stored (the default until something is learned).
+    #[inline]
+    fn latency(&self) -> f32 {
         match f32::from_bits(self.latency.load(Ordering::Relaxed)) {
-            v if v > 0.0 => f64::from(v),
-            _ => DEFAULT_LATENCY_US,
+            v if v > 0.0 => v,
+            _ => DEFAULT_LATENCY_US as f32,
         }
     }
 
@@ -98,19 +99,15 @@ impl Hot {
     #[inline]
     pub fn score(&self) -> f32 {
         let load = (self.in_flight.load(Ordering::Relaxed) + 1) as f32;
-        let latency = match f32::from_bits(self.latency.load(Ordering::Relaxed)) {
-            v if v > 0.0 => v,
-            _ => DEFAULT_LATENCY_US as f32,
-        };
-        let worst = self.failures.load(Ordering::Relaxed) | self.errors_5xx.load(Ordering::Relaxed);
+        let latency = self.latency();
+        let worst = self
+            .failures
+            .load(Ordering::Relaxed)
+            .max(self.errors_5xx.load(Ordering::Relaxed));
         if worst == 0 {
             return load * latency;
         }
-        let (f, e) = (
-            self.failures.load(Ordering::Relaxed),
-            self.errors_5xx.load(Ordering::Relaxed),
-        );
-        let penalty = 1.0 + 4.0 * f.max(e).min(16) as f32;
+        let penalty = 1.0 + 4.0 * worst.min(16) as f32;
         load * latency * penalty * penalty
     }
 

@@ -16,14 +16,6 @@ use crate::discover::{BoxStream, DiscoverError, Resolution, Resolver};
 use crate::metrics::DiscoveryMetrics;
 use crate::shutdown::Shutdown;
 
-/// Sleeps for `d`, or for ever when there is nothing to wait for.
-async fn sleep_for(d: Option<std::time::Duration>) {
-    match d {
-        Some(d) => tokio::time::sleep(d).await,
-        None => std::future::pending().await,
-    }
-}
-
 /// The cache side a refresher reports to (only to remove its expired target).
 pub(super) trait Owner<P>: Send + Sync {
     /// Removes `target` from the on-demand map.
@@ -121,10 +113,12 @@ impl<P: Publish> Refresher<P> {
                 if watch.is_none() && may_watch && state.status.state == State::Ready {
                     watch = self.resolver.watch(&key, seen_revision);
                 }
-                let expires_in = (!self.target.is_declared()).then(|| {
-                    self.policy
-                        .expire_interval
-                        .saturating_sub(self.target.idle())
+                let expires_at = (!self.target.is_declared()).then(|| {
+                    Instant::now()
+                        + self
+                            .policy
+                            .expire_interval
+                            .saturating_sub(self.target.idle())
                 });
                 tokio::select! {
                     biased;
@@ -140,7 +134,7 @@ impl<P: Publish> Refresher<P> {
                             may_watch = false;
                         }
                     },
-                    _ = sleep_for(expires_in) => {
+                    _ = sleep_until(expires_at) => {
                         if self.target.idle() >= self.policy.expire_interval {
                             tracing::info!(service = %name, idle = ?self.target.idle(), "dropping idle on-demand target");
                             if let Some(cache) = self.cache.upgrade() {

@@ -149,6 +149,19 @@ fn harness(
     declared: Vec<(&str, Arc<Scripted>)>,
     rule: Option<Arc<Scripted>>,
 ) -> Harness {
+    let declared = declared
+        .into_iter()
+        .map(|(n, r)| (n, r as Arc<dyn Resolver>))
+        .collect();
+    start_cache(policy, declared, rule)
+}
+
+/// A started cache over `declared` services and an on-demand `rule` for names ending `.svc`.
+fn start_cache(
+    policy: Policy,
+    declared: Vec<(&str, Arc<dyn Resolver>)>,
+    rule: Option<Arc<Scripted>>,
+) -> Harness {
     let recorders: Recorders = Arc::default();
     let r2 = recorders.clone();
     let make: MakePublisher<Arc<Recorder>> = Box::new(move |name: &str| {
@@ -167,9 +180,9 @@ fn harness(
         .collect();
     let declared = declared
         .into_iter()
-        .map(|(n, r)| Declared {
+        .map(|(n, resolver)| Declared {
             name: n.into(),
-            resolver: r as Arc<dyn Resolver>,
+            resolver,
             refresh_interval: None,
         })
         .collect();

@@ -129,20 +129,17 @@ impl Config {
         }
         for (name, svc) in &self.services {
             let base = format!("services.{name}");
-            if let ResolverConfig::Dns(cfg) = &svc.resolver {
-                validate_dns(cfg, &format!("{base}.resolver.dns"))?;
-            }
-            if let ResolverConfig::Etcd(cfg) = &svc.resolver {
-                cfg.validate(&format!("{base}.resolver.etcd"))?;
-            }
-            if let ResolverConfig::Consul(cfg) = &svc.resolver {
-                cfg.validate(&format!("{base}.resolver.consul"))?;
-            }
-            if let ResolverConfig::Zookeeper(cfg) = &svc.resolver {
-                let key = format!("{base}.resolver.zookeeper");
-                cfg.validate(&key)?;
-                let name = cfg.name.as_deref().unwrap_or(name.as_str());
-                self.registry.zookeeper.check_service(name, &key)?;
+            match &svc.resolver {
+                ResolverConfig::Dns(cfg) => validate_dns(cfg, &format!("{base}.resolver.dns"))?,
+                ResolverConfig::Etcd(cfg) => cfg.validate(&format!("{base}.resolver.etcd"))?,
+                ResolverConfig::Consul(cfg) => cfg.validate(&format!("{base}.resolver.consul"))?,
+                ResolverConfig::Zookeeper(cfg) => {
+                    let key = format!("{base}.resolver.zookeeper");
+                    cfg.validate(&key)?;
+                    let name = cfg.name.as_deref().unwrap_or(name.as_str());
+                    self.registry.zookeeper.check_service(name, &key)?;
+                }
+                ResolverConfig::Static(_) | ResolverConfig::File(_) => {}
             }
             if let Some(addr) = &svc.listen {
                 listeners.push((format!("{base}.listen"), addr.0));

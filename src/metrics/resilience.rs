@@ -46,29 +46,23 @@ pub struct ServiceResilience {
     pub retries: [IntCounter; 4],
     /// Retries refused by the budget.
     pub budget_exhausted: IntCounter,
-    /// Requests in flight.
-    pub in_flight: IntGauge,
     /// Instances ejected now.
     pub ejected: IntGauge,
     /// Ejections.
     pub ejections: IntCounter,
 }
 
-fn vec<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, v: T) -> T {
-    register(r, v)
-}
-
 impl ResilienceMetrics {
     /// Registers the families in `r`.
     pub(super) fn new(r: &Registry) -> Self {
         let counter = |name: &str, help: &str, labels: &[&str]| {
-            vec(
+            register(
                 r,
                 IntCounterVec::new(Opts::new(name, help), labels).expect("valid"),
             )
         };
         let gauge = |name: &str, help: &str| {
-            vec(
+            register(
                 r,
                 IntGaugeVec::new(Opts::new(name, help), &["service"]).expect("valid"),
             )
@@ -115,7 +109,6 @@ impl ResilienceMetrics {
         ServiceResilience {
             retries: RETRY_REASONS.map(|r| self.retries.with_label_values(&[service, r])),
             budget_exhausted: self.budget_exhausted.with_label_values(&[service]),
-            in_flight: self.in_flight.with_label_values(&[service]),
             ejected: self.ejected.with_label_values(&[service]),
             ejections: self.ejections.with_label_values(&[service]),
         }

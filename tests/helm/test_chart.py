@@ -750,12 +750,7 @@ REGISTRY_REFUSED = {**{f"etcd-{k}": v for k, v in ETCD_REFUSED.items()},
 @pytest.mark.parametrize("case", REGISTRY_REFUSED)
 def test_schema_rejects_registry_settings_waypost_refuses_too(chart, case, waypost_bin, tmp_path):
     config, where, key = REGISTRY_REFUSED[case]
-    message = render_error(chart, {"config": config})
-    assert f"at '{where}'" in message, message
-    result = waypost_check(waypost_bin, yaml.safe_dump(config), {}, tmp_path)
-    assert result.returncode == 2 and key in result.stderr, (
-        f"waypost check now accepts {config} ({result.returncode}): relax values.schema.json's registry keys\n"
-        f"{result.stderr}")
+    refused_by_schema_and_waypost(chart, {"config": config}, f"at '{where}'", key, waypost_bin, tmp_path)
 
 
 @pytest.mark.parametrize("config", [
@@ -794,13 +789,8 @@ def tls_service_config(tls: dict) -> dict:
 @pytest.mark.parametrize("case", UPSTREAM_TLS_REFUSED)
 def test_schema_rejects_upstream_tls_settings_waypost_refuses_too(chart, case, waypost_bin, tmp_path):
     tls, key = UPSTREAM_TLS_REFUSED[case]
-    config = tls_service_config(tls)
-    message = render_error(chart, {"config": config})
-    assert "at '/config/services/users/tls'" in message, message
-    result = waypost_check(waypost_bin, yaml.safe_dump(config), {}, tmp_path)
-    assert result.returncode == 2 and key in result.stderr, (
-        f"waypost check now accepts {config} ({result.returncode}): relax values.schema.json's tls keys\n"
-        f"{result.stderr}")
+    refused_by_schema_and_waypost(chart, {"config": tls_service_config(tls)}, "at '/config/services/users/tls'", key,
+                                  waypost_bin, tmp_path)
 
 
 @pytest.mark.parametrize("tls", [{}, {"insecure_skip_verify": False, "ca": "/ca.pem"}, {"insecure_skip_verify": True}],
@@ -825,12 +815,7 @@ ROUTES_REFUSED = {
 def test_schema_rejects_routes_waypost_refuses_too(chart, case, waypost_bin, tmp_path):
     routes, where, key = ROUTES_REFUSED[case]
     config = routes | {"services": {"users": {"resolver": {"file": {}}}}}
-    message = render_error(chart, {"config": config})
-    assert f"at '{where}'" in message, message
-    result = waypost_check(waypost_bin, yaml.safe_dump(config), {}, tmp_path)
-    assert result.returncode == 2 and key in result.stderr, (
-        f"waypost check now accepts {config} ({result.returncode}): relax values.schema.json's routes\n"
-        f"{result.stderr}")
+    refused_by_schema_and_waypost(chart, {"config": config}, f"at '{where}'", key, waypost_bin, tmp_path)
 
 
 #: ZooKeeper settings waypost refuses, each with where the schema refuses it and the key waypost names.

@@ -67,34 +67,11 @@ impl Resolver for Pushing {
 
 /// A cache with one declared service `echo` resolved by `r`.
 fn pushing_harness(r: &Arc<Pushing>) -> Harness {
-    let recorders: Recorders = Arc::default();
-    let r2 = recorders.clone();
-    let make: MakePublisher<Arc<Recorder>> = Box::new(move |name: &str| {
-        let rec = Arc::new(Recorder::default());
-        r2.lock().unwrap().push((name.to_string(), rec.clone()));
-        rec
-    });
-    let (trigger, stop) = shutdown::channel();
-    let metrics = Metrics::new();
-    let (cache, pending) = Cache::new(
+    start_cache(
         policy(),
-        vec![Declared {
-            name: "echo".into(),
-            resolver: r.clone() as Arc<dyn Resolver>,
-            refresh_interval: None,
-        }],
-        vec![],
-        make,
-        metrics.discovery.clone(),
-        stop,
-    );
-    cache.start(pending);
-    Harness {
-        cache,
-        recorders,
-        metrics,
-        _trigger: trigger,
-    }
+        vec![("echo", r.clone() as Arc<dyn Resolver>)],
+        None,
+    )
 }
 
 #[tokio::test(start_paused = true)]
