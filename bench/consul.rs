@@ -70,12 +70,7 @@ async fn changes(
 }
 
 fn main() {
-    let driver = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    driver.block_on(async {
+    support::driver().block_on(async {
         let c = double::ConsulDouble::start().await;
         let old = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let new = TcpListener::bind("127.0.0.1:0").await.unwrap();

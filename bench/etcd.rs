@@ -14,62 +14,26 @@
 //!
 //! Run: `cargo bench --bench etcd` (prints p50/p90/p99/max; copy them to bench/RESULTS.md).
 
-use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
-use waypost::config::{Dur, EtcdRegistryConfig};
-use waypost::metrics::EtcdMetrics;
 use waypost::registry::etcd::EtcdClient;
 
 #[path = "support.rs"]
 mod support;
-use support::{
-    await_instances, low_port, measure, report, serve, spawn_waypost, Conn, Killed, CHANGES, LARGE,
-};
+use support::{await_instances, measure, report, serve, spawn_waypost, Conn, CHANGES, LARGE};
 
-/// etcd on a temp dir, killed on drop.
-struct Etcd {
-    _child: Killed,
-    endpoint: String,
-    _dir: tempfile::TempDir,
+/// The tests' etcd launcher: a member on a temp dir, ready when it answers, killed on drop.
+#[allow(dead_code)]
+#[path = "../tests/support"]
+mod launch {
+    pub mod etcd;
+    pub mod external;
 }
-
-fn start_etcd() -> Etcd {
-    let dir = tempfile::tempdir().unwrap();
-    let (c, p) = (low_port(), low_port());
-    let client = format!("http://127.0.0.1:{c}");
-    let peer = format!("http://127.0.0.1:{p}");
-    let child = Command::new("etcd")
-        .args(["--name", "bench", "--data-dir"])
-        .arg(dir.path().join("data"))
-        .args([
-            "--listen-client-urls",
-            &client,
-            "--advertise-client-urls",
-            &client,
-        ])
-        .args([
-            "--listen-peer-urls",
-            &peer,
-            "--initial-advertise-peer-urls",
-            &peer,
-        ])
-        .args(["--initial-cluster", &format!("bench={peer}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("etcd is not installed: run `apt-get install -y etcd-server`");
-    Etcd {
-        _child: Killed(child),
-        endpoint: format!("127.0.0.1:{c}"),
-        _dir: dir,
-    }
-}
+use launch::etcd::{cloudwego_value, Etcd};
 
 fn value(addr: std::net::SocketAddr, weight: u32) -> String {
-    format!(r#"{{"network":"tcp","address":"{addr}","weight":{weight},"tags":null}}"#)
+    cloudwego_value(&addr.to_string(), weight.into())
 }
 
 /// Puts and deletes the instance `new` `CHANGES` times through waypost at `proxy`.
@@ -97,25 +61,9 @@ async fn changes(
 }
 
 fn main() {
-    let etcd = start_etcd();
-    let driver = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    driver.block_on(async {
-        let cfg = EtcdRegistryConfig {
-            endpoints: vec![etcd.endpoint.clone()],
-            request_timeout: Dur::from_secs(3),
-            ..EtcdRegistryConfig::default()
-        };
-        let client = Arc::new(EtcdClient::from_config(&cfg, EtcdMetrics::detached()).unwrap());
-        // etcd is up once a read succeeds.
-        let up = Instant::now();
-        while client.get_prefix("x").await.is_err() {
-            assert!(up.elapsed() < Duration::from_secs(20), "etcd did not start");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    let etcd = Etcd::start();
+    support::driver().block_on(async {
+        let client = etcd.client();
         let old = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let new = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (old_addr, new_addr) = (old.local_addr().unwrap(), new.local_addr().unwrap());
@@ -127,8 +75,8 @@ fn main() {
             .unwrap();
 
         let (proxy, admin) = spawn_waypost(&format!(
-            "listen: 127.0.0.1:0\nadmin: {{listen: 127.0.0.1:0}}\nlog: {{level: warn}}\nregistry: {{etcd: {{endpoints: [{}]}}}}\ndiscovery: {{refresh_interval: 1h}}\nservices:\n  echo: {{resolver: {{etcd: {{}}}}}}\n",
-            etcd.endpoint
+            "listen: 127.0.0.1:0\nadmin: {{listen: 127.0.0.1:0}}\nlog: {{level: warn}}\nregistry: {{etcd: {{endpoints: {}}}}}\ndiscovery: {{refresh_interval: 1h}}\nservices:\n  echo: {{resolver: {{etcd: {{}}}}}}\n",
+            etcd.yaml_endpoints()
         ));
         let mut conn = Conn::open(proxy).await;
         while conn.instance().await != "old" {

@@ -1,7 +1,8 @@
-//! What the registry benches (`bench/etcd.rs`, `bench/zookeeper.rs`) share: upstreams that
-//! answer with their name, one keep-alive connection through waypost, a `/metrics` scrape, the
-//! change-to-routed measuring loop and its report. Included with `#[path]`; each bench uses
-//! its part.
+//! What the registry benches (`bench/etcd.rs`, `bench/zookeeper.rs`, `bench/consul.rs`) share:
+//! the driver's runtime, upstreams that answer with their name, one keep-alive connection through
+//! waypost, a `/metrics` scrape, the change-to-routed measuring loop and its report. Included
+//! with `#[path]`; each bench uses its part. The registries themselves are the tests' launchers
+//! and double (`tests/support/`).
 #![allow(dead_code)]
 
 use std::future::Future;
@@ -16,24 +17,13 @@ pub const CHANGES: usize = 300;
 /// Instances of the large case.
 pub const LARGE: usize = 1_000;
 
-/// A child process (a registry server) killed and reaped when dropped.
-pub struct Killed(pub std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A free port below 32768 (Linux gives outgoing connections the range above).
-pub fn low_port() -> u16 {
-    loop {
-        let p = fastrand::u16(20_000..32_000);
-        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
-            return p;
-        }
-    }
+/// The driver's runtime: one worker, apart from waypost's own (see [`spawn_waypost`]).
+pub fn driver() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 /// Answers every request on `listener` with `x-instance: name`, keep-alive.

@@ -18,9 +18,7 @@
 //!
 //! Run: `cargo bench --bench zookeeper` (prints p50/p90/p99/max; copy them to bench/RESULTS.md).
 
-use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
@@ -28,81 +26,27 @@ use zookeeper_client::{Acls, Client, CreateMode};
 
 #[path = "support.rs"]
 mod support;
-use support::{
-    await_instances, low_port, measure, report, serve, spawn_waypost, Conn, Killed, CHANGES, LARGE,
-};
+use support::{await_instances, measure, report, serve, spawn_waypost, Conn, CHANGES, LARGE};
 
-/// A ZooKeeper server on a temp dir, killed on drop.
-struct ZooKeeper {
-    _child: Killed,
-    port: u16,
-    _dir: tempfile::TempDir,
+/// The tests' ZooKeeper launcher: a standalone server on a temp dir, ready when `ruok` answers,
+/// stopped with this process.
+#[allow(dead_code)]
+#[path = "../tests/support"]
+mod launch {
+    pub mod external;
+    pub mod zookeeper;
 }
-
-fn start_zookeeper() -> ZooKeeper {
-    let dir = tempfile::tempdir().unwrap();
-    let port = low_port();
-    let cfg = dir.path().join("zoo.cfg");
-    std::fs::write(
-        &cfg,
-        format!(
-            "tickTime=2000\ndataDir={}\nclientPort={port}\nclientPortAddress=127.0.0.1\nadmin.enableServer=false\n4lw.commands.whitelist=ruok\n",
-            dir.path().join("data").display()
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("log4j.properties"),
-        "log4j.rootLogger=WARN\n",
-    )
-    .unwrap();
-    let classpath = format!(
-        "{}:/usr/share/java/zookeeper.jar:/usr/share/java/slf4j-log4j12.jar:/usr/share/java/log4j-1.2.jar",
-        dir.path().display()
-    );
-    let child = Command::new("java")
-        .args([
-            "-cp",
-            &classpath,
-            "org.apache.zookeeper.server.ZooKeeperServerMain",
-        ])
-        .arg(&cfg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("java is not installed: run `apt-get install -y zookeeper`");
-    let zk = ZooKeeper {
-        _child: Killed(child),
-        port,
-        _dir: dir,
-    };
-    let ruok = || -> Option<String> {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-        s.write_all(b"ruok").ok()?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).ok()?;
-        Some(out)
-    };
-    let up = Instant::now();
-    while ruok().as_deref() != Some("imok") {
-        assert!(
-            up.elapsed() < Duration::from_secs(60),
-            "ZooKeeper did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    zk
-}
-
-fn data(weight: u32) -> String {
-    format!(r#"{{"Weight":{weight},"Tags":null}}"#)
-}
+use launch::zookeeper::{cloudwego_data, ZooKeeper};
 
 /// Creates the node of `addr` under `/echo` with `weight`.
 async fn create(client: &Client, addr: SocketAddr, weight: u32) {
     let opts = CreateMode::Persistent.with_acls(Acls::anyone_all());
     client
-        .create(&format!("/echo/{addr}"), data(weight).as_bytes(), &opts)
+        .create(
+            &format!("/echo/{addr}"),
+            cloudwego_data(weight.into()).as_bytes(),
+            &opts,
+        )
         .await
         .unwrap();
 }
@@ -121,14 +65,9 @@ async fn changes(client: &Client, proxy: SocketAddr, new: SocketAddr) -> Vec<Dur
 }
 
 fn main() {
-    let zk = start_zookeeper();
-    let driver = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    driver.block_on(async {
-        let server = format!("127.0.0.1:{}", zk.port);
+    let zk = ZooKeeper::shared();
+    support::driver().block_on(async {
+        let server = zk.address().to_string();
         let client = Client::connect(&server).await.unwrap();
         let old = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let new = TcpListener::bind("127.0.0.1:0").await.unwrap();

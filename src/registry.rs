@@ -10,6 +10,7 @@
 //! - [`zookeeper`] — ZooKeeper, as Hertz and Kitex lay it out (both).
 //! - [`consul`] — the local Consul agent, as Hertz, Kitex and go-kit use it (both).
 
+mod common;
 pub mod consul;
 pub mod dns;
 pub mod etcd;

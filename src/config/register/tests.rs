@@ -244,3 +244,22 @@ fn rejects_missing_or_bad_checks() {
         "register.0.check.fall: must be at least 1",
     );
 }
+
+#[test]
+fn rejects_one_instance_registered_twice_in_any_registry() {
+    for (registry, what) in [
+        ("file", "10.0.0.7:8080 as shop"),
+        ("zookeeper", "the ZooKeeper node /shop/10.0.0.7:8080"),
+        ("consul", "the Consul service ID shop:10.0.0.7:8080"),
+    ] {
+        let entry =
+            format!("  - service: shop\n    address: 10.0.0.7:8080\n    registry: {registry}\n    check: none\n");
+        rejects(
+            &format!("register:\n{entry}{entry}"),
+            7,
+            &format!(
+                "register.1.address: {what} is already registered in the {registry} registry by register.0"
+            ),
+        );
+    }
+}

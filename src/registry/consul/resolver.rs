@@ -17,7 +17,7 @@
 //!   them and keep the last table.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::stream::BoxStream;
@@ -27,6 +27,7 @@ use super::client::ConsulClient;
 use super::codec::{self, Skip};
 use crate::discover::{BoxFuture, DiscoverError, Instance, Resolution, Resolver};
 use crate::metrics::ConsulMetrics;
+use crate::registry::common::{Backoff, Reported};
 
 /// Requests the watch may make back to back before the rate limit applies.
 const BURST: u32 = 2;
@@ -35,12 +36,12 @@ const REFILL: Duration = Duration::from_millis(100);
 /// Pause after a suspicious answer (index 0, or the same index answered well before the wait
 /// ran out), on top of the rate limit: such answers mean a broken agent or server.
 pub const SUSPECT_PAUSE: Duration = Duration::from_secs(1);
-/// First delay before retrying a failed query; doubles per failure.
-const BACKOFF_INITIAL: Duration = Duration::from_millis(250);
-/// Longest delay between retries: the cache's own polls go on meanwhile.
-const BACKOFF_MAX: Duration = Duration::from_secs(15);
-/// Entries whose skipping was already logged (each once); forgotten all at once past this.
-const REPORTED_MAX: usize = 10_000;
+/// Delay before retrying a failed query: 250 ms doubling to 15 s, ±25 %.
+const BACKOFF: Backoff = Backoff {
+    initial: Duration::from_millis(250),
+    max: Duration::from_secs(15),
+    spread: 0.25,
+};
 
 /// Resolves services from Consul's health endpoint.
 pub struct ConsulResolver {
@@ -58,7 +59,7 @@ struct Inner {
     metrics: ConsulMetrics,
     /// What was already logged once: skipped entries by service ID and reason, and targets
     /// whose answers the agent filtered.
-    reported: Mutex<HashSet<(String, String)>>,
+    reported: Reported<(String, String)>,
 }
 
 impl ConsulResolver {
@@ -78,7 +79,7 @@ impl ConsulResolver {
                 tag,
                 passing_only,
                 metrics,
-                reported: Mutex::new(HashSet::new()),
+                reported: Reported::new(),
             }),
         }
     }
@@ -137,11 +138,8 @@ impl Inner {
 
     /// Whether `(what, why)` is new, so worth a log line; remembers it.
     fn report(&self, what: &str, why: &str) -> bool {
-        let mut reported = self.reported.lock().unwrap_or_else(|p| p.into_inner());
-        if reported.len() >= REPORTED_MAX {
-            reported.clear();
-        }
-        reported.insert((what.to_string(), why.to_string()))
+        self.reported
+            .first(&(what.to_string(), why.to_string()), ())
     }
 }
 
@@ -217,7 +215,7 @@ impl Watch {
                 start = start.max(hold);
             }
             if self.failures > 0 {
-                start = start.max(now + backoff(self.failures, fastrand::f64()));
+                start = start.max(now + BACKOFF.delay(self.failures, fastrand::f64()));
             }
             tokio::time::sleep_until(start).await;
             let asked = self.index;
@@ -343,16 +341,6 @@ impl Bucket {
     }
 }
 
-/// Delay before the `failures`-th retry: exponential from [`BACKOFF_INITIAL`], capped at
-/// [`BACKOFF_MAX`], spread ±25 % by `unit` ∈ [0, 1).
-fn backoff(failures: u32, unit: f64) -> Duration {
-    let exp = failures.saturating_sub(1).min(16);
-    BACKOFF_INITIAL
-        .saturating_mul(1 << exp)
-        .min(BACKOFF_MAX)
-        .mul_f64(0.75 + 0.5 * unit.clamp(0.0, 1.0))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -452,6 +440,7 @@ mod tests {
 
     #[test]
     fn backoff_doubles_caps_and_spreads() {
+        let backoff = |failures, unit| BACKOFF.delay(failures, unit);
         assert_eq!(backoff(1, 0.5), Duration::from_millis(250));
         assert_eq!(backoff(2, 0.5), Duration::from_millis(500));
         assert_eq!(backoff(10, 0.5), Duration::from_secs(15));

@@ -11,9 +11,8 @@
 //!
 //! A value that does not parse is skipped, logged and counted once per key and revision.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use etcd_client::{KeyValue, WatchStream};
 use futures_util::stream::BoxStream;
@@ -22,14 +21,7 @@ use super::client::EtcdClient;
 use super::codec::Codec;
 use crate::discover::{BoxFuture, DiscoverError, Instance, Resolution, Resolver};
 use crate::metrics::EtcdMetrics;
-
-/// First delay before listing again after a failed watch; doubles per failure.
-const WATCH_BACKOFF_INITIAL: Duration = Duration::from_millis(100);
-/// Longest delay between attempts to restore a failed watch: the cache's own polls go on
-/// meanwhile, so there is no need to hammer a registry that is down.
-const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(10);
-/// Invalid values remembered (to count each once); forgotten all at once past this.
-const REPORTED_MAX: usize = 10_000;
+use crate::registry::common::{Reported, WATCH_BACKOFF};
 
 /// Resolves services from etcd keys of one layout under one prefix.
 pub struct EtcdResolver {
@@ -44,7 +36,7 @@ struct Inner {
     name: Option<String>,
     metrics: EtcdMetrics,
     /// Keys whose invalid value was already reported, with the value's revision.
-    reported: Mutex<HashMap<Vec<u8>, i64>>,
+    reported: Reported<Vec<u8>, i64>,
 }
 
 impl EtcdResolver {
@@ -62,7 +54,7 @@ impl EtcdResolver {
                 codec,
                 name,
                 metrics,
-                reported: Mutex::new(HashMap::new()),
+                reported: Reported::new(),
             }),
         }
     }
@@ -74,12 +66,7 @@ impl Inner {
         match self.codec.decode(kv.value()) {
             Ok(i) => Some(i),
             Err(e) => {
-                let mut reported = self.reported.lock().unwrap_or_else(|p| p.into_inner());
-                if reported.get(kv.key()) != Some(&kv.mod_revision()) {
-                    if reported.len() >= REPORTED_MAX {
-                        reported.clear();
-                    }
-                    reported.insert(kv.key().to_vec(), kv.mod_revision());
+                if self.reported.first(kv.key(), kv.mod_revision()) {
                     self.metrics
                         .invalid_values
                         .with_label_values(&[self.codec.layout().as_str()])
@@ -204,7 +191,7 @@ impl Watch {
         loop {
             let Some(stream) = self.stream.as_mut() else {
                 if self.failures > 0 {
-                    tokio::time::sleep(backoff(self.failures, fastrand::f64())).await;
+                    tokio::time::sleep(WATCH_BACKOFF.delay(self.failures, fastrand::f64())).await;
                 }
                 match self.relist().await {
                     Ok(Some(res)) => return res,
@@ -298,23 +285,15 @@ impl Watch {
     }
 }
 
-/// Delay before the `failures`-th attempt to restore a watch: exponential from
-/// [`WATCH_BACKOFF_INITIAL`], capped at [`WATCH_BACKOFF_MAX`], ±20 % by `unit` ∈ [0, 1). The
-/// ZooKeeper session and watches back off alike.
-pub(crate) fn backoff(failures: u32, unit: f64) -> Duration {
-    let exp = failures.saturating_sub(1).min(16);
-    let base = WATCH_BACKOFF_INITIAL
-        .saturating_mul(1 << exp)
-        .min(WATCH_BACKOFF_MAX);
-    base.mul_f64(0.8 + 0.4 * unit.clamp(0.0, 1.0))
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
     fn backoff_doubles_caps_and_spreads() {
+        let backoff = |failures, unit| WATCH_BACKOFF.delay(failures, unit);
         assert_eq!(backoff(1, 0.5), Duration::from_millis(100));
         assert_eq!(backoff(2, 0.5), Duration::from_millis(200));
         assert_eq!(backoff(8, 0.5), Duration::from_secs(10));

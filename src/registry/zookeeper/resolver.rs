@@ -20,8 +20,8 @@
 //! A child whose name is not `IP:port`, whose data does not parse, or that waypost may not read
 //! is skipped, logged and counted once per path and version; the others are served.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Arc;
 
 use futures_util::stream::BoxStream;
 use futures_util::FutureExt as _;
@@ -31,10 +31,7 @@ use zookeeper_client::{AddWatchMode, Error as ZkCode, EventType, PersistentWatch
 use super::codec::Codec;
 use super::session::{Live, ZkError, ZookeeperSession};
 use crate::discover::{BoxFuture, DiscoverError, Instance, Resolution, Resolver};
-use crate::registry::etcd::resolver::backoff;
-
-/// Invalid children remembered (to count each once); forgotten all at once past this.
-const REPORTED_MAX: usize = 10_000;
+use crate::registry::common::{Reported, WATCH_BACKOFF};
 
 /// Resolves services from the children of `<root>/<service>`.
 pub struct ZookeeperResolver {
@@ -48,7 +45,7 @@ struct Inner {
     /// Service name in ZooKeeper instead of the service's own name.
     name: Option<String>,
     /// Children whose invalid name or data was already reported, with the version reported.
-    reported: Mutex<HashMap<String, i64>>,
+    reported: Reported<String, i64>,
 }
 
 /// The children of one service node, read.
@@ -68,7 +65,7 @@ impl ZookeeperResolver {
                 session,
                 codec,
                 name,
-                reported: Mutex::new(HashMap::new()),
+                reported: Reported::new(),
             }),
         }
     }
@@ -78,14 +75,9 @@ impl Inner {
     /// Reports `child` of `path` as skipped (once per version `version`).
     fn skip(&self, path: &str, child: &str, version: i64, why: &dyn std::fmt::Display) {
         let full = format!("{path}/{child}");
-        let mut reported = self.reported.lock().unwrap_or_else(|p| p.into_inner());
-        if reported.get(&full) == Some(&version) {
+        if !self.reported.first(full.as_str(), version) {
             return;
         }
-        if reported.len() >= REPORTED_MAX {
-            reported.clear();
-        }
-        reported.insert(full.clone(), version);
         self.session.metrics().invalid_children.inc();
         tracing::warn!(path = %full, error = %why, "skipping a ZooKeeper child");
     }
@@ -272,7 +264,7 @@ impl Watch {
         loop {
             let Some((live, watcher)) = self.active.as_mut() else {
                 if self.failures > 0 {
-                    tokio::time::sleep(backoff(self.failures, fastrand::f64())).await;
+                    tokio::time::sleep(WATCH_BACKOFF.delay(self.failures, fastrand::f64())).await;
                 }
                 match self.establish().await {
                     Ok(Some(res)) => return res,

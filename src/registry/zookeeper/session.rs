@@ -30,7 +30,7 @@ use crate::config::ZookeeperRegistryConfig;
 use crate::discover::DiscoverError;
 use crate::metrics::ZookeeperMetrics;
 use crate::register::RegisterError;
-use crate::registry::etcd::resolver::backoff;
+use crate::registry::common::WATCH_BACKOFF;
 use crate::shutdown::Shutdown;
 
 /// After a failed authentication, wait as after this many failed connection attempts (≈ 1.6 s).
@@ -290,7 +290,7 @@ impl ZookeeperSession {
                 Err(e) => {
                     failures = failures.saturating_add(1);
                     self.metrics.connect_failures.inc();
-                    let delay = backoff(failures, fastrand::f64());
+                    let delay = WATCH_BACKOFF.delay(failures, fastrand::f64());
                     tracing::warn!(servers = %self.servers, error = %e, failures, retry_in = ?delay, "cannot establish a ZooKeeper session");
                     *self.lock_error() = format!("{}: {e}", self.servers);
                     tokio::select! {
@@ -349,7 +349,7 @@ impl ZookeeperSession {
             tracing::warn!(session = %session_hex(client.session_id().0), reason, "ZooKeeper session ended; establishing a new one");
             if state == SessionState::AuthFailed {
                 // Credentials do not fix themselves: do not hammer the ensemble.
-                let delay = backoff(AUTH_FAILED_ROUND, fastrand::f64());
+                let delay = WATCH_BACKOFF.delay(AUTH_FAILED_ROUND, fastrand::f64());
                 tokio::select! {
                     biased;
                     _ = shutdown.recv() => break,
