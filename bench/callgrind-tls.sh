@@ -10,6 +10,7 @@
 #   WAYPOST=path/to/waypost bench/callgrind-tls.sh …   profiles another waypost build
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/callgrind-count.sh
 N="${1:-10000}"
 TARGET="${2:-waypost}"
 for tool in valgrind ab haproxy openssl; do
@@ -90,17 +91,5 @@ case "$TARGET" in
   *) echo "unknown target $TARGET (waypost or haproxy)" >&2; exit 2 ;;
 esac
 sleep 0.3
-valgrind --tool=callgrind --callgrind-out-file="$out/cg.out" "${proxy[@]}" 2>"$out/vg.log" &
-vg=$!
-pids+=($vg)
-for _ in $(seq 100); do
-  curl -fs -o /dev/null -H 'Host: echo' http://127.0.0.1:28080/ 2>/dev/null && break
-  sleep 0.2
-done
-# Warm (handshakes, pools, allocator), zero the counters, then count N requests.
-ab -q -n 500 -c 8 -k -H 'Host: echo' http://127.0.0.1:28080/ >/dev/null
-callgrind_control -z "$vg" >/dev/null
-ab -q -n "$N" -c 8 -k -H 'Host: echo' http://127.0.0.1:28080/ | grep -E "Complete requests|Failed requests|Non-2xx"
-kill -TERM "$vg"; wait "$vg" 2>/dev/null || true
-total=$(callgrind_annotate "$out"/cg.out 2>/dev/null | awk '/PROGRAM TOTALS/{gsub(",","",$1); print $1; exit}')
-echo "$TARGET (GET over TLS to the upstream): instructions per request: $(( total / N ))  (total $total over $N requests)"
+load=(http://127.0.0.1:28080/)
+callgrind_count "$TARGET (GET over TLS to the upstream)" "${proxy[@]}"

@@ -13,6 +13,7 @@
 #   CONFIG=bench/load/p2c.yaml bench/callgrind.sh …   runs waypost on another config (same variables)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/callgrind-count.sh
 N="${1:-10000}"
 TARGET="${2:-waypost}"
 REQUEST="${3:-get}"
@@ -59,19 +60,6 @@ case "$TARGET" in
                 --upstream "$ECHO_1=3" --upstream "$ECHO_2=2" --upstream "$ECHO_3=1") ;;
   *) echo "unknown target $TARGET (waypost, haproxy or relay)" >&2; exit 2 ;;
 esac
-valgrind --tool=callgrind --callgrind-out-file="$out/cg.out" "${proxy[@]}" 2>"$out/vg.log" &
-vg=$!
-pids+=($vg)
-for _ in $(seq 100); do
-  curl -fs -o /dev/null -H 'Host: echo' http://127.0.0.1:28080/ 2>/dev/null && break
-  sleep 0.2
-done
-# Warm the pool and the allocator, zero the counters, then count N requests (and the exit).
-ab -q -n 500 -c 8 -k -H 'Host: echo' "${load[@]}" >/dev/null
-callgrind_control -z "$vg" >/dev/null
-ab -q -n "$N" -c 8 -k -H 'Host: echo' "${load[@]}" | grep -E "Complete requests|Failed requests|Non-2xx"
-kill -TERM "$vg"; wait "$vg" 2>/dev/null || true
-total=$(callgrind_annotate "$out"/cg.out 2>/dev/null | awk '/PROGRAM TOTALS/{gsub(",","",$1); print $1; exit}')
-echo "$TARGET ($REQUEST): instructions per request: $(( total / N ))  (total $total over $N requests)"
+callgrind_count "$TARGET ($REQUEST)" "${proxy[@]}"
 echo "profile: $out/cg.out"
 callgrind_annotate --threshold=80 "$out"/cg.out 2>/dev/null | grep -E '^ *[0-9,]+ \(' | sed 's/ \[.*//' | head -30

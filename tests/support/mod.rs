@@ -506,18 +506,22 @@ pub async fn spread(
             .body(empty())
             .unwrap();
         let got = send(&client, req).await.unwrap();
-        assert_eq!(
-            got.status,
-            200,
-            "{host}: {} {}",
-            got.header("x-waypost-error"),
-            got.text()
-        );
-        *counts
-            .entry(got.header("x-instance").to_string())
-            .or_default() += 1;
+        *counts.entry(instance(&got, host)).or_default() += 1;
     }
     counts
+}
+
+/// The name of the instance that answered `got` (a request for `host`); any answer but a 200
+/// fails the test with waypost's error marker and the body.
+fn instance(got: &Got, host: &str) -> String {
+    assert_eq!(
+        got.status,
+        200,
+        "{host}: {} {}",
+        got.header("x-waypost-error"),
+        got.text()
+    );
+    got.header("x-instance").to_string()
 }
 
 /// Asserts each instance's share of `counts` is within ±`tolerance` (relative) of the wanted one.
@@ -556,14 +560,7 @@ pub async fn expect_error(proxy: &TestProxy, host: &str, status: u16, kind: &str
 /// answer but a 200 fails the test.
 pub async fn routed_to(url: &str, host: &str) -> String {
     let got = get(&format!("{url}/"), &[("host", host)]).await.unwrap();
-    assert_eq!(
-        got.status,
-        200,
-        "{host}: {} {}",
-        got.header("x-waypost-error"),
-        got.text()
-    );
-    got.header("x-instance").to_string()
+    instance(&got, host)
 }
 
 /// The names of the instances answering `host` over `n` requests, sorted; a request waypost
